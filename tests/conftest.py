@@ -1,0 +1,24 @@
+"""Shared test settings: never reach the network, keep runs small and quiet."""
+import os
+
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A 2k-row synthetic world shared by tests that only read it."""
+    from cocu.evaluation.synthetic import WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("world")
+    record = generate_world(out, WorldConfig(train=2000, teacher=400, val=40, shard_size=500), workers=1, progress=False)
+    return out, record

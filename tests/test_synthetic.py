@@ -1,0 +1,135 @@
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cocu.evaluation.synthetic import CLASSES, STUFF_NAMES, THING_NAMES, WorldConfig, generate_world
+from cocu.evaluation.synthetic.captions import COLOURS
+from cocu.evaluation.synthetic.things import THINGS
+from cocu.evaluation.synthetic.world import render_scene
+
+
+def read_split(root, name):
+    return pq.read_table(root / name).to_pylist()
+
+
+def test_layout_and_world_record(small_world):
+    root, record = small_world
+    assert len(THING_NAMES) >= 30 and len(STUFF_NAMES) >= 6
+    assert record["classes"] == CLASSES
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["00000.parquet", "00001.parquet", "00002.parquet", "00003.parquet"]
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in (root / "teacher").glob("*.parquet")) == 400
+    assert (root / "val" / "classes.txt").read_text().split("\n")[:-1] == CLASSES
+    assert len(list((root / "val" / "images").glob("*.jpg"))) == len(list((root / "val" / "annotations").glob("*.png"))) == 40
+    assert set(pq.read_schema(root / "train" / "00000.parquet").names) == {"key", "jpg", "caption", "width", "height"}
+    groups = record["confusable_groups"]
+    assert all(len(members) >= 2 for members in groups.values()) and {"cup", "mug"} <= set(groups["container"])
+
+
+def test_gap_matches_the_flag(small_world):
+    root, record = small_world
+    truth = pq.read_table(root / "truth" / "train").to_pylist()
+    present = sum(len(row["present"]) for row in truth)
+    named = sum(len(row["named"]) for row in truth)
+    assert abs((1 - named / present) - 0.65) < 0.02
+    assert record["omission"]["measured_train"] == pytest.approx(1 - named / present, abs=1e-4)
+
+
+@pytest.mark.parametrize("omit", [0.4, 0.55])
+def test_gap_follows_other_flag_values(tmp_path, omit):
+    record = generate_world(tmp_path, WorldConfig(train=2000, teacher=0, val=0, omit=omit, shard_size=1000), progress=False)
+    assert abs(record["omission"]["measured_train"] - omit) < 0.02
+
+
+def test_unreachable_gap_is_reported(tmp_path):
+    # a caption always names the salient thing, so with ~5 present concepts per image 0.95 cannot be met
+    record = generate_world(tmp_path, WorldConfig(train=500, teacher=0, val=0, omit=0.95), progress=False)
+    assert record["omission"]["reachable_train"] < 0.9
+    assert abs(record["omission"]["measured_train"] - record["omission"]["reachable_train"]) < 0.03
+
+
+def test_captions_name_what_truth_says_and_nothing_absent(small_world):
+    root, _ = small_world
+    pairs = read_split(root, "train")
+    truth = {row["key"]: row for row in pq.read_table(root / "truth" / "train").to_pylist()}
+    assert len(truth) == len(pairs)
+    forms = {t.name: {t.name, t.plural} for t in THINGS} | {s: {s} for s in STUFF_NAMES}
+    named_counts = dict.fromkeys(CLASSES, 0)
+    for row in pairs:
+        words = set(re.findall(r"[a-z]+", row["caption"]))
+        gt = truth[row["key"]]
+        assert set(gt["named"]) <= set(gt["present"]) and gt["salient"] in gt["named"]
+        for concept in CLASSES:
+            mentioned = bool(words & forms[concept])
+            assert mentioned == (concept in gt["named"]), (row["caption"], gt)
+        for concept in gt["named"]:
+            named_counts[concept] += 1
+        assert all(colour not in gt["present"] for colour in COLOURS)
+    assert min(named_counts.values()) > 0  # every concept is named somewhere, so a caption-mined vocabulary knows it
+    stuff_named = sum(named_counts[s] for s in STUFF_NAMES)
+    stuff_present = sum(sum(s in row["present"] for s in STUFF_NAMES) for row in truth.values())
+    assert stuff_named / stuff_present < 0.2  # stuff is named rarely
+
+
+def test_teacher_captions_name_everything(small_world):
+    root, _ = small_world
+    for row in pq.read_table(root / "truth" / "teacher").to_pylist():
+        assert sorted(row["named"]) == sorted(row["present"])
+
+
+def test_masks_agree_with_what_was_drawn():
+    cfg = WorldConfig(things_min=3, things_max=5)
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        scene = render_scene(cfg, rng, 64)
+        for seen in scene.things:
+            cls = CLASSES.index(seen.name)
+            pixels = scene.image[scene.labels == cls].astype(np.float32)
+            colour = np.asarray(COLOURS[seen.colour], np.float32)
+            # thing pixels carry the thing's colour (within the +-8% shading), and the area is what truth reports
+            assert np.all(np.abs(pixels - colour) <= 0.08 * colour + 1.0)
+            assert (scene.labels == cls).mean() == pytest.approx(seen.area)
+        for seen in scene.stuff:
+            assert (scene.labels == CLASSES.index(seen.name)).mean() == pytest.approx(seen.area)
+        visible = {CLASSES[c] for c in np.unique(scene.labels)}
+        assert {s.name for s in scene.things + scene.stuff} <= visible
+
+
+def test_val_annotations_are_class_ids(small_world):
+    root, _ = small_world
+    for path in sorted((root / "val" / "annotations").glob("*.png"))[:10]:
+        label = Image.open(path)
+        assert label.mode == "P"
+        ids = np.asarray(label)
+        assert ids.shape == (64, 64) and ids.max() < len(CLASSES)
+        image = Image.open(root / "val" / "images" / path.with_suffix(".jpg").name)
+        assert image.size == (64, 64)
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+    cfg = WorldConfig(train=300, teacher=100, val=10, shard_size=150)
+    generate_world(tmp_path / "a", cfg, progress=False)
+    generate_world(tmp_path / "b", cfg, workers=2, progress=False)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "world.json")
+    assert len(files) > 10
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    other = generate_world(tmp_path / "c", WorldConfig(seed=1, train=300, teacher=0, val=0, shard_size=150), progress=False)
+    assert other["config"]["seed"] == 1
+    assert (tmp_path / "c" / "train" / "00000.parquet").read_bytes() != (tmp_path / "a" / "train" / "00000.parquet").read_bytes()
+
+
+def test_shards_load_with_datasets_pandas_and_duckdb(small_world):
+    import datasets
+    import duckdb
+    import pandas as pd
+
+    root, _ = small_world
+    files = sorted(str(p) for p in (root / "train").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert ds.num_rows == 2000 and {"key", "jpg", "caption"} <= set(ds.column_names)
+    frame = pd.concat(pd.read_parquet(f) for f in files)
+    assert frame["key"].is_unique and len(frame) == 2000
+    assert duckdb.sql(f"select count(*) from read_parquet({files!r})").fetchall()[0][0] == 2000
