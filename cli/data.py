@@ -1,7 +1,10 @@
 """`cocu-data`: make, fetch and check image-caption shards."""
 from __future__ import annotations
 
+import os
+from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -62,5 +65,81 @@ def validate(shards: list[str] = typer.Argument(..., help="Shard files, folders 
             typer.echo(f"error: {err}", err=True)
     typer.echo(f"{len(paths)} shard(s), {rows} rows, {bad} invalid")
     raise typer.Exit(1 if bad else 0)
+
+
+class Preset(str, Enum):
+    cc3m = "cc3m"
+    cc12m = "cc12m"
+
+
+@app.command()
+def download(
+    url_list: Path = typer.Argument(..., help="URL + caption list: a tsv/csv/parquet/jsonl/json file (optionally .gz) or a folder of them."),
+    out: Path = typer.Argument(..., help="Output folder: NNNNN.parquet shards (cocu input as is) and NNNNN_stats.json."),
+    preset: Optional[Preset] = typer.Option(None, help="Official header-less TSVs: cc3m is caption<TAB>url, cc12m is url<TAB>caption."),
+    columns: Optional[str] = typer.Option(None, help="Comma-separated names of a header-less csv/tsv list's columns, e.g. 'caption,url'."),
+    url_col: str = typer.Option("url", help="Column holding the image URL."),
+    caption_col: str = typer.Option("caption", help="Column holding the caption."),
+    input_format: Optional[str] = typer.Option(None, help="tsv, csv, parquet, jsonl, json (+ .gz); inferred from the file names."),
+    extra_col: list[str] = typer.Option([], help="Input column to carry into the shards (repeatable)."),
+    image_size: int = typer.Option(512, min=1, help="Target size; with keep_ratio the smaller side (GroupViT recipe)."),
+    resize_mode: str = typer.Option("keep_ratio", help="img2dataset resize mode: keep_ratio, center_crop, border, no, ..."),
+    resize_only_if_bigger: bool = typer.Option(True, help="Only shrink, never enlarge."),
+    processes_count: int = typer.Option(os.cpu_count() or 1, min=1, help="Download processes (one shard each at a time)."),
+    thread_count: int = typer.Option(64, min=1, help="Download threads per process."),
+    shard_size: int = typer.Option(10000, min=1, help="URLs per output shard (img2dataset's number_sample_per_shard)."),
+    timeout: int = typer.Option(10, min=1, help="Seconds before a URL counts as failed."),
+    retries: int = typer.Option(0, min=0, help="Extra tries per failed URL."),
+    overwrite: bool = typer.Option(False, help="Delete OUT first instead of resuming after its finished shards."),
+) -> None:
+    """Download images with img2dataset into Parquet shards; rerun the same command to resume."""
+    from cocu.curation.ingest import PRESETS, DownloadConfig, DownloadInterrupted, IngestError
+    from cocu.curation.ingest import download as run_download
+    from cocu.curation.shards import ShardError
+
+    if preset is not None and columns is not None:
+        raise typer.BadParameter("give --preset or --columns, not both")
+    if preset is not None:
+        names = PRESETS[preset.value]
+    else:
+        names = tuple(name.strip() for name in columns.split(",")) if columns else None
+    cfg = DownloadConfig(columns=names, url_col=url_col, caption_col=caption_col, input_format=input_format,
+                         extra_columns=tuple(extra_col), image_size=image_size, resize_mode=resize_mode,
+                         resize_only_if_bigger=resize_only_if_bigger, processes_count=processes_count,
+                         thread_count=thread_count, number_sample_per_shard=shard_size, timeout=timeout,
+                         retries=retries, overwrite=overwrite)
+    try:
+        summary = run_download(url_list, out, cfg)
+    except (ShardError, IngestError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    except DownloadInterrupted as err:
+        typer.echo(f"interrupted: {err}", err=True)
+        raise typer.Exit(130)
+    typer.echo(summary.line())
+    raise typer.Exit(1 if summary.shards_failed else 0)
+
+
+@app.command()
+def convert(
+    tars: list[str] = typer.Argument(..., help="Webdataset tars: files, folders, globs or braces ('cc3m-{000000..000436}.tar')."),
+    out: Path = typer.Argument(..., help="Output folder: one Parquet shard per tar."),
+    workers: int = typer.Option(2, min=1, help="Tars converted in parallel."),
+) -> None:
+    """Convert webdataset tars (jpg/png + txt, the GroupViT format) to Parquet shards; resumable."""
+    from cocu.curation.ingest import convert_webdataset
+    from cocu.curation.shards import ShardError
+
+    try:
+        summary = convert_webdataset(tars, out, workers=workers)
+    except ShardError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    for failure in summary.failures:
+        typer.echo(f"error: {failure}", err=True)
+    typer.echo(summary.line())
+    raise typer.Exit(0 if summary.ok else 1)
+
+
 if __name__ == "__main__":
     app()
