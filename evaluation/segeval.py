@@ -1,0 +1,163 @@
+"""Evaluate a GroupViT on one benchmark split under one preset: the loop behind ``cocu-eval seg``.
+
+Images stream through the reader (optionally in DataLoader workers); windows from several images are
+batched through the model; the metric accumulates per image, so memory does not grow with the split.
+The record returned is what ``metrics.json`` holds; ``write_report`` adds the Markdown table.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from cocu.curation.shards import atomic_write_bytes, atomic_write_json
+
+from .datasets import FolderDataset, Sample
+from .inference import IMAGENET_MEAN, IMAGENET_STD, Tokenizer, ZeroShotSegmenter, build_text_embeddings, rescale_size, slide_windows
+from .metrics import SegMetric, prepare_label
+from .presets import Preset
+from .visualize import save_overlay
+
+
+def evaluate(model: Any, dataset: FolderDataset, preset: Preset, *, batch_size: int = 16, workers: int = 0,
+             limit: int | None = None, save_images: int = 0, out_dir: str | os.PathLike | None = None,
+             tokenize: Tokenizer | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+             std: Sequence[float] = IMAGENET_STD, progress: bool = True) -> dict[str, Any]:
+    """Run zero-shot segmentation over the split (or its first ``limit`` images) and score it."""
+    if save_images and out_dir is None:
+        raise ValueError("save_images needs out_dir")
+    started = time.perf_counter()
+    prompts = preset.prompt_classes(dataset.classes, dataset.has_background)
+    text = build_text_embeddings(model, prompts, preset.templates, tokenize)
+    text_seconds = time.perf_counter() - started
+    segmenter = ZeroShotSegmenter(model, text, preset, dataset.has_background, batch_size, mean, std)
+    metric = SegMetric(len(dataset.classes), dataset.ignore_index, dataset.reduce_zero_label)
+    source = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
+    total = len(source)
+    loader = DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_identity)
+    overlays = Path(out_dir) / "overlays" if save_images else None
+    saved = windows = 0
+    started = time.perf_counter()
+    with tqdm(total=total, unit="img", desc=f"seg {dataset.name}", disable=not progress, dynamic_ncols=True) as bar:
+        for chunk in _window_batches(loader, preset, batch_size):
+            names, images, labels = zip(*chunk)
+            for name, image, label, pred in zip(names, images, labels, segmenter.predict(images)):
+                pred = _to_label_size(pred, label.shape)
+                metric.update(pred, label)
+                if overlays is not None and saved < save_images:
+                    target = prepare_label(label, dataset.reduce_zero_label).numpy()
+                    save_overlay(overlays / f"{saved:04d}_{name.replace('/', '_')}.png", _at_label_size(image, label.shape),
+                                 target, pred.numpy(), dataset.classes, dataset.ignore_index,
+                                 title=f"{name} ({preset.name})")
+                    saved += 1
+            windows += sum(_window_count(image, preset) for image in images)
+            bar.update(len(chunk))
+            bar.set_postfix(mIoU=f"{metric.compute().miou:.1f}")
+    seconds = time.perf_counter() - started
+    scores = metric.compute()
+    record = {
+        "dataset": dataset.name,
+        "dataset_title": dataset.layout.title,
+        "root": str(dataset.root),
+        "label_source": dataset.label_source,
+        "split_size": len(dataset),
+        "evaluated_images": scores.images,
+        "preset": preset.to_dict(),
+        **scores.to_dict(dataset.classes),
+        "images_per_second": round(scores.images / seconds, 3) if seconds > 0 else None,
+        "seconds": round(seconds, 3),
+        "text_embedding_seconds": round(text_seconds, 3),
+        "windows": windows,
+        "batch_size": batch_size,
+        "device": str(segmenter.device),
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "overlays": saved,
+    }
+    return record
+
+
+def write_report(record: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``metrics.json`` and ``results.md`` under ``out_dir``, each written atomically."""
+    out = Path(out_dir)
+    metrics_path, table_path = out / "metrics.json", out / "results.md"
+    atomic_write_json(metrics_path, record)
+    atomic_write_bytes(table_path, markdown_table(record).encode())
+    return metrics_path, table_path
+
+
+def markdown_table(record: dict[str, Any]) -> str:
+    preset = record["preset"]
+    checkpoint = record.get("checkpoint", {})
+    bg = "none" if preset["bg_thresh"] is None else f"{preset['bg_thresh']} ({preset['bg_rule']})"
+    lines = [
+        f"# Zero-shot segmentation: {record['dataset_title']}",
+        "",
+        "| dataset | preset | images | mIoU | pixel acc. | mean acc. | images/s | checkpoint |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {record['dataset']} | {preset['name']} | {record['evaluated_images']} / {record['split_size']} | "
+        f"{_pct(record['miou'])} | {_pct(record['pixel_accuracy'])} | {_pct(record['mean_accuracy'])} | "
+        f"{record['images_per_second']} | {Path(checkpoint.get('path', '-')).name} `{checkpoint.get('sha256', '-')[:12]}` |",
+        "",
+        f"Preset `{preset['name']}`: short side {preset['short_side']} (long side at most {preset['long_side']}), "
+        f"window {preset['crop']}, stride {preset['stride']}, background {bg}, top-{preset['topk']} class masking, "
+        f"{len(preset['templates'])} template(s): {'; '.join(json.dumps(t) for t in preset['templates'])}. "
+        f"Source: {preset['source']}. Device {record['device']}.",
+        "",
+        f"## Per-class IoU ({record['classes_counted']} of {len(record['per_class_iou'])} classes occur)",
+        "",
+        "| class | IoU | accuracy |",
+        "|---|---|---|",
+    ]
+    for name, iou in record["per_class_iou"].items():
+        lines.append(f"| {json.dumps(name) if name != name.strip() else name} | {_pct(iou)} | {_pct(record['per_class_accuracy'][name])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def _identity(sample: Sample) -> Sample:
+    return sample
+
+
+def _window_count(image: np.ndarray, preset: Preset) -> int:
+    h, w = rescale_size(*image.shape[:2], preset.short_side, preset.long_side)
+    return len(slide_windows(h, w, preset.crop, preset.stride))
+
+
+def _window_batches(samples: Iterator[Sample], preset: Preset, batch_size: int) -> Iterator[list[Sample]]:
+    """Group consecutive images until their windows fill a model batch (one image when it alone has enough)."""
+    chunk, count = [], 0
+    for sample in samples:
+        chunk.append(sample)
+        count += _window_count(sample[1], preset)
+        if count >= batch_size:
+            yield chunk
+            chunk, count = [], 0
+    if chunk:
+        yield chunk
+
+
+def _to_label_size(pred: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """ImageNet-S: predictions of down-sampled images go back to the label's size, nearest (mmseg ``pre_eval``)."""
+    if tuple(pred.shape) == tuple(shape):
+        return pred
+    return F.interpolate(pred[None, None].float(), size=tuple(shape), mode="nearest")[0, 0].long()
+
+
+def _at_label_size(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if image.shape[:2] == tuple(shape):
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    return F.interpolate(tensor, size=tuple(shape), mode="nearest")[0].permute(1, 2, 0).byte().numpy()
