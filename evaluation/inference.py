@@ -144,7 +144,7 @@ class ZeroShotSegmenter:
         self.num_classes = text.shape[0] + int(has_background)
         self.mean = torch.tensor(mean, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(3, 1, 1)
-        self.logit_scale = float(model.logit_scale_value())
+        self.logit_scale = float(torch.as_tensor(model.logit_scale_value()).detach())
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """uint8 ``H x W x 3`` -> normalised ``[3, H', W']`` at the preset's keep-ratio scale."""
