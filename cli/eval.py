@@ -31,37 +31,42 @@ def seg(
     save_images: int = typer.Option(0, min=0, help="Write image | ground truth | prediction PNGs for the first N images."),
     batch_size: int = typer.Option(16, min=1, help="Windows per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader processes decoding images."),
-    limit: int = typer.Option(None, min=1, help="Evaluate only the first N images (recorded in metrics.json)."),
+    limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N images (recorded in metrics.json)."),
     device: str = typer.Option("auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
-    import torch
-
-    from cocu.curation.shards import sha256_file
     from cocu.evaluation.datasets import DatasetError, open_dataset
     from cocu.evaluation.presets import get_preset
-    from cocu.evaluation.segeval import evaluate, write_report
-    from cocu.training.checkpoint import load_groupvit
 
     try:
-        data = open_dataset(dataset.value, root)
         settings = get_preset(preset.value, dataset.value)
+        data = open_dataset(dataset.value, root)
     except (DatasetError, KeyError) as err:
         typer.echo(f"error: {err.args[0]}", err=True)
         raise typer.Exit(2)
+    import torch
+
+    from cocu.curation.shards import sha256_file
+    from cocu.evaluation.segeval import evaluate, write_report
+    from cocu.training.checkpoint import load_groupvit
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, config = load_groupvit(checkpoint, device=device)
+    try:
+        model, config = load_groupvit(checkpoint, device=device)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
     try:
         record = evaluate(model, data, settings, batch_size=batch_size, workers=workers, limit=limit,
                           save_images=save_images, out_dir=out)
-    except DatasetError as err:
-        typer.echo(f"error: {err}", err=True)
+    except DatasetError as err:  # from a DataLoader worker the message carries a traceback: keep its last line
+        typer.echo(f"error: {str(err).strip().splitlines()[-1]}", err=True)
         raise typer.Exit(1)
     record["checkpoint"] = {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
                             "model": getattr(config, "name", None)}
     metrics_path, table_path = write_report(record, out)
-    typer.echo(f"{data.name} [{settings.name}] {record['evaluated_images']}/{record['split_size']} images: "
+    typer.echo(f"{data.name} [{settings.name}] {record['images']}/{record['split_size']} images: "
                f"mIoU {record['miou']}, pixel acc. {record['pixel_accuracy']}, {record['classes_counted']} classes counted, "
                f"{record['images_per_second']} images/s on {record['device']}, {record['overlays']} overlays | "
                f"{metrics_path} | {table_path}")

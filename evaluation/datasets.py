@@ -88,7 +88,8 @@ class Layout:
     split: str | None = None  # a list of names, one per line; otherwise img_dir is scanned
     recursive: bool = False
     label_format: str = "index"  # "index": palette/grayscale ids; "rgb": ImageNet-S ids R + 256 G
-    raw_fallback: tuple[str, str] | None = None  # (suffix, lut name) for unconverted COCO stuffthingmaps
+    # (suffix, raw id -> label id table) for unconverted COCO stuffthingmaps
+    raw_fallback: tuple[str, np.ndarray] | None = field(default=None, compare=False)
     downsample_above: int | None = None  # ImageNet-S: images over this many pixels shrink to long side 1000
     classes_file: str | None = None  # synthetic: names read from this file
 
@@ -106,9 +107,9 @@ LAYOUTS: dict[str, Layout] = {
                         split="ImageSets/SegmentationContext/val.txt"),
     "coco_object": Layout("COCO-Object", ("coco", "coco_stuff164k"), "images/val2017", "annotations/val2017", ".jpg",
                           "_instanceTrainIds.png", cn.COCO_OBJECT, has_background=True,
-                          raw_fallback=(".png", "COCO_OBJECT_LUT")),
+                          raw_fallback=(".png", COCO_OBJECT_LUT)),
     "coco_stuff": Layout("COCO-Stuff-164k", ("coco_stuff164k",), "images/val2017", "annotations/val2017", ".jpg",
-                         "_labelTrainIds.png", cn.COCO_STUFF, raw_fallback=(".png", "COCO_STUFF_LUT")),
+                         "_labelTrainIds.png", cn.COCO_STUFF, raw_fallback=(".png", COCO_STUFF_LUT)),
     "cityscapes": Layout("Cityscapes", ("cityscapes", "city"), "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
                          "_gtFine_labelTrainIds.png", cn.CITYSCAPES, recursive=True),
     "ade20k": Layout("ADE20K", ("ADEChallengeData2016", "ade/ADEChallengeData2016"), "images/validation",
@@ -216,8 +217,7 @@ def open_dataset(name: str, root: str | os.PathLike) -> FolderDataset:
     ann_dir = base / layout.ann_dir
     ann_suffix, lut, label_source = layout.ann_suffix, None, f"{layout.ann_dir}/*{layout.ann_suffix}"
     if layout.raw_fallback and not _has_files(ann_dir, layout.ann_suffix, layout.recursive):
-        ann_suffix, lut_name = layout.raw_fallback
-        lut = globals()[lut_name]
+        ann_suffix, lut = layout.raw_fallback
         label_source = f"{layout.ann_dir}/*{ann_suffix} (raw COCO-Stuff stuffthingmaps, mapped as the reference converter does)"
     names = _split_names(base, layout)
     items = [(n, base / layout.img_dir / f"{n}{layout.img_suffix}", ann_dir / f"{n}{ann_suffix}") for n in names]

@@ -71,7 +71,6 @@ def evaluate(model: Any, dataset: FolderDataset, preset: Preset, *, batch_size: 
         "root": str(dataset.root),
         "label_source": dataset.label_source,
         "split_size": len(dataset),
-        "evaluated_images": scores.images,
         "preset": preset.to_dict(),
         **scores.to_dict(dataset.classes),
         "images_per_second": round(scores.images / seconds, 3) if seconds > 0 else None,
@@ -104,7 +103,7 @@ def markdown_table(record: dict[str, Any]) -> str:
         "",
         "| dataset | preset | images | mIoU | pixel acc. | mean acc. | images/s | checkpoint |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {record['dataset']} | {preset['name']} | {record['evaluated_images']} / {record['split_size']} | "
+        f"| {record['dataset']} | {preset['name']} | {record['images']} / {record['split_size']} | "
         f"{_pct(record['miou'])} | {_pct(record['pixel_accuracy'])} | {_pct(record['mean_accuracy'])} | "
         f"{record['images_per_second']} | {Path(checkpoint.get('path', '-')).name} `{checkpoint.get('sha256', '-')[:12]}` |",
         "",
