@@ -85,7 +85,8 @@ class DownloadSummary:
     failed_to_download: int = 0
     failed_to_resize: int = 0
     count_this_run: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of this run, start-up included
+    download_seconds: float = 0.0  # first shard start to last shard end in this run (img2dataset's own clock)
     errors: Counter = field(default_factory=Counter)
 
     @property
@@ -94,14 +95,15 @@ class DownloadSummary:
 
     @property
     def images_per_second(self) -> float:
-        return self.count_this_run / self.seconds if self.seconds > 0 else 0.0
+        """URLs handled per second while shards were downloading (what img2dataset's "total" line reports)."""
+        return self.count_this_run / self.download_seconds if self.download_seconds > 0 else 0.0
 
     def line(self) -> str:
         failed = f", {self.shards_failed} failed (run again to retry them)" if self.shards_failed else ""
         text = (f"download: {self.shards} shard(s) done ({self.shards_skipped} from an earlier run){failed}; "
                 f"{self.count} urls: success {self.successes}, failed_to_download {self.failed_to_download}, "
                 f"failed_to_resize {self.failed_to_resize}; {self.count_this_run} urls this run in {self.seconds:.1f}s "
-                f"({self.images_per_second:.1f} img/s)")
+                f"({self.images_per_second:.1f} urls/s while downloading)")
         if self.errors:
             text += "; top errors: " + ", ".join(f"{message!r} x{n}" for message, n in self.errors.most_common(3))
         return text
@@ -119,58 +121,58 @@ def download(url_list: str | os.PathLike, out: str | os.PathLike, config: Downlo
              progress: bool = True) -> DownloadSummary:
     """Download a URL + caption list into Parquet shards of the data contract with img2dataset."""
     cfg = config or DownloadConfig()
-    out = Path(out).absolute()
-    source = Path(url_list).absolute()
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)
-    fmt = cfg.input_format or _infer_format(source)
-    url_col, caption_col = cfg.url_col, cfg.caption_col
-    if cfg.columns:
-        source = _normalize_headerless(source, fmt, cfg.columns, out / INPUT_DIR, cfg.processes_count, progress)
-        fmt = "parquet"
-    files = _list_files(source, fmt)
-    rows = [_scan_list(path, fmt, [url_col, caption_col, *cfg.extra_columns]) for path in files]
-    expected = None if None in rows else sum(math.ceil(n / cfg.number_sample_per_shard) for n in rows)
-    previous = _read_stats(out)
-    done_before = set(previous)
-
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
-    import img2dataset
-
-    kwargs = dict(
-        url_list=str(source), output_folder=str(out), output_format="parquet", input_format=fmt,
-        url_col=url_col, caption_col=caption_col, save_additional_columns=list(cfg.extra_columns) or None,
-        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-        encode_format="jpg", encode_quality=cfg.encode_quality, processes_count=cfg.processes_count,
-        thread_count=cfg.thread_count, number_sample_per_shard=cfg.number_sample_per_shard, timeout=cfg.timeout,
-        retries=cfg.retries, incremental_mode="incremental", enable_wandb=False,
-        disallowed_header_directives=cfg.disallowed_header_directives,
-    )
     clash = sorted(set(cfg.img2dataset_kwargs) & set(OWN_ARGUMENTS))
     if clash:
         raise ValueError(f"img2dataset_kwargs may not set {', '.join(clash)}: cocu fixes them to keep the data contract")
-    kwargs.update(cfg.img2dataset_kwargs)
+    out = Path(out).absolute()
+    source = Path(url_list).absolute()
+    fmt = cfg.input_format or _infer_format(source)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    if cfg.columns:
+        source = _normalize_headerless(source, fmt, cfg.columns, out / INPUT_DIR, cfg.processes_count, progress)
+        fmt = "parquet"
+    rows = [_scan_list(path, fmt, [cfg.url_col, cfg.caption_col, *cfg.extra_columns]) for path in _list_files(source, fmt)]
     total = None if None in rows else sum(rows)
-    watcher = _StatsWatcher(out, previous, total, progress)
-    previous_handler = signal.getsignal(signal.SIGINT)
+    expected = None if total is None else sum(math.ceil(n / cfg.number_sample_per_shard) for n in rows)
+    previous = _read_stats(out)
     started = time.perf_counter()
-    watcher.start()
-    try:
-        img2dataset.download(**kwargs)
-    except SystemExit as exit_:  # img2dataset's SIGINT handler removes _tmp and calls sys.exit(0)
-        raise DownloadInterrupted(f"download into {out} interrupted; run the same command again to resume") from exit_
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)  # img2dataset replaces it for good otherwise
-        watcher.stop()
-    summary = summarize(out, done_before)
+    if expected is None or not set(range(expected)) <= set(previous):  # else every shard is done: nothing to start
+        _run_img2dataset(dict(
+            url_list=str(source), output_folder=str(out), output_format="parquet", input_format=fmt,
+            url_col=cfg.url_col, caption_col=cfg.caption_col, save_additional_columns=list(cfg.extra_columns) or None,
+            image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
+            encode_format="jpg", encode_quality=cfg.encode_quality, processes_count=cfg.processes_count,
+            thread_count=cfg.thread_count, number_sample_per_shard=cfg.number_sample_per_shard, timeout=cfg.timeout,
+            retries=cfg.retries, incremental_mode="incremental", enable_wandb=False,
+            disallowed_header_directives=cfg.disallowed_header_directives, **cfg.img2dataset_kwargs,
+        ), _StatsWatcher(out, previous, total, progress))
+    summary = summarize(out, set(previous))
     summary.shards_expected = expected
     summary.seconds = time.perf_counter() - started
     return summary
 
 
+def _run_img2dataset(kwargs: dict[str, Any], watcher: "_StatsWatcher") -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
+    import img2dataset
+
+    previous_handler = signal.getsignal(signal.SIGINT)
+    watcher.start()
+    try:
+        img2dataset.download(**kwargs)
+    except SystemExit as exit_:  # img2dataset's SIGINT handler removes _tmp and calls sys.exit(0)
+        raise DownloadInterrupted(f"download into {kwargs['output_folder']} interrupted; "
+                                  f"run the same command again to resume") from exit_
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)  # img2dataset replaces it for good otherwise
+        watcher.stop()
+
+
 def summarize(out: str | os.PathLike, done_before: set[int] = frozenset()) -> DownloadSummary:
     """Add up img2dataset's ``*_stats.json`` files; shards in ``done_before`` count as skipped."""
     summary = DownloadSummary()
+    start, end = float("inf"), float("-inf")
     for shard_id, stats in _read_stats(Path(out)).items():
         summary.shards += 1
         summary.count += stats["count"]
@@ -182,6 +184,8 @@ def summarize(out: str | os.PathLike, done_before: set[int] = frozenset()) -> Do
             summary.shards_skipped += 1
         else:
             summary.count_this_run += stats["count"]
+            start, end = min(start, stats["start_time"]), max(end, stats["end_time"])
+    summary.download_seconds = max(0.0, end - start)
     return summary
 
 

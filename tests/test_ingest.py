@@ -1,7 +1,8 @@
 """Ingestion: img2dataset against a loopback server, resume after an interruption, webdataset tars round trip."""
 import functools
 import io
-import json
+import os
+import signal
 import tarfile
 import threading
 import time
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from cocu.cli.data import app
 from cocu.curation.ingest import DownloadConfig, download, summarize
-from cocu.curation.shards import ShardError, expand_shards, iter_batches, validate_shard
+from cocu.curation.shards import expand_shards, iter_batches, validate_shard
 
 TIMEOUT = 3  # img2dataset's per-URL timeout in these tests (seconds)
 
@@ -78,32 +79,55 @@ def server():
 
 SHARD = 10
 GOOD, MISSING, SLOW, JUNK = 26, 2, 1, 1  # 30 URLs, 3 shards of 10
+ARGS = ["--processes-count", "1", "--thread-count", "4", "--shard-size", str(SHARD), "--timeout", str(TIMEOUT),
+        "--image-size", "16"]
 
 
 def url_rows(base: str) -> list[tuple[str, str]]:
-    """(url, caption) rows; shard 0 is all successes, the slow URL sits in shard 2 (the resume test redoes shard 1)."""
+    """(url, caption) rows: shard 0 all successes; shard 1 a 404 and the slow URL (it holds shard 1 open); shard 2 junk and a 404."""
     rows = [(f"{base}/img/{i}.jpg", f"a photo of thing {i}") for i in range(GOOD)]
-    rows.insert(12, (f"{base}/missing/a.jpg", "a dead link"))
-    rows.insert(27, (f"{base}/slow/a.jpg", "a slow server"))
-    rows.insert(21, (f"{base}/junk/a.jpg", "a page that is not an image"))
-    rows.insert(25, (f"{base}/missing/b.jpg", "another dead link"))
+    rows[3] = (rows[3][0], 'the "best" photo of thing 3')  # a stray quote, as in real CC3M captions
+    for index, row in ((12, ("missing/a.jpg", "a dead link")), (15, ("slow/a.jpg", "a slow server")),
+                       (21, ("junk/a.jpg", "a page that is not an image")), (25, ("missing/b.jpg", "another dead link"))):
+        rows.insert(index, (f"{base}/{row[0]}", row[1]))
     return rows
+
+
+def wait_for(path, seconds=120.0):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
 def downloaded(server, tmp_path_factory):
+    """CC3M's official layout (header-less caption<TAB>url), downloaded twice: SIGINT during shard 1, then a rerun."""
     root = tmp_path_factory.mktemp("download")
     rows = url_rows(server.url)
-    urls = root / "urls.tsv"
-    urls.write_text("url\tcaption\n" + "".join(f"{u}\t{c}\n" for u, c in rows))
+    urls = root / "Train_GCC-training.tsv"
+    urls.write_text("".join(f"{c}\t{u}\n" for u, c in rows))
     out = root / "out"
-    result = CliRunner().invoke(app, ["download", str(urls), str(out), "--processes-count", "2", "--thread-count", "4",
-                                      "--shard-size", str(SHARD), "--timeout", str(TIMEOUT), "--image-size", "16"])
-    return root, urls, out, rows, result
+    command = ["download", str(urls), str(out), "--preset", "cc3m", *ARGS]
+    default_handler = signal.getsignal(signal.SIGINT)
+
+    def interrupt():  # Ctrl-C once shard 0 is finished and shard 1 waits on the slow URL
+        wait_for(out / "00000_stats.json")
+        if signal.getsignal(signal.SIGINT) is not default_handler:  # img2dataset's handler is in place
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt, daemon=True)
+    interrupter.start()
+    first = CliRunner().invoke(app, command)
+    interrupter.join()
+    after_first = {"returncode": first.exit_code, "output": first.output, "requests": Counter(server.requests),
+                   "stats": sorted(p.name for p in out.glob("*_stats.json")), "mtime": (out / "00000.parquet").stat().st_mtime_ns}
+    second = CliRunner().invoke(app, command)
+    return {"rows": rows, "list": urls, "out": out, "first": after_first, "second": second}
 
 
 def test_download_counts_add_up_and_shards_are_cocu_input(downloaded):
-    root, urls, out, rows, result = downloaded
+    rows, out, result = downloaded["rows"], downloaded["out"], downloaded["second"]
     assert result.exit_code == 0, result.output
     summary = summarize(out)
     assert (summary.shards, summary.count) == (3, len(rows))
@@ -111,7 +135,7 @@ def test_download_counts_add_up_and_shards_are_cocu_input(downloaded):
     assert summary.failed_to_download == MISSING + SLOW
     assert summary.failed_to_resize == JUNK
     assert summary.successes + summary.failed_to_download + summary.failed_to_resize == len(rows)
-    assert f"success {GOOD}, failed_to_download {MISSING + SLOW}, failed_to_resize {JUNK}" in result.output
+    assert f"{len(rows)} urls: success {GOOD}, failed_to_download {MISSING + SLOW}, failed_to_resize {JUNK}" in result.output
 
     shards = expand_shards(out)
     assert [p.name for p in shards] == ["00000.parquet", "00001.parquet", "00002.parquet"]
@@ -125,44 +149,44 @@ def test_download_counts_add_up_and_shards_are_cocu_input(downloaded):
         assert row["caption"] == caption
         assert (row["status"] == "success") == ("/img/" in url)
         assert (row["jpg"] is None) == ("/img/" not in url)
-    assert by_url[f"{rows[0][0]}"]["status"] == "success"
-    assert "404" in by_url[f"{rows[0][0].rsplit('/img/', 1)[0]}/missing/a.jpg"]["error_message"]
-    good = [r for r in by_url.values() if r["status"] == "success"]
-    for r in good:  # keep_ratio: the smaller side becomes image_size, the aspect ratio stays
+    assert "404" in by_url[rows[12][0]]["error_message"] and "timed out" in by_url[rows[15][0]]["error_message"]
+    for r in (r for r in by_url.values() if r["status"] == "success"):  # keep_ratio: smaller side to image_size
         assert Image.open(io.BytesIO(r["jpg"])).size == (r["width"], r["height"]) == (27, 16)
         assert (r["original_width"], r["original_height"]) == (40, 24)
     assert not (out / "_tmp").exists()
 
 
-def test_rerun_after_interruption_downloads_only_the_unfinished_shard(downloaded, server):
-    root, urls, out, rows, _ = downloaded
-    # What a kill during shard 1 leaves behind: its Parquet half-written and no stats file.
-    (out / "00001_stats.json").unlink()
-    (out / "00001.parquet").write_bytes((out / "00001.parquet").read_bytes()[:100])
-    untouched = {name: (out / name).stat().st_mtime_ns for name in ("00000.parquet", "00002.parquet")}
+def test_interrupted_download_resumes_without_refetching_finished_shards(downloaded, server):
+    rows, out, first, second = downloaded["rows"], downloaded["out"], downloaded["first"], downloaded["second"]
+    assert first["returncode"] == 130 and "run the same command again to resume" in first["output"]
+    assert first["stats"] == ["00000_stats.json"]
+    paths = [url.split(server.url, 1)[1] for url, _ in rows]
+    assert all(first["requests"][p] == 1 for p in paths[:SHARD])
+    assert not any(first["requests"][p] for p in paths[2 * SHARD:])  # shard 2 had not started
+    # The rerun fetched shards 1 and 2 and never touched shard 0.
+    assert all(server.requests[p] == 1 for p in paths[:SHARD])
+    assert all(server.requests[p] - first["requests"][p] == 1 for p in paths[SHARD:])
+    assert (out / "00000.parquet").stat().st_mtime_ns == first["mtime"]
+    assert "3 shard(s) done (1 from an earlier run)" in second.output and "20 urls this run" in second.output
+    # A third run finds every shard done and starts no download at all.
     before = Counter(server.requests)
-    summary = download(urls, out, DownloadConfig(processes_count=1, thread_count=4, number_sample_per_shard=SHARD,
-                                                 timeout=TIMEOUT, image_size=16), progress=False)
-    again = server.requests - before
-    shard1 = {u.split(server.url, 1)[1] for u, _ in rows[SHARD:2 * SHARD]}
-    assert set(again) == shard1 and all(n == 1 for n in again.values())
-    assert {name: (out / name).stat().st_mtime_ns for name in untouched} == untouched
-    assert (summary.shards, summary.shards_skipped, summary.shards_failed) == (3, 2, 0)
-    assert summary.count_this_run == SHARD and summary.count == len(rows)
-    assert validate_shard(out / "00001.parquet") == SHARD
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    third = download(downloaded["list"], out, DownloadConfig.preset("cc3m", number_sample_per_shard=SHARD), progress=False)
+    assert (third.shards, third.shards_skipped, third.count_this_run) == (3, 3, 0) and server.requests == before
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
 
 
-def test_headerless_preset_lists(server, tmp_path):
-    rows = [(f"{server.url}/img/{i}.jpg", f"caption {i}") for i in range(4)]
-    rows.append((f"{server.url}/img/4.jpg", 'a "quoted" caption'))
-    cc3m = tmp_path / "Train_GCC-training.tsv"
-    cc3m.write_text("".join(f"{c}\t{u}\n" for u, c in rows))
-    summary = download(cc3m, tmp_path / "out", DownloadConfig.preset("cc3m", processes_count=1, thread_count=4,
-                                                                       timeout=TIMEOUT, image_size=16), progress=False)
-    assert (summary.successes, summary.count, summary.shards_failed) == (5, 5, 0)
+def test_list_with_header_passes_through_with_extra_columns(server, tmp_path):
+    rows = [(f"{server.url}/img/{i}.jpg", f"caption {i}", f"cc-by-{i}") for i in range(4)]
+    urls = tmp_path / "urls.csv"
+    urls.write_text("image_url,text,license\n" + "".join(f"{u},{c},{lic}\n" for u, c, lic in rows))
+    summary = download(urls, tmp_path / "out", DownloadConfig(url_col="image_url", caption_col="text", extra_columns=("license",),
+                                                               processes_count=1, thread_count=4, timeout=TIMEOUT, image_size=16),
+                       progress=False)
+    assert (summary.successes, summary.count, summary.shards_expected, summary.shards_failed) == (4, 4, 1, 0)
     table = pq.read_table(tmp_path / "out" / "00000.parquet")
-    assert sorted(zip(table["url"].to_pylist(), table["caption"].to_pylist())) == sorted(rows)
-    assert (tmp_path / "out" / "_input" / "Train_GCC-training.parquet").exists()
+    assert sorted(zip(table["url"].to_pylist(), table["caption"].to_pylist(), table["license"].to_pylist())) == rows
+    assert validate_shard(tmp_path / "out" / "00000.parquet") == 4
 
 
 @pytest.mark.parametrize("content, message", [
@@ -237,7 +261,7 @@ def test_corrupt_tar_is_one_line_and_the_others_convert(tmp_path):
     (tmp_path / "c.tar").write_bytes(b"definitely not a tar archive" * 40)
     write_tar(tmp_path / "d.tar", make_samples(3, 5) + [("00003dupe", "jpg", jpeg(1), "x")] + make_samples(3, 1))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["convert", str(tmp_path / "*.tar"), str(out), "--workers", "2"])
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "*.tar"), str(out), "--workers", "1"])
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 4
