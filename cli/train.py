@@ -1,0 +1,96 @@
+"""`cocu-train`: `fit` pretrains GroupViT on (curated) Parquet shards with LightningCLI; `clip` trains the teacher CLIP.
+
+    cocu-train fit --config configs/train/synthetic.yaml --data.shards WORLD/train --data.text_mode caption
+    cocu-train fit --config configs/train/synthetic.yaml ... --ckpt_path last     # resume after a kill
+
+Every option of the model (`--model.*`), the data module (`--data.*`), the Trainer (`--trainer.*`) and the checkpoint
+callback (`--checkpoint.*`) can be set in the YAML or on the command line; `--print_config` shows the result.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from cocu.training.checkpoint import GroupViTCheckpoint
+from cocu.training.model import get_config
+from cocu.training.module import GroupViTModule
+
+
+def _checkpoint_dir(root: str | None) -> str:
+    return str(Path(root or ".") / "checkpoints")
+
+
+def _image_size(arch: str, overrides: dict[str, Any] | None) -> int:
+    return get_config(arch, overrides).vision.image_size
+
+
+def _context_length(arch: str, overrides: dict[str, Any] | None) -> int:
+    return get_config(arch, overrides).text.context_length
+
+
+class GroupViTCLI(LightningCLI):
+    """LightningCLI with the `fit` verb only, a checkpoint callback in a fixed folder (so ``--ckpt_path last`` finds
+    the previous run's ``last.ckpt``), data settings tied to the model config, and CSV + TensorBoard logs."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(GroupViTCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             "checkpoint.every_n_train_steps": 500})
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        # The loader must produce what the model was built for: images at its native size, tokens at its context.
+        parser.link_arguments(("model.arch", "model.arch_overrides"), "data.image_size", compute_fn=_image_size)
+        parser.link_arguments(("model.arch", "model.arch_overrides"), "data.context_length", compute_fn=_context_length)
+
+    def before_instantiate_classes(self) -> None:
+        trainer_cfg = self.config[self.subcommand].trainer
+        self._default_loggers = trainer_cfg.logger in (None, True)
+        if self._default_loggers:
+            trainer_cfg.logger = False  # replaced by CSV + TensorBoard below
+
+    def after_instantiate_classes(self) -> None:
+        if self._default_loggers:
+            root = self.trainer.default_root_dir
+            tensorboard = TensorBoardLogger(root, name="logs")
+            self.trainer.loggers = [CSVLogger(root, name="logs", version=tensorboard.version), tensorboard]
+
+    def before_fit(self) -> None:
+        self._start = (time.perf_counter(), self.trainer.global_step)
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._start[0]
+        steps = trainer.global_step - self._start[1]  # restored on resume, so this run's steps only
+        samples = steps * self.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        checkpoint = trainer.checkpoint_callback
+        last = checkpoint.last_model_path if checkpoint is not None else ""
+        print(f"fit: {steps} steps ({trainer.global_step} in total), {samples} samples in {seconds:.0f} s "
+              f"({samples / max(seconds, 1e-9):.1f} samples/s, setup included) | last checkpoint: {last or 'none'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `cocu-train`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "clip":
+        from cocu.cli.teacher import main as teacher_main
+
+        teacher_main(argv[1:])
+        return
+    from cocu.training.data import CuratedShardsDataModule
+
+    GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
+                parser_kwargs={"description": __doc__})
+
+
+if __name__ == "__main__":
+    main()

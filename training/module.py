@@ -1,0 +1,123 @@
+"""`GroupViTModule`: the science of GroupViT pretraining as a LightningModule (model, loss, optimiser, schedule).
+
+The reference recipe (shared/research/groupvit.md §3): AdamW without weight decay on 1-D parameters and biases; base,
+warm-up and minimum learning rates all scaled by global_batch / 4096; linear warm-up then cosine decay, updated every step.
+Everything about devices, precision, checkpoints and logging belongs to the Trainer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from cocu.training.loss import groupvit_loss
+from cocu.training.model import GroupViT, get_config
+
+
+def warmup_cosine(step: int, *, peak: float, warmup_start: float, minimum: float, warmup_steps: int,
+                  total_steps: int) -> float:
+    """Learning rate at optimiser step `step`: linear warm-up from `warmup_start` to `peak`, then cosine to `minimum`."""
+    if step < warmup_steps:
+        return warmup_start + (peak - warmup_start) * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return minimum + 0.5 * (peak - minimum) * (1.0 + math.cos(math.pi * progress))
+
+
+class GroupViTModule(L.LightningModule):
+    """GroupViT pretraining on batches ``{"image": [B, 3, H, W], "text": [B, 1+K, T]}`` (caption first, then K prompts).
+
+    Args:
+        arch: a named model config (`cocu.training.model.MODEL_CONFIGS`).
+        arch_overrides: nested overrides of that config, e.g. ``{"vision": {"drop_path_rate": 0.0}}``.
+        base_lr, warmup_lr, min_lr: learning rates at the reference batch; each is multiplied by
+            global_batch / lr_reference_batch.
+        warmup_epochs: warm-up length in epochs of the data module's `num_samples`; `warmup_steps` overrides it.
+        multi_label_weight: weight of the multi-label term (0 turns it off).
+    """
+
+    def __init__(self, arch: str = "groupvit-s", arch_overrides: dict[str, Any] | None = None,
+                 base_lr: float = 1.6e-3, warmup_lr: float = 4e-6, min_lr: float = 4e-5, lr_reference_batch: int = 4096,
+                 weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 warmup_epochs: float = 2.0, warmup_steps: int | None = None, multi_label_weight: float = 1.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GroupViT(get_config(arch, arch_overrides))
+
+    def setup(self, stage: str) -> None:
+        # The projectors' BatchNorm must see the global batch, as the reference's SyncBatchNorm does. PyTorch's
+        # SyncBatchNorm runs on accelerators only; CPU DDP (tests, debugging) keeps per-process statistics.
+        if self.trainer.world_size > 1:
+            if self.trainer.strategy.root_device.type == "cpu":
+                rank_zero_warn("DDP on CPU: SyncBatchNorm needs an accelerator, so the projectors' BatchNorm uses "
+                               "per-process batch statistics")
+            else:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, text = batch["image"], batch["text"]
+        image_x, text_x, prompt_x = self.model(images, text)
+        out = groupvit_loss(image_x, text_x, prompt_x, self.model.logit_scale_value(),
+                            self.model.multi_label_logit_scale_value(), self.hparams.multi_label_weight)
+        b = images.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=b)
+        self.log_dict({"train/contrastive": out.contrastive, "train/multi_label": out.multi_label,
+                       "train/logit_scale": self.model.logit_scale_value(),
+                       "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, batch_size=b)
+        return out.loss
+
+    def _schedule(self) -> tuple[float, int, int]:
+        """(lr scale, warm-up steps, total steps) from the trainer and the data module, never from
+        `trainer.estimated_stepping_batches`, which would exhaust an iterable loader (Lightning #20550)."""
+        trainer = self.trainer
+        datamodule = trainer.datamodule
+        batch_size = getattr(datamodule, "batch_size", None)
+        if batch_size is None:
+            raise ValueError("GroupViTModule needs a data module with a `batch_size` attribute to scale the learning rate")
+        global_batch = batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        num_samples = getattr(datamodule, "num_samples", None)
+        steps_per_epoch = num_samples // global_batch if num_samples else None
+        if trainer.max_steps > 0:
+            total = trainer.max_steps
+        elif steps_per_epoch and trainer.max_epochs and trainer.max_epochs > 0:
+            total = trainer.max_epochs * steps_per_epoch
+        else:
+            raise ValueError("cannot size the learning-rate schedule: set trainer.max_steps, or max_epochs with a data "
+                             "module that knows num_samples")
+        if self.hparams.warmup_steps is not None:
+            warmup = self.hparams.warmup_steps
+        elif steps_per_epoch:
+            warmup = round(self.hparams.warmup_epochs * steps_per_epoch)
+        else:
+            raise ValueError("cannot size the warm-up: set model.warmup_steps, or use a data module that knows num_samples")
+        return global_batch / self.hparams.lr_reference_batch, min(warmup, total), total
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        scale, warmup, total = self._schedule()
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            # As the reference: 1-D parameters and biases are not decayed; 0-D temperatures and 3-D embeddings are.
+            (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
+        peak = hp.base_lr * scale
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=peak, betas=tuple(hp.betas), eps=hp.eps)
+
+        # A plain function (not a callable object) so LambdaLR saves no state for it: a resumed run recomputes the
+        # schedule from its own settings and restores only the step count.
+        def factor(step: int) -> float:
+            return warmup_cosine(step, peak=peak, warmup_start=hp.warmup_lr * scale, minimum=hp.min_lr * scale,
+                                 warmup_steps=warmup, total_steps=total) / peak
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What evaluation needs beside the weights, as plain data: `load_groupvit` rebuilds the model from it.
+        checkpoint["groupvit_config"] = self.model.config.to_dict()
