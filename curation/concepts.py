@@ -137,7 +137,7 @@ def normalize_concept(text: str) -> str:
 
 
 def article(word: str) -> str:
-    """"a" or "an" by the sound of ``word`` (spelling rules plus the common exceptions)."""
+    """The article for ``word``, "a" or "an", by its sound (spelling rules plus the common exceptions)."""
     w = word.lower()
     if w.startswith(("hour", "honest", "honor", "honour", "heir")):
         return "an"

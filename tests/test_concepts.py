@@ -89,6 +89,8 @@ def test_build_mines_compounds_and_drops_attributes_numbers_and_photo_words():
     assert v.counts[v.index("coffee mug")] == 10
     assert v.counts[v.index("mug")] == 10
     assert "photo" in DEFAULT_STOPWORDS and "stock photo" not in v
+    unfiltered = build_vocabulary(captions, min_count=2, stopwords=(), stop_heads=(), attributes=(), progress=False)
+    assert {"photo", "stock photo", "close-up"} <= set(unfiltered.concepts)
 
 
 def test_min_count_counts_each_caption_once():
