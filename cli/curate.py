@@ -1,0 +1,131 @@
+"""`cocu-curate`: build the CLIP bank of an index corpus, then curate shards against it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Concept curation (CoCu): build-bank embeds and indexes a corpus once; enrich adds curated "
+                       "concepts to image-caption Parquet shards. Both resume where they stopped.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command("build-bank")
+def build_bank(
+    shards: list[str] = typer.Option(..., "--shards", help="Input shards: a glob, folder or file (repeat for more)."),
+    model: str = typer.Option(..., help="open_clip model name (ViT-B-16), hf-hub:org/repo or local-dir:PATH."),
+    pretrained: str = typer.Option(None, help="Pretrained tag (openai, laion2b_s34b_b79k) or checkpoint file; omit for random init."),
+    out: Path = typer.Option(..., help="Bank directory to create or resume."),
+    model_config: Path = typer.Option(None, help="Custom open_clip config JSON named <model>.json (found beside the checkpoint when omitted)."),
+    vocabulary: Path = typer.Option(None, help="Use this vocabulary file instead of mining one from the captions."),
+    min_count: int = typer.Option(5, min=1, help="Keep caption concepts mentioned in at least this many captions."),
+    max_words: int = typer.Option(4, min=1, help="Longest concept in words."),
+    concepts: Path = typer.Option(None, help="Text file of extra concepts (one per line), kept even when rare."),
+    template: str = typer.Option("a photo of a {}.", help="Prompt template for concept text embeddings."),
+    index_factory: str = typer.Option(None, help="FAISS factory string (default: Flat up to 1M images, IVF-HNSW beyond)."),
+    nprobe: int = typer.Option(None, help="Default IVF lists to probe at search time (stored in the manifest)."),
+    ef_search: int = typer.Option(None, help="Default HNSW efSearch at search time (stored in the manifest)."),
+    batch_size: int = typer.Option(256, min=1, help="Images per model batch."),
+    decode_workers: int = typer.Option(None, min=0, help="Image decoding processes per worker (default: spare cores)."),
+    workers: int = typer.Option(1, min=1, help="Shards embedded in parallel (processes, each with a model)."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """Embed the images of SHARDS with a CLIP, mine their caption concepts and build the FAISS bank in OUT."""
+    from cocu.curation.bank import BankConfig, BankError
+    from cocu.curation.bank import build_bank as build
+    from cocu.curation.shards import ShardError
+
+    try:
+        user = tuple(line.strip() for line in concepts.read_text().splitlines() if line.strip()) if concepts else ()
+        config = BankConfig(model=model, pretrained=pretrained, model_config=str(model_config) if model_config else None,
+                            vocabulary=str(vocabulary) if vocabulary else None, min_count=min_count, max_words=max_words,
+                            user_concepts=user, template=template, factory=index_factory, nprobe=nprobe, ef_search=ef_search,
+                            batch_size=batch_size, decode_workers=decode_workers, device=device)
+        summary = build(shards, out, config, workers=workers)
+    except (ShardError, BankError, ValueError, FileNotFoundError, OSError) as err:
+        _fail(err)
+    for failure in summary.embed.failures:
+        typer.echo(f"error: {failure}", err=True)
+    typer.echo(summary.embed.line())
+    typer.echo(summary.line())
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+@app.command()
+def enrich(
+    bank: Path = typer.Option(..., help="Bank directory made by build-bank."),
+    shards: list[str] = typer.Option(..., "--shards", help="Shards to curate: a glob, folder or file (repeat for more)."),
+    out: Path = typer.Option(..., help="Output folder; each curated shard keeps its input's file name."),
+    neighbors: int = typer.Option(8, "--neighbors", "-L", min=1, help="Retrieved images per anchor (L)."),
+    top_k: int = typer.Option(16, min=1, help="Curated concepts kept per image (K)."),
+    clusters: bool = typer.Option(True, "--clusters/--no-clusters", help="Store k-means cluster ids for cluster-guided sampling."),
+    seed: int = typer.Option(0, help="Seed of the clustering."),
+    nprobe: int = typer.Option(None, help="IVF lists to probe (default: the bank's)."),
+    ef_search: int = typer.Option(None, help="HNSW efSearch (default: the bank's)."),
+    model: str = typer.Option(None, help="Refuse to run unless the bank was built with this model."),
+    pretrained: str = typer.Option(None, help="The bank's weights (a tag, or the checkpoint file if it moved)."),
+    batch_size: int = typer.Option(1024, min=1, help="Images per search/ranking batch."),
+    embed_batch_size: int = typer.Option(256, min=1, help="Images per model batch (images not in the bank)."),
+    decode_workers: int = typer.Option(None, min=0, help="Image decoding processes per worker (default: spare cores)."),
+    workers: int = typer.Option(1, min=1, help="Shards curated in parallel (processes)."),
+    device: str = typer.Option(None, help="cuda or cpu for embedding images not in the bank."),
+) -> None:
+    """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
+    from cocu.curation.bank import BankError
+    from cocu.curation.enrich import EnrichConfig, summary_line
+    from cocu.curation.enrich import enrich as run
+    from cocu.curation.shards import ShardError
+
+    config = EnrichConfig(neighbors=neighbors, top_k=top_k, clusters=clusters, seed=seed, nprobe=nprobe, ef_search=ef_search,
+                          batch_size=batch_size, model=model, pretrained=pretrained, embed_batch_size=embed_batch_size,
+                          decode_workers=decode_workers, device=device)
+    try:
+        summary = run(bank, shards, out, config, workers=workers)
+    except (ShardError, BankError, ValueError, FileNotFoundError, OSError) as err:
+        _fail(err)
+    for failure in summary.failures:
+        typer.echo(f"error: {failure}", err=True)
+    typer.echo(summary.line())
+    typer.echo(summary_line(summary))
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+@app.command()
+def status(out: Path = typer.Option(..., help="An enrich output folder or a bank directory.")) -> None:
+    """Say what is done in OUT: finished shards and their counts (from the per-shard manifests)."""
+    folders = [out / "parts", out] if (out / "parts").is_dir() else [out]
+    bank = out / "manifest.json"
+    if bank.is_file():
+        manifest = json.loads(bank.read_text())
+        typer.echo(f"bank {out}: complete; {manifest['rows']} images, {manifest['vocabulary']['size']} concepts, "
+                   f"model {manifest['model']['name']} / {manifest['model']['pretrained']}, index {manifest['index']['factory']}")
+    elif (out / "parts").is_dir():
+        typer.echo(f"bank {out}: incomplete (no manifest.json yet)")
+    for folder in folders:
+        manifests = sorted(folder.glob("*.manifest.json"))
+        if not manifests:
+            continue
+        stages: dict[str, dict] = {}
+        for path in manifests:
+            record = json.loads(path.read_text())
+            entry = stages.setdefault(record.get("stage", "?"), {"shards": 0, "seconds": 0.0, "counts": {}})
+            entry["shards"] += 1
+            entry["seconds"] += record.get("seconds", 0.0)
+            for name, value in record.get("counts", {}).items():
+                entry["counts"][name] = entry["counts"].get(name, 0) + value
+        for stage, entry in stages.items():
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(entry["counts"].items()))
+            rate = entry["counts"].get("images", 0) / entry["seconds"] if entry["seconds"] else 0.0
+            typer.echo(f"{stage} ({folder}): {entry['shards']} shard(s) done; {counts}; {rate:.0f} images/s per worker")
+    if not bank.is_file() and not any(f.glob("*.manifest.json") for f in folders if f.is_dir()):
+        typer.echo(f"{out}: nothing done yet")
+
+
+if __name__ == "__main__":
+    app()

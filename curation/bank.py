@@ -1,0 +1,489 @@
+"""The bank: everything enrich needs about the index corpus, in one directory, built resumably.
+
+Layout of ``BANK/``::
+
+    manifest.json         written last: model, embedding dim, rows, index factory, vocabulary digest,
+                          source shards with sha256, tool version, prompt template (its presence = complete)
+    vocabulary.json       the concept vocabulary (cocu.curation.concepts.Vocabulary)
+    concepts.parquet      id, concept, count (captions naming it), prompt, embedding (float16, normalized)
+    images.parquet        id (= FAISS id), key, shard, caption_concepts, caption_concept_sims (t_c·v)
+    embeddings.npy        (rows, dim) float16 normalized image embeddings, opened memory-mapped
+    index.faiss           inner-product FAISS index over the embeddings
+    clip/<model>.json     the custom open_clip config, when the model used one
+    parts/                per-shard embeddings (key, caption, embedding): the resumable embed stage
+    build.json            digests of the finished assembly steps, so a rerun resumes where it stopped
+
+Building runs the per-shard embed stage through ``run_stage`` (skips finished shards), then the
+assembly steps, each skipped when its inputs are unchanged: vocabulary (mined from the captions),
+concept prompts' text embeddings, the aligned image tables, the index, and the manifest last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from functools import cached_property
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .clustering import ConceptGram
+from .clip import ClipModel, ModelSpec, load_clip, model_spec
+from .index import SearchParams, Searcher, build_index, choose_factory, read_index, write_index
+from .ranking import Ragged, offsets_from_lengths, pair_similarities
+from .shards import ShardError, atomic_path, atomic_write_json, expand_shards, iter_batches, sha256_file, write_table
+from .stage import ShardTask, StageSummary, params_digest, read_manifest, run_stage, tool_version, worker_threads
+
+log = logging.getLogger(__name__)
+BANK_FORMAT = 1
+MANIFEST, BUILD, VOCABULARY = "manifest.json", "build.json", "vocabulary.json"
+CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "embeddings.npy", "index.faiss"
+PARTS, CLIP_DIR = "parts", "clip"
+
+
+class BankError(ValueError):
+    """A bank that is missing, incomplete, or made with another model: said in one line."""
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """How to build a bank. Only ``model``/``pretrained`` are required."""
+
+    model: str
+    pretrained: str | None = None
+    model_config: str | None = None        # custom open_clip architecture JSON (<model>.json)
+    vocabulary: str | None = None          # an existing vocabulary file; None mines one from the captions
+    min_count: int = 5
+    max_words: int = 4
+    user_concepts: tuple[str, ...] = ()
+    template: str = "a photo of a {}."
+    factory: str | None = None             # FAISS factory string; None chooses by corpus size
+    nprobe: int | None = None
+    ef_search: int | None = None
+    seed: int = 0
+    batch_size: int = 256
+    decode_workers: int | None = None      # None: the worker's share of the cores minus one, at least 1
+    device: str | None = None
+
+
+@dataclass
+class BankSummary:
+    path: Path
+    embed: StageSummary
+    rows: int = 0
+    undecodable: int = 0
+    concepts: int = 0
+    factory: str = ""
+    steps_run: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.embed.ok
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"bank {self.path}: NOT built, {len(self.embed.failures)} shard(s) failed; fix them and rerun (finished shards are kept)"
+        steps = ", ".join(self.steps_run) if self.steps_run else "none (up to date)"
+        return (f"bank {self.path}: {self.rows} images indexed ({self.undecodable} undecodable skipped), "
+                f"{self.concepts} concepts, index {self.factory}; steps run: {steps}; {self.seconds:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------------- embed stage
+
+_embed_settings: dict[str, Any] = {}
+_models: dict[tuple, ClipModel] = {}
+
+
+def cached_clip(model: str, pretrained: str | None, model_config: str | None, device: str | None) -> ClipModel:
+    """One loaded model per process and spec."""
+    key = (model, pretrained, model_config, device)
+    if key not in _models:
+        _models[key] = load_clip(model, pretrained, model_config, device)
+    return _models[key]
+
+
+def _init_embed_worker(settings: dict[str, Any], workers: int) -> None:
+    import faiss
+    import torch
+
+    torch.set_num_threads(worker_threads(workers))
+    faiss.omp_set_num_threads(worker_threads(workers))
+    _embed_settings.clear()
+    _embed_settings.update(settings, decode_workers=default_decode_workers(workers) if settings["decode_workers"] is None else settings["decode_workers"])
+
+
+def default_decode_workers(workers: int) -> int:
+    return max(1, min(8, worker_threads(workers) - 1))
+
+
+def _embed_part(task: ShardTask, params: dict[str, Any], progress) -> dict[str, int]:
+    """Embed one shard's images into ``parts/<shard>.parquet`` (key, caption, embedding); failed images are left out."""
+    s = _embed_settings
+    keys, captions = [], []
+    for batch in iter_batches(task.source, batch_size=8192, columns=["key", "caption"]):
+        keys.extend(batch.column("key").to_pylist())
+        captions.extend(batch.column("caption").to_pylist())
+    clip = cached_clip(s["model"], s["pretrained"], s["model_config"], s["device"])
+    result = clip.embed_shard(task.source, batch_size=s["batch_size"], num_workers=s["decode_workers"], progress=progress)
+    ok = result.ok
+    keep = np.nonzero(ok)[0]
+    table = pa.table({
+        "key": pa.array([keys[i] for i in keep], pa.string()),
+        "caption": pa.array([captions[i] or "" for i in keep], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(result.vectors[keep].ravel()), clip.embed_dim),
+    })
+    write_table(task.target, table)
+    for row, error in zip(np.nonzero(~ok)[0], (e for e in result.errors if e is not None)):
+        log.warning("%s: row %d: %s (left out of the bank)", task.source, row, error)
+    return {"images": len(keys), "embedded": len(keep), "undecodable": int((~ok).sum())}
+
+
+def part_name(source: Path) -> str:
+    """A part file name unique per source path (shards of different folders may share a file name)."""
+    digest = params_digest({"path": str(source.resolve())})[:8]
+    return f"{source.name.split('.')[0]}-{digest}.parquet"
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, config: BankConfig,
+               workers: int = 1, progress: bool = True) -> BankSummary:
+    """Embed the shards, mine the vocabulary, embed the concept prompts, assemble the tables and the index."""
+    started = time.perf_counter()
+    out = Path(out)
+    sources = expand_shards(shards)
+    spec = model_spec(config.model, config.pretrained)
+    tasks = [ShardTask(src, out / PARTS / part_name(src)) for src in sources]
+    settings = {"model": config.model, "pretrained": config.pretrained, "model_config": config.model_config,
+                "device": config.device, "batch_size": config.batch_size, "decode_workers": config.decode_workers}
+    embed = run_stage("embed", tasks, _embed_part, {"model": spec.to_dict()}, workers=workers, progress=progress,
+                      initializer=_init_embed_worker, initargs=(settings, workers))
+    summary = BankSummary(out, embed)
+    if not embed.ok:
+        return summary
+    _init_embed_worker(settings, 1)
+    builder = _Assembly(out, config, spec, tasks, progress)
+    summary.steps_run = builder.run()
+    manifest = json.loads((out / MANIFEST).read_text())
+    summary.rows, summary.undecodable = manifest["rows"], manifest["undecodable"]
+    summary.concepts, summary.factory = manifest["vocabulary"]["size"], manifest["index"]["factory"]
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _Assembly:
+    """The global steps after the embed stage; each runs only when its inputs' digest changed."""
+
+    def __init__(self, out: Path, config: BankConfig, spec: ModelSpec, tasks: list[ShardTask], progress: bool):
+        self.out, self.config, self.spec, self.tasks, self.progress = out, config, spec, tasks, progress
+        self.sources = []
+        for task in tasks:
+            manifest = read_manifest(task)
+            self.sources.append({"path": str(task.source), "sha256": manifest["source_sha256"], "rows": manifest["counts"]["images"],
+                                 "embedded": manifest["counts"]["embedded"], "part": task.target.name,
+                                 "part_sha256": manifest["target_sha256"]})
+        self.record: dict[str, str] = _read_json(out / BUILD) or {}
+        self.ran: list[str] = []
+        self._clip: ClipModel | None = None
+
+    @property
+    def clip(self) -> ClipModel:
+        if self._clip is None:
+            s = _embed_settings
+            self._clip = cached_clip(s["model"], s["pretrained"], s["model_config"], s["device"])
+        return self._clip
+
+    def run(self) -> list[str]:
+        from .concepts import Vocabulary
+
+        vocab_digest = self._step("vocabulary", {
+            "given": sha256_file(self.config.vocabulary) if self.config.vocabulary else None,
+            "sources": [s["part_sha256"] for s in self.sources], "min_count": self.config.min_count,
+            "max_words": self.config.max_words, "user_concepts": sorted(self.config.user_concepts)}, self._vocabulary, [VOCABULARY])
+        self.vocabulary = Vocabulary.load(self.out / VOCABULARY)
+        concepts_digest = self._step("concepts", {"vocabulary": vocab_digest, "vocab": self.vocabulary.digest(),
+                                                   "model": self.spec.to_dict(), "template": self.config.template},
+                                     self._concepts, [CONCEPTS])
+        images_digest = self._step("images", {"concepts": concepts_digest, "parts": [s["part_sha256"] for s in self.sources]},
+                                   self._images, [IMAGES, EMBEDDINGS])
+        factory = self.config.factory or choose_factory(self._rows(), self._dim())
+        index_digest = self._step("index", {"images": images_digest, "factory": factory, "seed": self.config.seed},
+                                  lambda: self._index(factory), [INDEX])
+        manifest = self._manifest(factory, index_digest)
+        if _read_json(self.out / MANIFEST) != manifest:
+            atomic_write_json(self.out / MANIFEST, manifest)
+            self.ran.append("manifest")
+        return self.ran
+
+    def _step(self, name: str, inputs: dict[str, Any], fn, outputs: list[str]) -> str:
+        digest = params_digest({"step": name, **inputs})
+        if self.record.get(name) == digest and all((self.out / o).exists() for o in outputs):
+            return digest
+        (self.out / MANIFEST).unlink(missing_ok=True)  # the bank is incomplete until the manifest is rewritten
+        fn()
+        self.record[name] = digest
+        atomic_write_json(self.out / BUILD, self.record)
+        self.ran.append(name)
+        return digest
+
+    def _parts(self, columns: list[str]):
+        for source, task in zip(self.sources, self.tasks):
+            yield source, pq.read_table(task.target, columns=columns)
+
+    def _vocabulary(self) -> None:
+        from .concepts import Vocabulary, build_vocabulary
+
+        if self.config.vocabulary:
+            vocabulary = Vocabulary.load(self.config.vocabulary)
+        else:
+            captions = (c for _, table in self._parts(["caption"]) for c in table.column("caption").to_pylist())
+            vocabulary = build_vocabulary(captions, min_count=self.config.min_count, max_words=self.config.max_words,
+                                          user_concepts=list(self.config.user_concepts) or None, progress=self.progress)
+        if not vocabulary.concepts:
+            raise BankError(f"{self.out}: the vocabulary is empty (min_count {self.config.min_count} too high for these captions?)")
+        vocabulary.save(self.out / VOCABULARY)
+
+    def _concepts(self) -> None:
+        from .concepts import prompt
+
+        vocab = self.vocabulary
+        prompts = [prompt(c, self.config.template) for c in vocab.concepts]
+        embeddings = self.clip.embed_texts(prompts)
+        write_table(self.out / CONCEPTS, pa.table({
+            "id": pa.array(np.arange(len(prompts), dtype=np.int32)),
+            "concept": pa.array(vocab.concepts, pa.string()),
+            "count": pa.array(vocab.counts, pa.int64()),
+            "prompt": pa.array(prompts, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel()), embeddings.shape[1]),
+        }))
+
+    def _images(self) -> None:
+        """Concatenate the parts into the FAISS-id-aligned image table and embedding matrix."""
+        rows, dim = sum(s["embedded"] for s in self.sources), self._part_dim()
+        text = load_concept_table(self.out)[1]
+        concept_names = pa.array(self.vocabulary.concepts, pa.string())
+        schema = pa.schema([("id", pa.int64()), ("key", pa.string()), ("shard", pa.string()),
+                            ("caption_concepts", pa.list_(pa.string())), ("caption_concept_sims", pa.list_(pa.float64()))])
+        keys: list[pa.Array] = []
+        bar = tqdm(total=rows, unit="img", unit_scale=True, desc="bank tables", disable=not self.progress, dynamic_ncols=True)
+        with atomic_path(self.out / EMBEDDINGS) as tmp_embeddings, atomic_path(self.out / IMAGES) as tmp_images:
+            matrix = np.lib.format.open_memmap(tmp_embeddings, mode="w+", dtype=np.float16, shape=(rows, dim))
+            writer = pq.ParquetWriter(tmp_images, schema, compression="zstd")
+            start = 0
+            for source, table in self._parts(["key", "caption", "embedding"]):
+                n = table.num_rows
+                vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(n, dim)
+                matrix[start:start + n] = vectors
+                concepts = self.vocabulary.match_many(table.column("caption").to_pylist())
+                lists = pa.array(concepts, pa.list_(pa.string()))
+                ids = Ragged(offsets_from_lengths(pc.list_value_length(lists).to_numpy(zero_copy_only=False)),
+                             pc.index_in(lists.flatten(), value_set=concept_names).to_numpy(zero_copy_only=False).astype(np.int64))
+                sims = pair_similarities(ids, vectors, text)
+                writer.write_table(pa.table({
+                    "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                    "key": table.column("key"),
+                    "shard": pa.array([Path(source["path"]).name] * n, pa.string()),
+                    "caption_concepts": lists,
+                    "caption_concept_sims": pa.ListArray.from_arrays(pa.array(ids.offsets.astype(np.int32)), pa.array(sims)),
+                }, schema=schema), row_group_size=65536)
+                keys.append(table.column("key").combine_chunks())
+                start += n
+                bar.update(n)
+            writer.close()
+            matrix.flush()
+            del matrix
+            _check_unique_keys(keys, self.sources)
+        bar.close()
+
+    def _index(self, factory: str) -> None:
+        vectors = np.load(self.out / EMBEDDINGS, mmap_mode="r")
+        bar = tqdm(total=len(vectors), unit="vec", unit_scale=True, desc=f"index {factory}", disable=not self.progress, dynamic_ncols=True)
+        index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
+        bar.close()
+        write_index(index, self.out / INDEX)
+
+    def _rows(self) -> int:
+        return sum(s["embedded"] for s in self.sources)
+
+    def _dim(self) -> int:
+        return int(np.load(self.out / EMBEDDINGS, mmap_mode="r").shape[1])
+
+    def _part_dim(self) -> int:
+        return pq.read_schema(self.tasks[0].target).field("embedding").type.list_size
+
+    def _manifest(self, factory: str, index_digest: str) -> dict[str, Any]:
+        config_file = None
+        if self.config.model_config or _beside_checkpoint(self.config):
+            source = Path(self.config.model_config) if self.config.model_config else _beside_checkpoint(self.config)
+            config_file = f"{CLIP_DIR}/{source.name}"
+            if not (self.out / config_file).exists() or (self.out / config_file).read_bytes() != source.read_bytes():
+                (self.out / CLIP_DIR).mkdir(exist_ok=True)
+                with atomic_path(self.out / config_file) as tmp:
+                    shutil.copyfile(source, tmp)
+        rows = self._rows()
+        return {
+            "format": BANK_FORMAT,
+            "bank_id": index_digest,
+            "cocu_version": tool_version(),
+            "model": {**self.spec.to_dict(), "config_file": config_file},
+            "embedding_dim": self._dim(),
+            "rows": rows,
+            "undecodable": sum(s["rows"] for s in self.sources) - rows,
+            "index": {"factory": factory, "file": INDEX, "metric": "inner_product", "seed": self.config.seed,
+                      "nprobe": self.config.nprobe, "ef_search": self.config.ef_search},
+            "vocabulary": {"file": VOCABULARY, "digest": self.vocabulary.digest(), "size": len(self.vocabulary.concepts),
+                           "min_count": self.config.min_count, "max_words": self.config.max_words,
+                           "given": self.config.vocabulary},
+            "prompt_template": self.config.template,
+            "files": {"concepts": CONCEPTS, "images": IMAGES, "embeddings": EMBEDDINGS, "index": INDEX},
+            "sources": [{k: s[k] for k in ("path", "sha256", "rows", "embedded")} for s in self.sources],
+        }
+
+
+def _beside_checkpoint(config: BankConfig) -> Path | None:
+    if config.pretrained and os.path.isfile(config.pretrained):
+        candidate = Path(config.pretrained).parent / f"{config.model}.json"
+        return candidate if candidate.is_file() else None
+    return None
+
+
+def _check_unique_keys(keys: list[pa.Array], sources: list[dict[str, Any]]) -> None:
+    if not keys:
+        return
+    everything = pa.chunked_array(keys)
+    if pc.count_distinct(everything).as_py() == len(everything):
+        return
+    counts = pc.value_counts(everything)
+    duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    where = [s["path"] for s, k in zip(sources, keys) if pc.any(pc.equal(k, duplicate)).as_py()]
+    raise ShardError(where[0], f"key '{duplicate}' appears more than once in the corpus (also in {where[-1]}); keys must be unique")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def load_concept_table(path: Path) -> tuple[list[str], np.ndarray]:
+    """Concepts and their normalized text embeddings as float32 (V, D)."""
+    table = pq.read_table(Path(path) / CONCEPTS, columns=["concept", "embedding"])
+    column = table.column("embedding").combine_chunks()
+    text = column.values.to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size).astype(np.float32)
+    return table.column("concept").to_pylist(), text
+
+
+# ---------------------------------------------------------------------------------------------- open
+
+@dataclass
+class Bank:
+    """An opened bank: what enrich reads. Embeddings are memory-mapped; the index is mmapped when FAISS can."""
+
+    path: Path
+    manifest: dict[str, Any]
+    vocabulary: Any
+    concept_names: pa.Array
+    text: np.ndarray
+    image_concepts: Ragged
+    image_sims: np.ndarray
+    keys: pa.Array
+    embeddings: np.ndarray
+    searcher: Searcher
+
+    @property
+    def spec(self) -> ModelSpec:
+        return bank_spec(self.manifest)
+
+    @cached_property
+    def gram(self) -> ConceptGram:
+        return ConceptGram(self.text)
+
+    @property
+    def bank_id(self) -> str:
+        return self.manifest["bank_id"]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, search: SearchParams | None = None, use_gpu: bool | None = None) -> "Bank":
+        from .concepts import Vocabulary
+
+        path = Path(path)
+        manifest = read_bank_manifest(path)
+        vocabulary = Vocabulary.load(path / manifest["vocabulary"]["file"])
+        names, text = load_concept_table(path)
+        if tuple(names) != tuple(vocabulary.concepts):
+            raise BankError(f"{path / CONCEPTS}: concept table does not match {manifest['vocabulary']['file']}; rebuild the bank")
+        concept_names = pa.array(names, pa.string())
+        images = pq.read_table(path / IMAGES, columns=["key", "caption_concepts", "caption_concept_sims"])
+        lists = images.column("caption_concepts").combine_chunks()
+        ids = pc.index_in(lists.flatten(), value_set=concept_names).to_numpy(zero_copy_only=False).astype(np.int32)
+        image_concepts = Ragged(offsets_from_lengths(pc.list_value_length(lists).to_numpy(zero_copy_only=False)), ids)
+        sims = images.column("caption_concept_sims").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        embeddings = np.load(path / EMBEDDINGS, mmap_mode="r")
+        index = read_index(path / INDEX)
+        if index.ntotal != len(embeddings) or len(embeddings) != images.num_rows:
+            raise BankError(f"{path}: index ({index.ntotal}), embeddings ({len(embeddings)}) and images.parquet ({images.num_rows}) disagree; rebuild the bank")
+        params = search or SearchParams(manifest["index"].get("nprobe"), manifest["index"].get("ef_search"))
+        return cls(path, manifest, vocabulary, concept_names, text, image_concepts, sims,
+                   images.column("key").combine_chunks(), embeddings, Searcher(index, params, use_gpu))
+
+    def lookup(self, keys: pa.Array | Sequence[str]) -> np.ndarray:
+        """FAISS ids of the given keys, -1 for keys not in the bank."""
+        found = pc.index_in(pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys, value_set=self.keys)
+        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def check_model(self, model: str | None, pretrained: str | None) -> None:
+        check_bank_model(self.path, self.manifest, model, pretrained)
+
+    def load_model(self, pretrained: str | None = None, device: str | None = None) -> ClipModel:
+        """The bank's CLIP, with its weights checked against the recorded sha256."""
+        spec = self.spec
+        config = self.manifest["model"].get("config_file")
+        weights = pretrained or spec.pretrained
+        if spec.checkpoint_sha256 and not spec.name.startswith("local-dir:"):
+            if not weights or not os.path.isfile(weights):
+                raise BankError(f"bank {self.path}: checkpoint {weights} is missing; pass --pretrained with the file (sha256 {spec.checkpoint_sha256[:12]}...)")
+            if sha256_file(weights) != spec.checkpoint_sha256:
+                raise BankError(f"{weights}: checkpoint changed since bank {self.path} was built (sha256 differs from {spec.checkpoint_sha256[:12]}...)")
+        clip = cached_clip(spec.name, weights, str(self.path / config) if config else None, device)
+        if not clip.spec.same_model(spec):
+            raise BankError(f"bank {self.path} was built with {spec.describe()}, but {clip.spec.describe()} was loaded")
+        return clip
+
+
+def bank_spec(manifest: dict[str, Any]) -> ModelSpec:
+    m = manifest["model"]
+    return ModelSpec(m["name"], m["pretrained"], m["checkpoint_sha256"])
+
+
+def check_bank_model(path: Path, manifest: dict[str, Any], model: str | None, pretrained: str | None) -> None:
+    """Refuse a run that names another CLIP than the one the bank was built with."""
+    if model is None and pretrained is None:
+        return
+    built = bank_spec(manifest)
+    wanted = model_spec(model or built.name, pretrained if pretrained is not None else built.pretrained)
+    if not wanted.same_model(built):
+        raise BankError(f"bank {path} was built with {built.describe()}, but this run names {wanted.describe()}; "
+                        f"use the bank's model (or leave --model/--pretrained out) or build a bank with the new one")
+
+
+def read_bank_manifest(path: Path) -> dict[str, Any]:
+    manifest = _read_json(Path(path) / MANIFEST)
+    if manifest is None:
+        if not Path(path).exists():
+            raise BankError(f"{path}: no such bank directory")
+        raise BankError(f"{path}: not a complete bank (no {MANIFEST}); run cocu-curate build-bank again to finish it")
+    if manifest.get("format") != BANK_FORMAT:
+        raise BankError(f"{path / MANIFEST}: bank format {manifest.get('format')} is not {BANK_FORMAT}; rebuild the bank")
+    return manifest
+

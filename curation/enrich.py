@@ -1,0 +1,251 @@
+"""Enrich: curated concepts for every row of every shard, one shard per unit of work.
+
+Per batch of rows: anchors are the bank's stored embeddings (matched by key) or freshly embedded
+with the bank's CLIP; one batched FAISS search gives every anchor's ``L + 1`` neighbours (its own id
+dropped), ``ranking.rank`` scores all archives at once, and ``clustering.cluster_archives`` clusters
+them. The output shard is the input shard with five columns appended (see ``CURATED_FIELDS``),
+written atomically, with a per-shard manifest; ``run_stage`` skips shards already done with the same
+bank and parameters and runs the rest in parallel.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .bank import Bank, check_bank_model, default_decode_workers, read_bank_manifest
+from .clip import ShardEmbeddings
+from .clustering import canonical_labels, cluster_archives, row_seeds
+from .index import SearchParams
+from .ranking import Ragged, exclude_self, offsets_from_lengths, rank
+from .shards import ShardError, ShardWriter, expand_shards, iter_batches, open_parquet
+from .stage import ShardTask, StageSummary, run_stage, worker_threads
+
+CURATED_FIELDS = [
+    pa.field("caption_concepts", pa.list_(pa.string())),   # vocabulary concepts named by the caption
+    pa.field("cocu_concepts", pa.list_(pa.string())),      # curated concepts, best first
+    pa.field("cocu_scores", pa.list_(pa.float32())),       # their scores
+    pa.field("cocu_clusters", pa.list_(pa.int32())),       # cluster id per curated concept (empty: clustering off)
+    pa.field("cocu_error", pa.string()),                   # why a row was not curated; null when it was
+]
+CURATED_NAMES = [f.name for f in CURATED_FIELDS]
+
+
+@dataclass(frozen=True)
+class EnrichConfig:
+    """How to curate. ``neighbors``..``ef_search`` decide the output; the rest only how fast it is made."""
+
+    neighbors: int = 8
+    top_k: int = 16
+    clusters: bool = True
+    seed: int = 0
+    nprobe: int | None = None
+    ef_search: int | None = None
+    batch_size: int = 1024
+    model: str | None = None          # when given, must be the bank's model
+    pretrained: str | None = None     # when given, must be the bank's weights (a moved checkpoint file is fine)
+    embed_batch_size: int = 256
+    decode_workers: int | None = None
+    device: str | None = None
+
+    def output_params(self, bank_id: str) -> dict[str, Any]:
+        return {"bank": bank_id, "neighbors": self.neighbors, "top_k": self.top_k, "clusters": self.clusters,
+                "seed": self.seed, "nprobe": self.nprobe, "ef_search": self.ef_search}
+
+
+@dataclass(frozen=True)
+class CuratedBatch:
+    """Curated concepts of a batch of anchors: ids best first, scores, cluster ids (or None), archive sizes."""
+
+    concepts: Ragged
+    scores: np.ndarray
+    clusters: np.ndarray | None
+    archive_sizes: np.ndarray
+
+
+def curate(bank: Bank, anchors: np.ndarray, self_ids: np.ndarray, own: Ragged, rows: np.ndarray, config: EnrichConfig) -> CuratedBatch:
+    """The hot path for a batch: one search, one vectorized ranking, one batched clustering.
+
+    anchors: (B, D) float32; self_ids: each anchor's own FAISS id or -1; own: caption concept ids;
+    rows: shard row numbers (they seed the clustering, so results do not depend on batching).
+    """
+    if len(anchors) == 0:
+        empty = Ragged(np.zeros(1, np.int64), np.zeros(0, np.int32))
+        return CuratedBatch(empty, np.zeros(0, np.float32), np.zeros(0, np.int32) if config.clusters else None, np.zeros(0, np.int64))
+    _, ids = bank.searcher.search(anchors, config.neighbors + 1)
+    neighbours = exclude_self(ids, self_ids)
+    ranking = rank(anchors, neighbours, own, bank.image_concepts, bank.image_sims, bank.text, config.top_k)
+    clusters = None
+    if config.clusters:
+        labels = cluster_archives(ranking.archive, bank.gram, row_seeds(config.seed, rows))
+        clusters = canonical_labels(ranking.best.owners(), labels[ranking.best.values])
+    return CuratedBatch(ranking.concepts(), ranking.scores, clusters, ranking.archive.lengths)
+
+
+def output_schema(schema: pa.Schema) -> pa.Schema:
+    """The input columns (earlier curated columns replaced) followed by the curated ones."""
+    for name in CURATED_NAMES:
+        if name in schema.names:
+            schema = schema.remove(schema.get_field_index(name))
+    for f in CURATED_FIELDS:
+        schema = schema.append(f)
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+_state: dict[str, Any] = {}
+
+
+def _init_worker(bank_path: str, config: EnrichConfig, workers: int) -> None:
+    import faiss
+    import torch
+
+    torch.set_num_threads(worker_threads(workers))
+    faiss.omp_set_num_threads(worker_threads(workers))
+    _state.clear()
+    _state.update(bank_path=bank_path, config=config, decode_workers=default_decode_workers(workers) if config.decode_workers is None else config.decode_workers)
+
+
+def _bank() -> Bank:
+    if "bank" not in _state:
+        config: EnrichConfig = _state["config"]
+        _state["bank"] = Bank.open(_state["bank_path"], SearchParams(config.nprobe, config.ef_search) if
+                                   (config.nprobe is not None or config.ef_search is not None) else None)
+    return _state["bank"]
+
+
+def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
+           config: EnrichConfig = EnrichConfig(), workers: int = 1, progress: bool = True) -> StageSummary:
+    """Curate every shard into ``out/<shard name>`` (skipping shards already done with this bank and parameters)."""
+    bank_path = Path(bank)
+    manifest = read_bank_manifest(bank_path)
+    check_bank_model(bank_path, manifest, config.model, config.pretrained)
+    if config.neighbors < 1 or config.top_k < 1:
+        raise ValueError("--neighbors and --top-k must be at least 1")
+    sources = expand_shards(shards)
+    tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
+    _check_distinct_targets(tasks)
+    return run_stage("enrich", tasks, enrich_shard, config.output_params(manifest["bank_id"]), workers=workers,
+                     progress=progress, initializer=_init_worker, initargs=(str(bank_path), config, workers))
+
+
+def _check_distinct_targets(tasks: list[ShardTask]) -> None:
+    seen: dict[Path, Path] = {}
+    for task in tasks:
+        for target in (task.target, task.manifest):
+            if target in seen:
+                raise ShardError(task.source, f"writes the same output as {seen[target]} ({target.name}); enrich them into separate --out folders")
+            seen[target] = task.source
+
+
+def enrich_shard(task: ShardTask, params: dict[str, Any], progress) -> dict[str, int]:
+    """Curate one shard (run through ``run_stage``; the output appears only when complete)."""
+    bank, config = _bank(), _state["config"]
+    schema = open_parquet(task.source).schema_arrow
+    keys = pa.chunked_array([b.column("key") for b in iter_batches(task.source, batch_size=65536, columns=["key"])], pa.string())
+    bank_ids = bank.lookup(keys.combine_chunks()) if len(keys) else np.zeros(0, np.int64)
+    fresh = _FreshEmbeddings(bank, task.source, np.nonzero(bank_ids < 0)[0], config, _state["decode_workers"])
+    counts = dict.fromkeys(["images", "curated", "errors", "empty_archives", "concepts", "archive", "reused", "embedded"], 0)
+    with ShardWriter(task.target, output_schema(schema)) as writer:
+        start = 0
+        for batch in iter_batches(task.source, batch_size=config.batch_size, check_keys=False):
+            rows = np.arange(start, start + batch.num_rows)
+            writer.write(_curate_batch(bank, config, batch, rows, bank_ids[rows], fresh, counts))
+            progress(batch.num_rows)
+            start += batch.num_rows
+    return counts
+
+
+class _FreshEmbeddings:
+    """Embeddings of the rows the bank does not hold, produced chunk by chunk as the batches ask for them."""
+
+    def __init__(self, bank: Bank, source: Path, rows: np.ndarray, config: EnrichConfig, decode_workers: int):
+        self.rows = rows
+        self._chunks: Iterator[ShardEmbeddings] | None = None
+        if len(rows):
+            clip = bank.load_model(config.pretrained, config.device)
+            self._chunks = clip.iter_shard(source, rows, config.embed_batch_size, decode_workers)
+        self._buffer = ShardEmbeddings(np.zeros(0, np.int64), np.zeros((0, bank.embeddings.shape[1]), np.float16), [])
+
+    def take(self, rows: np.ndarray) -> ShardEmbeddings:
+        """The embeddings of ``rows`` (ascending, all fresh); chunks arrive in row order."""
+        if len(rows) == 0:
+            return ShardEmbeddings(rows, self._buffer.vectors[:0], [])
+        buffer = self._buffer
+        while len(buffer.rows) == 0 or buffer.rows[-1] < rows[-1]:
+            chunk = next(self._chunks)
+            buffer = ShardEmbeddings(np.concatenate([buffer.rows, chunk.rows]), np.concatenate([buffer.vectors, chunk.vectors]),
+                                     buffer.errors + chunk.errors)
+        at = np.searchsorted(buffer.rows, rows)
+        if not np.array_equal(buffer.rows[at], rows):
+            raise RuntimeError("fresh embeddings arrived out of row order")
+        rest = at[-1] + 1
+        self._buffer = ShardEmbeddings(buffer.rows[rest:], buffer.vectors[rest:], buffer.errors[rest:])
+        return ShardEmbeddings(rows, buffer.vectors[at], [buffer.errors[i] for i in at])
+
+
+def _curate_batch(bank: Bank, config: EnrichConfig, batch: pa.RecordBatch, rows: np.ndarray, bank_ids: np.ndarray,
+                  fresh: _FreshEmbeddings, counts: dict[str, int]) -> pa.Table:
+    n = batch.num_rows
+    anchors = np.zeros((n, bank.embeddings.shape[1]), np.float32)
+    errors: list[str | None] = [None] * n
+    stored = np.nonzero(bank_ids >= 0)[0]
+    if len(stored):
+        anchors[stored] = bank.embeddings[bank_ids[stored]]
+    new = np.nonzero(bank_ids < 0)[0]
+    embedded = fresh.take(rows[new])
+    anchors[new] = embedded.vectors
+    for place, error in zip(new, embedded.errors):
+        errors[place] = error
+    valid = np.array([e is None for e in errors], dtype=bool)
+    keep = np.nonzero(valid)[0]
+
+    captions = pc.fill_null(batch.column("caption"), "").to_pylist()
+    caption_lists = pa.array(bank.vocabulary.match_many(captions), pa.list_(pa.string()))
+    own = Ragged(offsets_from_lengths(pc.list_value_length(caption_lists).to_numpy(zero_copy_only=False)),
+                 pc.index_in(caption_lists.flatten(), value_set=bank.concept_names).to_numpy(zero_copy_only=False).astype(np.int64))
+    curated = curate(bank, anchors[keep], bank_ids[keep], own.take(keep), rows[keep], config)
+
+    lengths = np.zeros(n, np.int64)
+    lengths[keep] = curated.concepts.lengths
+    offsets = pa.array(offsets_from_lengths(lengths).astype(np.int32))
+    cluster_offsets = offsets if curated.clusters is not None else pa.array(np.zeros(n + 1, np.int32))
+    cluster_values = curated.clusters if curated.clusters is not None else np.zeros(0, np.int32)
+    table = pa.Table.from_batches([batch]).drop_columns([c for c in CURATED_NAMES if c in batch.schema.names])
+    columns = {
+        "caption_concepts": caption_lists,
+        "cocu_concepts": pa.ListArray.from_arrays(offsets, bank.concept_names.take(pa.array(curated.concepts.values))),
+        "cocu_scores": pa.ListArray.from_arrays(offsets, pa.array(curated.scores, pa.float32())),
+        "cocu_clusters": pa.ListArray.from_arrays(cluster_offsets, pa.array(cluster_values, pa.int32())),
+        "cocu_error": pa.array(errors, pa.string()),
+    }
+    for f in CURATED_FIELDS:
+        table = table.append_column(f, columns[f.name])
+
+    counts["images"] += n
+    counts["curated"] += len(keep)
+    counts["errors"] += n - len(keep)
+    counts["empty_archives"] += int((curated.archive_sizes == 0).sum())
+    counts["concepts"] += int(lengths.sum())
+    counts["archive"] += int(curated.archive_sizes.sum())
+    counts["reused"] += len(stored)
+    counts["embedded"] += int(valid[new].sum())
+    return table
+
+
+def summary_line(summary: StageSummary) -> str:
+    """The closing line of an enrich run: images, concepts per image, empty archives, errors."""
+    c = summary.counts
+    curated = max(c.get("curated", 0), 1)
+    return (f"images {c.get('images', 0)} (curated {c.get('curated', 0)}, errors {c.get('errors', 0)}, "
+            f"empty archives {c.get('empty_archives', 0)}); concepts/image {c.get('concepts', 0) / curated:.2f}, "
+            f"archive/image {c.get('archive', 0) / curated:.2f}; embeddings reused {c.get('reused', 0)}, "
+            f"embedded {c.get('embedded', 0)}")
+

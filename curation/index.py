@@ -1,0 +1,147 @@
+"""The FAISS index of the bank: factory string by corpus size, chunked build, tunable search, GPU when present.
+
+Inner product on L2-normalized vectors is cosine similarity. Exact ``Flat`` search is affordable up
+to about a million vectors; beyond that an IVF index with an HNSW coarse quantizer and compressed
+codes keeps memory and query time bounded (``shared/research/ecosystem.md`` §3.2).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .shards import atomic_path
+
+log = logging.getLogger(__name__)
+FLAT_LIMIT = 1_000_000
+IVF_SQ8_LIMIT = 10_000_000
+
+
+def choose_factory(rows: int, dim: int) -> str:
+    """The factory string for a corpus of ``rows`` vectors of ``dim`` dimensions."""
+    if rows <= FLAT_LIMIT:
+        return "Flat"
+    nlist = 2 ** int(round(math.log2(16 * math.sqrt(rows))))
+    if rows <= IVF_SQ8_LIMIT:
+        return f"IVF{min(nlist, 65536)}_HNSW32,SQ8"
+    m = max(8, min(64, dim // 8))
+    return f"OPQ{m}_{min(dim, 4 * m)},IVF{min(nlist, 1 << 20)}_HNSW32,PQ{m}"
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Speed/recall knobs; ``None`` keeps FAISS's default. They do nothing on a ``Flat`` index."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+    def string(self, index: faiss.Index) -> str:
+        parts = []
+        if self.nprobe is not None and _ivf(index) is not None:
+            parts.append(f"nprobe={self.nprobe}")
+        if self.ef_search is not None:
+            if _ivf(index) is not None and "HNSW" in type(faiss.downcast_index(_ivf(index).quantizer)).__name__:
+                parts.append(f"quantizer_efSearch={self.ef_search}")
+            elif "HNSW" in type(faiss.downcast_index(_inner(index))).__name__:
+                parts.append(f"efSearch={self.ef_search}")
+        return ",".join(parts)
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    while isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap)):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def training_size(factory: str, rows: int) -> int:
+    """How many vectors to train on: 64 per inverted list (FAISS asks for at least 39), 100k at least."""
+    match = re.search(r"IVF(\d+)", factory)
+    return min(rows, max(64 * int(match.group(1)) if match else 0, 100_000))
+
+
+def build_index(vectors: np.ndarray, factory: str, seed: int = 0, chunk: int = 65536, use_gpu: bool | None = None,
+                progress: Callable[[int], None] | None = None) -> faiss.Index:
+    """Train (on a seeded sample) and fill an inner-product index from float16/float32 rows, a chunk at a time."""
+    rows, dim = vectors.shape
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        sample = np.sort(np.random.default_rng(seed).choice(rows, size=training_size(factory, rows), replace=False))
+        train = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+        ivf = _ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+        if (gpu_available() if use_gpu is None else use_gpu) and ivf is not None:
+            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+        index.train(train)
+    for start in range(0, rows, chunk):
+        index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
+        if progress is not None:
+            progress(min(chunk, rows - start))
+    return index
+
+
+def write_index(index: faiss.Index, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def read_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
+    """Open an index file; memory-mapped when FAISS can, so parallel workers share one copy in the page cache."""
+    if mmap:
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            pass
+    return faiss.read_index(str(path))
+
+
+class Searcher:
+    """Batched k-NN search over an index, on the GPUs when faiss-gpu is installed and the index type allows it."""
+
+    def __init__(self, index: faiss.Index, params: SearchParams = SearchParams(), use_gpu: bool | None = None):
+        self.cpu_index = index
+        self.params = params.string(index)
+        if self.params:
+            faiss.ParameterSpace().set_index_parameters(index, self.params)
+        self.index = index
+        if gpu_available() if use_gpu is None else use_gpu:
+            self.index = _to_gpu(index, self.params)
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of shape (n, k); missing results have id -1."""
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def _to_gpu(index: faiss.Index, params: str) -> faiss.Index:
+    try:
+        options = faiss.GpuMultipleClonerOptions()
+        options.useFloat16 = True
+        gpu_index = faiss.index_cpu_to_all_gpus(index, co=options)
+        if params:
+            faiss.GpuParameterSpace().set_index_parameters(gpu_index, params)
+        return gpu_index
+    except (RuntimeError, AttributeError) as err:  # HNSW and fast-scan indexes are CPU-only
+        log.info("searching on CPU: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return index
