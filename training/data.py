@@ -143,6 +143,12 @@ class CachedTokenizer:
         return torch.from_numpy(out)
 
 
+@lru_cache(maxsize=4)
+def cached_tokenizer(context_length: int) -> CachedTokenizer:
+    """One tokenizer per process and context length: loading the BPE merges costs about a second."""
+    return CachedTokenizer(context_length)
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """What the planner needs of a shard, from its Parquet footer only."""
@@ -370,7 +376,7 @@ class CuratedShardStream(IterableDataset):
     def _batches(self, rows: Iterator[tuple[int, Row]], quota: int, rng: np.random.Generator, files: str) -> Iterator[dict[str, Any]]:
         cfg = self.config
         augment = ImageAugment(cfg.augment, cfg.image_size, cfg.crop_scale)
-        tokenizer = CachedTokenizer(cfg.context_length)
+        tokenizer = cached_tokenizer(cfg.context_length)
         current_pass, decoded = 0, 0
         for _ in range(quota):
             keys, images, captions, sources = [], [], [], []
