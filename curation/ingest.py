@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -189,11 +190,14 @@ def summarize(out: str | os.PathLike, done_before: set[int] = frozenset()) -> Do
     return summary
 
 
-def _read_stats(out: Path) -> dict[int, dict[str, Any]]:
+def _read_stats(out: Path, skip: set[int] = frozenset()) -> dict[int, dict[str, Any]]:
+    """img2dataset's per-shard stats by shard id (a shard is finished exactly when its stats file exists)."""
     stats = {}
     for path in sorted(out.glob("*_stats.json")):
         try:
-            stats[int(path.name.split("_")[0])] = json.loads(path.read_text())
+            shard_id = int(path.name.split("_")[0])
+            if shard_id not in skip:
+                stats[shard_id] = json.loads(path.read_text())
         except (ValueError, OSError):
             continue  # being written right now; the next poll reads it
     return stats
@@ -224,11 +228,10 @@ class _StatsWatcher:
             self._poll()
 
     def _poll(self) -> None:
-        for shard_id, stats in _read_stats(self._out).items():
-            if shard_id not in self._seen:
-                self._seen.add(shard_id)
-                self._bar.update(stats["count"])
-                self._bar.set_postfix_str(f"shards {len(self._seen)}", refresh=False)
+        for shard_id, stats in _read_stats(self._out, skip=self._seen).items():
+            self._seen.add(shard_id)
+            self._bar.update(stats["count"])
+            self._bar.set_postfix_str(f"shards {len(self._seen)}", refresh=False)
 
 
 def _infer_format(source: Path) -> str:
@@ -260,35 +263,56 @@ def _list_files(source: Path, fmt: str) -> list[Path]:
 
 
 def _scan_list(path: Path, fmt: str, needed: Sequence[str]) -> int | None:
-    """Check that the columns img2dataset will look for exist, and count rows (None when only a full parse could).
+    """Check that the columns img2dataset will look for exist and hold text, and count rows (None for a JSON array).
 
-    It parses the list the way img2dataset's reader does, so a list it would choke on fails here,
-    in one line, before any worker starts.
+    It parses the list the way img2dataset's reader does, so a list it would choke on, or misread,
+    fails here in one line before any worker starts.
     """
     try:
         if fmt == "parquet":
             meta = pq.ParquetFile(path)
-            names, rows = meta.schema_arrow.names, meta.metadata.num_rows
-        elif fmt.startswith(("csv", "tsv")):
-            names, rows = _count_csv(path, pacsv.ReadOptions(), pacsv.ParseOptions(delimiter="\t" if fmt.startswith("tsv") else ","))
-        elif fmt.startswith("jsonl"):
+            _check_columns(path, fmt, meta.schema_arrow, needed)
+            return meta.metadata.num_rows
+        if fmt.startswith("jsonl"):
             with pa.input_stream(path, compression="detect") as stream:
                 table = pajson.read_json(stream)
-            names, rows = table.column_names, table.num_rows
-        else:
-            return None  # a JSON array needs pandas and the whole file; img2dataset checks it itself
+            _check_columns(path, fmt, table.schema, needed)
+            return table.num_rows
+        if fmt.startswith(("csv", "tsv")):
+            return _scan_csv(path, fmt, needed)
     except (pa.ArrowException, OSError) as err:
         raise ShardError(path, f"not a readable {fmt} list ({str(err).strip().splitlines()[0]})") from None
-    for column in needed:
-        if column not in names:
-            hint = " (a header-less list needs --preset cc3m|cc12m or --columns)" if fmt.startswith(("csv", "tsv")) else ""
-            raise ShardError(path, f"missing column '{column}' (has: {', '.join(map(str, names))}){hint}")
+    return None  # a JSON array needs pandas and the whole file; img2dataset checks it itself
+
+
+def _scan_csv(path: Path, fmt: str, needed: Sequence[str]) -> int:
+    tsv = fmt.startswith("tsv")
+    with pa.input_stream(path, compression="detect") as stream, \
+            pacsv.open_csv(stream, parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",")) as reader:
+        _check_columns(path, fmt, reader.schema, needed)
+        rows = 0
+        for batch in reader:
+            if tsv:  # img2dataset reads TSV with CSV quoting: a caption opening with an unmatched " eats the lines after it
+                for column in needed[:2]:
+                    spans = pc.match_substring(batch.column(column), "\n")
+                    if pc.any(spans).as_py():
+                        row = rows + pc.index(spans, True).as_py()
+                        raise ShardError(path, f"a quote character in column '{column}' joins the following lines into "
+                                               f"this row; drop the header line and pass --columns (header-less TSV is "
+                                               f"read without quoting)", row=row)
+            rows += batch.num_rows
     return rows
 
 
-def _count_csv(path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions) -> tuple[list[str], int]:
-    with pa.input_stream(path, compression="detect") as stream, pacsv.open_csv(stream, read_options=read, parse_options=parse) as reader:
-        return reader.schema.names, sum(batch.num_rows for batch in reader)
+def _check_columns(path: Path, fmt: str, schema: pa.Schema, needed: Sequence[str]) -> None:
+    for column in needed:
+        if column not in schema.names:
+            hint = " (a header-less list needs --preset cc3m|cc12m or --columns)" if fmt.startswith(("csv", "tsv")) else ""
+            raise ShardError(path, f"missing column '{column}' (has: {', '.join(map(str, schema.names))}){hint}")
+    for column in needed[:2]:  # img2dataset copies their type into the shards, and the data contract wants text
+        kind = schema.field(column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise ShardError(path, f"column '{column}' holds {kind}, not text")
 
 
 def _normalize_headerless(source: Path, fmt: str, columns: Sequence[str], folder: Path, workers: int, progress: bool) -> Path:
