@@ -1,0 +1,154 @@
+"""The teacher CLIP: trains on teacher shards, saves a standard open_clip checkpoint, loads back identically."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from cocu.cli.teacher import main
+from cocu.curation.shards import ShardError, write_table
+from cocu.training.teacher import (TeacherConfig, evaluate_teacher, fit_teacher, load_teacher, ranking_metrics,
+                                   register_beside, register_model_config, save_teacher, train_teacher)
+
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("configs") / "cocu-test-tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(small_world, tiny_config, tmp_path_factory) -> Path:
+    """`cocu-train clip WORLD` end to end: a few steps on the teacher split, evaluation on train truth."""
+    world, _ = small_world
+    out = tmp_path_factory.mktemp("teacher")
+    with pytest.raises(SystemExit) as done:
+        main([str(world), "--out", str(out), "--model-config", str(tiny_config), "--samples", "96", "--batch-size", "32",
+              "--workers", "1", "--eval-images", "120"])
+    assert done.value.code == 0
+    return out
+
+
+def test_cli_writes_a_standard_open_clip_checkpoint(trained, small_world):
+    names = {p.name for p in trained.iterdir()}
+    assert {"cocu-test-tiny.json", "cocu-test-tiny.safetensors", "open_clip_config.json", "open_clip_model.safetensors",
+            "teacher.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    record = json.loads((trained / "teacher.json").read_text())
+    assert record["model"] == "cocu-test-tiny"
+    assert record["training"]["steps"] == 3 and record["training"]["samples"] == 96
+    assert record["data"]["rows"] == 400  # the teacher split of the world, not its train split
+    assert record["model_config"] == TINY == json.loads((trained / "cocu-test-tiny.json").read_text())
+
+
+def test_fit_then_load_through_open_clip_gives_identical_embeddings(small_world, tiny_config, tmp_path):
+    world, _ = small_world
+    cfg = TeacherConfig(model_config=tiny_config, samples=64, batch_size=32, workers=0, progress=False)
+    clip, stats = fit_teacher(world / "teacher", cfg)
+    model = clip.model
+    assert stats["training"]["steps"] == 2
+    weights = save_teacher(model, "cocu-test-tiny", TINY, tmp_path)
+
+    open_clip.add_model_config(tmp_path / "cocu-test-tiny.json")
+    loaded, _, preprocess = open_clip.create_model_and_transforms("cocu-test-tiny", pretrained=str(weights))
+    from_dir, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
+    tokenizer = open_clip.get_tokenizer("cocu-test-tiny")
+    jpgs = pq.read_table(next((world / "train").glob("*.parquet")), columns=["jpg"]).column("jpg").to_pylist()[:8]
+    from PIL import Image
+    images = torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in jpgs])
+    tokens = tokenizer(["a photo of a cup.", "two buses on the grass", "sky"])
+    with torch.no_grad():
+        expected = model.encode_image(images), model.encode_text(tokens)
+        for other in (loaded.eval(), from_dir.eval()):
+            assert torch.equal(other.encode_image(images), expected[0])
+            assert torch.equal(other.encode_text(tokens), expected[1])
+    assert not torch.allclose(expected[0][0], expected[0][1])  # a real image embedding, not a constant
+
+
+def test_saved_teacher_reproduces_its_recorded_zero_shot_scores(trained, small_world):
+    world, record_world = small_world
+    recorded = json.loads((trained / "teacher.json").read_text())["zero_shot"]
+    again = evaluate_teacher(trained, world, max_images=120, device="cpu", progress=False)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in recorded.items() if k != "seconds"}
+    assert again["images"] == 120 and again["classes"] == len(record_world["classes"]) == 52
+    for key in ("recall_at_present", "thing_recall", "stuff_recall", "salient_top1", "mean_ap", "chance_recall"):
+        assert 0.0 <= again[key] <= 1.0
+    assert 3.0 <= again["present_per_image"] <= 8.0
+    assert again["chance_recall"] == pytest.approx(again["present_per_image"] / 52, abs=0.02)
+    assert set(again["per_class_recall"]) <= set(record_world["classes"])
+
+
+def test_name_plus_pretrained_path_loads_like_a_builtin(trained, tmp_path):
+    """`--model NAME --pretrained DIR/NAME.safetensors` finds and registers DIR/NAME.json by itself."""
+    shutil.copy(trained / "cocu-test-tiny.json", tmp_path / "cocu-test-copy.json")
+    shutil.copy(trained / "cocu-test-tiny.safetensors", tmp_path / "cocu-test-copy.safetensors")
+    assert open_clip.get_model_config("cocu-test-copy") is None
+    assert register_beside("cocu-test-copy", tmp_path / "cocu-test-copy.safetensors")
+    clip = load_teacher("cocu-test-copy", tmp_path / "cocu-test-copy.safetensors")
+    reference = load_teacher(trained)
+    tokens = clip.tokenizer(["a photo of a ring."])
+    assert tokens.shape == (1, 40)
+    with torch.no_grad():
+        assert torch.equal(clip.model.encode_text(tokens), reference.model.encode_text(tokens))
+    assert not register_beside("ViT-B-32", tmp_path / "cocu-test-copy.safetensors")  # built-ins are left alone
+
+
+def test_a_config_cannot_shadow_a_builtin_architecture(tmp_path):
+    path = tmp_path / "ViT-B-32.json"
+    path.write_text(json.dumps(TINY))
+    with pytest.raises(ValueError, match="already registered with a different config"):
+        register_model_config(path)
+    assert open_clip.get_model_config("ViT-B-32")["embed_dim"] == 512
+
+
+def test_ranking_metrics_on_known_rankings():
+    classes = ["cup", "mug", "ring", "sky"]
+    stuff = np.array([False, False, False, True])
+    targets = np.array([[1, 0, 0, 1], [0, 1, 1, 0]], bool)
+    salient = np.array([0, 2])
+    perfect = np.where(targets, 1.0, 0.0) + np.array([[0.5, 0, 0, 0], [0, 0, 0.5, 0]])
+    good = ranking_metrics(perfect, targets, salient, stuff, classes)
+    assert good["recall_at_present"] == good["salient_top1"] == good["mean_ap"] == 1.0
+    assert good["thing_recall"] == good["stuff_recall"] == 1.0 and good["chance_recall"] == 0.5
+    bad = ranking_metrics(-perfect, targets, salient, stuff, classes)
+    assert bad["recall_at_present"] == bad["salient_top1"] == bad["stuff_recall"] == 0.0
+    half = ranking_metrics(np.array([[4, 3, 2, 1], [4, 3, 2, 1]], float), targets, salient, stuff, classes)
+    assert half["recall_at_present"] == 0.5 and half["per_class_recall"] == {"cup": 1.0, "mug": 1.0, "ring": 0.0, "sky": 0.0}
+
+
+@pytest.mark.parametrize("column, value, problem", [("jpg", b"not a jpeg", "undecodable image"), ("caption", "  ", "empty caption")])
+def test_bad_row_is_named_and_nothing_is_written(small_world, tiny_config, tmp_path, column, value, problem):
+    world, _ = small_world
+    table = pq.read_table(next((world / "teacher").glob("*.parquet"))).slice(0, 40)
+    rows = table.to_pylist()
+    rows[37][column] = value
+    bad = tmp_path / "bad.parquet"
+    write_table(bad, table.from_pylist(rows, schema=table.schema))
+    out = tmp_path / "out"
+    cfg = TeacherConfig(model_config=tiny_config, samples=64, batch_size=16, workers=1, progress=False)
+    with pytest.raises(ShardError) as err:
+        train_teacher(bad, out, cfg)
+    assert str(err.value) == f"{bad}: row 37: {problem}" or str(err.value).startswith(f"{bad}: row 37: {problem} (")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_help_through_main(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "cocu-train clip" in text and "--max-minutes" in text and "--samples" in text and "--out" in text
