@@ -10,8 +10,8 @@ curated ones ``cocu-curate enrich`` writes) with pyarrow, batch by batch, never 
   by ``(seed, epoch)``, so every epoch reshuffles which slot reads what, identically on every rank.
 - **Steps**: every rank yields exactly ``num_samples // (world_size * batch_size)`` full batches per epoch, split
   over its workers, so ranks stay in step under DDP. A worker whose units run out first (uneven units, skipped
-  rows) starts another reshuffled pass over them; one that reaches its quota stops. When the row count divides
-  evenly, as with equal shards, each row is read exactly once per epoch.
+  rows) starts another reshuffled pass over them; one that reaches its quota stops. When every slot's share is
+  a whole number of its batches and no row is skipped (equal shards, say), each row is read exactly once.
 - **Per worker**: a shuffle buffer of raw rows (encoded bytes, not decoded images, so the buffer stays small),
   then PIL decoding, augmentation, the text mode's concept choice (``cocu.training.prompts``, vectorized per
   batch) and CLIP BPE tokenization. Rows with a non-null ``cocu_error``, an empty caption, malformed curated
@@ -96,7 +96,7 @@ class ImageAugment:
     def batch(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
         stacked = torch.stack(list(samples))
         if self.augment == "simple":
-            return (stacked.float() - self._mean) / self._std
+            return stacked.float().sub_(self._mean).div_(self._std)
         return stacked
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -194,6 +194,7 @@ def scan_shards(shards: str | Sequence[str], text_mode: str) -> list[ShardInfo]:
 
 def plan_units(shards: Sequence[ShardInfo], slots: int) -> list[ReadUnit]:
     """Cut the shards into read units fine enough that every slot gets at least one."""
+    shards = [s for s in shards if s.rows > 0]
     if len(shards) >= slots:
         units = [ReadUnit(s, tuple(range(len(s.row_groups))), 0, s.rows) for s in shards]
     elif sum(len(s.row_groups) for s in shards) >= slots:
@@ -278,6 +279,8 @@ class CuratedShardStream(IterableDataset):
         quota = len(self) // workers + (worker < len(self) % workers)
         if quota == 0:
             return
+        if not units:
+            raise ValueError(f"{self.num_samples} rows cannot feed {slots} (rank, worker) slots: use fewer loader workers")
         rng = np.random.default_rng([self.config.seed, self.epoch, self.rank, worker])
         self.counts = Counter()
         files = ", ".join(sorted({unit.shard.path for unit in units}))
@@ -305,6 +308,7 @@ class CuratedShardStream(IterableDataset):
                 raise ShardError(files, f"no usable row in a full pass ({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))})")
 
     def _read(self, unit: ReadUnit) -> Iterator[Row]:
+        """The unit's usable rows; pyarrow directly, as units select row groups (``shards.iter_batches`` reads files)."""
         path = unit.shard.path
         parquet = open_parquet(path)
         position = unit.first_row
@@ -497,6 +501,11 @@ class CuratedShardsDataModule(L.LightningDataModule):
         self._truth: dict[str, list[str]] | None = None
 
     @property
+    def batch_size(self) -> int:
+        """Per-rank batch size (the name Lightning's tuner and most data modules use)."""
+        return self.config.batch_size
+
+    @property
     def shard_infos(self) -> list[ShardInfo]:
         if self._infos is None:
             self._infos = scan_shards(self.shards, self.config.text_mode)
@@ -522,6 +531,12 @@ class CuratedShardsDataModule(L.LightningDataModule):
         return CuratedShardStream(self.shard_infos, self.config, rank, world_size, self._truth)
 
     def loader(self, stream: CuratedShardStream) -> DataLoader:
+        # load the BPE merges (and spaCy, when captions need their nouns) once here: forked workers inherit them
+        cached_tokenizer(self.config.context_length)
+        if self.config.text_mode == "caption" and any("caption_concepts" not in info.columns for info in stream.shards):
+            from cocu.curation.concepts import load_nlp
+
+            load_nlp()
         return _EpochLoader(stream, self._trainer_epoch, batch_size=None, num_workers=self.num_workers,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
