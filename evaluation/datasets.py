@@ -191,6 +191,8 @@ class FolderDataset:
         else:
             if array.ndim != 2:
                 raise DatasetError(f"{path}: expected a palette or grayscale label PNG of class ids, found mode {mode}")
+            if self._lut is not None and array.dtype != np.uint8:
+                raise DatasetError(f"{path}: expected an 8-bit COCO id map, found mode {mode}")
             label = self._lut[array] if self._lut is not None else array
         bad = (label >= self.num_label_ids) & (label != self.ignore_index)
         if bad.any():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from cocu.curation.shards import atomic_write_bytes, atomic_write_json
+from cocu.curation.shards import atomic_write_bytes
 
 from .datasets import FolderDataset, Sample
 from .inference import IMAGENET_MEAN, IMAGENET_STD, Tokenizer, ZeroShotSegmenter, build_text_embeddings, rescale_size, slide_windows
@@ -71,6 +71,7 @@ def evaluate(model: Any, dataset: FolderDataset, preset: Preset, *, batch_size: 
         "root": str(dataset.root),
         "label_source": dataset.label_source,
         "split_size": len(dataset),
+        "limit": limit,
         "preset": preset.to_dict(),
         **scores.to_dict(dataset.classes),
         "images_per_second": round(scores.images / seconds, 3) if seconds > 0 else None,
@@ -79,6 +80,7 @@ def evaluate(model: Any, dataset: FolderDataset, preset: Preset, *, batch_size: 
         "windows": windows,
         "batch_size": batch_size,
         "device": str(segmenter.device),
+        "threads": torch.get_num_threads(),
         "normalization": {"mean": list(mean), "std": list(std)},
         "overlays": saved,
     }
@@ -89,7 +91,8 @@ def write_report(record: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Pa
     """``metrics.json`` and ``results.md`` under ``out_dir``, each written atomically."""
     out = Path(out_dir)
     metrics_path, table_path = out / "metrics.json", out / "results.md"
-    atomic_write_json(metrics_path, record)
+    # not sorted: per-class entries stay in label-id order
+    atomic_write_bytes(metrics_path, (json.dumps(record, indent=2) + "\n").encode())
     atomic_write_bytes(table_path, markdown_table(record).encode())
     return metrics_path, table_path
 

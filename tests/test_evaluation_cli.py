@@ -1,10 +1,14 @@
 """`cocu-eval seg`: bad input is one line and no output; a real checkpoint gives metrics.json, the table and overlays."""
 import json
+from pathlib import Path
 
+import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from cocu.cli.eval import app
 
+REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -33,3 +37,41 @@ def test_seg_refuses_a_file_that_is_not_a_checkpoint(tmp_path, small_world):
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "model.ckpt: not a loadable checkpoint" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def fitted_checkpoint(small_world, tmp_path_factory):
+    """A checkpoint written by `cocu-train fit` (the tiny test config, one step)."""
+    from cocu.cli.train import main as train
+
+    world, _ = small_world
+    run = tmp_path_factory.mktemp("fit")
+    train(["fit", "--config", str(REPO / "configs" / "train" / "tiny-test.yaml"), "--data.shards", str(world / "train"),
+           "--trainer.default_root_dir", str(run), "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"])
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_path, small_world, fitted_checkpoint):
+    from cocu.curation.shards import sha256_file
+
+    world, record = small_world
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["seg", "--checkpoint", str(fitted_checkpoint), "--dataset", "synthetic", "--root",
+                                 str(world), "--out", str(out), "--save-images", "2", "--batch-size", "8", "--limit", "24"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "synthetic" and metrics["split_size"] == 40 and metrics["images"] == 24
+    assert metrics["preset"]["name"] == "groupvit/synthetic"
+    assert (metrics["preset"]["short_side"], metrics["preset"]["crop"], metrics["preset"]["stride"]) == (64, 64, 32)
+    assert metrics["checkpoint"]["sha256"] == sha256_file(fitted_checkpoint)
+    assert metrics["checkpoint"]["path"] == str(fitted_checkpoint.resolve())
+    assert list(metrics["per_class_iou"]) == record["classes"]
+    assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["pixel_accuracy"] <= 100 and metrics["images_per_second"] > 0
+    assert metrics["pixels"] == 24 * 64 * 64 and metrics["limit"] == 24  # no ignore label in the world
+    table = (out / "results.md").read_text()
+    assert "| synthetic | groupvit/synthetic | 24 / 40 |" in table and table.count("\n| ") >= 52 + 1
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert [p.name for p in overlays] == ["0000_000000.png", "0001_000001.png"]
+    with Image.open(overlays[0]) as image:
+        assert image.format == "PNG" and image.width > 2 * image.height
+    assert "images/s" in result.output and str(out / "metrics.json") in result.output
