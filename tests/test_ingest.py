@@ -1,6 +1,7 @@
 """Ingestion: img2dataset against a loopback server, resume after an interruption, webdataset tars round trip."""
 import functools
 import io
+import json
 import os
 import signal
 import tarfile
@@ -8,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,8 +87,9 @@ ARGS = ["--processes-count", "1", "--thread-count", "4", "--shard-size", str(SHA
 
 def url_rows(base: str) -> list[tuple[str, str]]:
     """(url, caption) rows: shard 0 all successes; shard 1 a 404 and the slow URL (it holds shard 1 open); shard 2 junk and a 404."""
-    rows = [(f"{base}/img/{i}.jpg", f"a photo of thing {i}") for i in range(GOOD)]
-    rows[3] = (rows[3][0], 'the "best" photo of thing 3')  # a stray quote, as in real CC3M captions
+    things, places = ("dog", "bicycle", "boat", "tree", "horse"), ("beach", "street", "garden")
+    rows = [(f"{base}/img/{i}.jpg", f"a {things[i % 5]} on the {places[i % 3]} ({i})") for i in range(GOOD)]
+    rows[3] = (rows[3][0], 'the "best" tree on the beach')  # a stray quote, as in real CC3M captions
     for index, row in ((12, ("missing/a.jpg", "a dead link")), (15, ("slow/a.jpg", "a slow server")),
                        (21, ("junk/a.jpg", "a page that is not an image")), (25, ("missing/b.jpg", "another dead link"))):
         rows.insert(index, (f"{base}/{row[0]}", row[1]))
@@ -275,3 +278,34 @@ def test_corrupt_tar_is_one_line_and_the_others_convert(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left behind
     assert validate_shard(out / "a.parquet") == 5
     assert "1 shard(s) written, 0 skipped (already done), 4 failed" in result.stdout
+
+
+TINY_CLIP = {"embed_dim": 64,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+
+
+def test_downloaded_shards_feed_build_bank_and_enrich_as_they_are(downloaded, tmp_path):
+    """The data contract end to end: img2dataset's folder goes to cocu-curate unchanged, failed rows included."""
+    from cocu.cli.curate import app as curate
+
+    out, rows = downloaded["out"], downloaded["rows"]
+    config = tmp_path / "cocu-ingest-tiny.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    bank = tmp_path / "bank"
+    result = CliRunner().invoke(curate, ["build-bank", "--shards", str(out), "--model", "cocu-ingest-tiny",
+                                         "--model-config", str(config), "--min-count", "2", "--out", str(bank),
+                                         "--batch-size", "16", "--decode-workers", "0"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bank / "manifest.json").read_text())
+    assert (manifest["rows"], manifest["undecodable"]) == (GOOD, len(rows) - GOOD)
+    assert sorted(Path(s["path"]).name for s in manifest["sources"]) == ["00000.parquet", "00001.parquet", "00002.parquet"]
+
+    curated = tmp_path / "curated"
+    result = CliRunner().invoke(curate, ["enrich", "--bank", str(bank), "--shards", str(out), "--out", str(curated),
+                                         "--decode-workers", "0"])
+    assert result.exit_code == 0, result.output
+    table = pa.concat_tables(pq.read_table(p) for p in sorted(curated.glob("*.parquet")))
+    assert table.num_rows == len(rows)
+    failed = [r for r in table.select(["status", "cocu_error"]).to_pylist() if r["status"] != "success"]
+    assert len(failed) == len(rows) - GOOD and all(r["cocu_error"] for r in failed)
