@@ -213,7 +213,8 @@ def write_tar(path, samples, cut=None):
     """A GroupViT-style shard: <key>.<ext> image + <key>.txt caption + <key>.json metadata, as img2dataset writes."""
     with tarfile.open(path, "w") as tar:
         for key, ext, image, caption in samples:
-            for name, data in ((f"{key}.{ext}", image), (f"{key}.txt", caption.encode()), (f"{key}.json", b"{}")):
+            members = [(f"{key}.txt", caption.encode()), (f"{key}.json", b"{}")]
+            for name, data in ([(f"{key}.{ext}", image)] if image is not None else []) + members:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -241,8 +242,11 @@ def test_convert_round_trips_tars(tmp_path):
     expected = {}
     for shard in range(3):
         samples = make_samples(shard, 7 + shard)
-        write_tar(tars / f"gcc-train-{shard:06d}.tar", samples)
+        samples[1] = (samples[1][0], "JPEG", *samples[1][2:])  # other spellings of the image extension
         expected.update({key: (image, caption) for key, _, image, caption in samples})
+        if shard == 1:
+            samples.insert(4, ("00001orphan", None, None, "a caption whose image is missing"))
+        write_tar(tars / f"gcc-train-{shard:06d}.tar", samples)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["convert", str(tars / "gcc-train-{000000..000002}.tar"), str(out), "--workers", "1"])
     assert result.exit_code == 0, result.output
@@ -250,6 +254,7 @@ def test_convert_round_trips_tars(tmp_path):
     assert [p.name for p in shards] == [f"gcc-train-{s:06d}.parquet" for s in range(3)]
     rows = [r for p in shards for b in iter_batches(p) for r in b.to_pylist()]
     assert {r["key"]: (r["jpg"], r["caption"]) for r in rows} == expected and len(rows) == len(expected)
+    assert f"incomplete 1; rows {len(expected)}" in result.output
 
     # resumable: a rerun skips every finished shard and rewrites nothing
     mtimes = {p: p.stat().st_mtime_ns for p in shards}
