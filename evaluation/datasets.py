@@ -196,7 +196,8 @@ class FolderDataset:
             label = self._lut[array] if self._lut is not None else array
         bad = (label >= self.num_label_ids) & (label != self.ignore_index)
         if bad.any():
-            raise DatasetError(f"{path}: label value {int(label[bad][0])} is neither a class id (0..{self.num_label_ids - 1}) "
+            raise DatasetError(f"{path}: label value {int(label[bad][0])} is neither a class id "
+                               f"(0..{self.num_label_ids - 1}) "
                                f"nor the ignore index {self.ignore_index} ({int(bad.sum())} pixels)")
         return label
 
@@ -220,7 +221,8 @@ def open_dataset(name: str, root: str | os.PathLike) -> FolderDataset:
     ann_suffix, lut, label_source = layout.ann_suffix, None, f"{layout.ann_dir}/*{layout.ann_suffix}"
     if layout.raw_fallback and not _has_files(ann_dir, layout.ann_suffix, layout.recursive):
         ann_suffix, lut = layout.raw_fallback
-        label_source = f"{layout.ann_dir}/*{ann_suffix} (raw COCO-Stuff stuffthingmaps, mapped as the reference converter does)"
+        label_source = (f"{layout.ann_dir}/*{ann_suffix} (raw COCO-Stuff stuffthingmaps, "
+                        "mapped as the reference converter does)")
     names = _split_names(base, layout)
     items = [(n, base / layout.img_dir / f"{n}{layout.img_suffix}", ann_dir / f"{n}{ann_suffix}") for n in names]
     _check_items(base, layout, items)

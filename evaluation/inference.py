@@ -187,7 +187,7 @@ class ZeroShotSegmenter:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Label maps ``[H, W]`` (int64, on CPU) at each image's original size."""
-        return [logits.argmax(dim=0).cpu() for logits in self.logits(images)]
+        return [logits.max(dim=0).indices.cpu() for logits in self.logits(images)]  # first maximum, as argmax
 
 
 def _model_device(model: Any) -> torch.device:

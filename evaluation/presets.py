@@ -89,7 +89,8 @@ class Preset:
 
 
 def _gv(dataset: str, short_side: int, crop: int, stride: int, classes, bg_thresh=None, source="") -> Preset:
-    return Preset("groupvit", dataset, short_side, crop, stride, classes, SIMPLE_TEMPLATES, bg_thresh, "groupvit", source=source)
+    return Preset("groupvit", dataset, short_side, crop, stride, classes, SIMPLE_TEMPLATES, bg_thresh, "groupvit",
+                  source=source)
 
 
 def _tcl(dataset: str, classes, bg_thresh=None, short_side: int = 448, crop: int = 448, stride: int = 224) -> Preset:

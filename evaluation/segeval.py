@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from cocu.curation.shards import atomic_write_bytes
 
 from .datasets import FolderDataset, Sample
-from .inference import IMAGENET_MEAN, IMAGENET_STD, Tokenizer, ZeroShotSegmenter, build_text_embeddings, rescale_size, slide_windows
+from .inference import (IMAGENET_MEAN, IMAGENET_STD, Tokenizer, ZeroShotSegmenter, build_text_embeddings, rescale_size,
+                        slide_windows)
 from .metrics import SegMetric, prepare_label
 from .presets import Preset
 from .visualize import save_overlay
@@ -121,7 +122,8 @@ def markdown_table(record: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for name, iou in record["per_class_iou"].items():
-        lines.append(f"| {json.dumps(name) if name != name.strip() else name} | {_pct(iou)} | {_pct(record['per_class_accuracy'][name])} |")
+        shown = json.dumps(name) if name != name.strip() else name  # ADE's "bed " keeps its quotes
+        lines.append(f"| {shown} | {_pct(iou)} | {_pct(record['per_class_accuracy'][name])} |")
     return "\n".join(lines) + "\n"
 
 

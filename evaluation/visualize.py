@@ -60,8 +60,8 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, label: np.ndarray, 
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    handles = [Patch(facecolor=colours[c] / 255.0, edgecolor="black", linewidth=0.3, label=classes[c].strip() or repr(classes[c]))
-               for c in shown]
+    handles = [Patch(facecolor=colours[c] / 255.0, edgecolor="black", linewidth=0.3,
+                     label=classes[c].strip() or repr(classes[c])) for c in shown]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6) or 1, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
