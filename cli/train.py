@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cocu.training.checkpoint import GroupViTCheckpoint
 from cocu.training.model import get_config
-from cocu.training.module import GroupViTModule
+from cocu.training.module import GroupViTModule, datamodule_batch_size
 
 
 def _checkpoint_dir(root: str | None) -> str:
@@ -71,7 +71,7 @@ class GroupViTCLI(LightningCLI):
             return
         seconds = time.perf_counter() - self._start[0]
         steps = trainer.global_step - self._start[1]  # restored on resume, so this run's steps only
-        samples = steps * self.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        samples = steps * datamodule_batch_size(self.datamodule) * trainer.world_size * trainer.accumulate_grad_batches
         checkpoint = trainer.checkpoint_callback
         last = checkpoint.last_model_path if checkpoint is not None else ""
         print(f"fit: {steps} steps ({trainer.global_step} in total), {samples} samples in {seconds:.0f} s "
@@ -80,14 +80,15 @@ class GroupViTCLI(LightningCLI):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `cocu-train`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "clip":
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "clip":
         from cocu.cli.teacher import main as teacher_main
 
-        teacher_main(argv[1:])
+        teacher_main(args[1:])
         return
     from cocu.training.data import CuratedShardsDataModule
 
+    # args=None lets LightningCLI read sys.argv itself (passing both makes it warn)
     GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
                 parser_kwargs={"description": __doc__})
 

@@ -27,6 +27,12 @@ def warmup_cosine(step: int, *, peak: float, warmup_start: float, minimum: float
     return minimum + 0.5 * (peak - minimum) * (1.0 + math.cos(math.pi * progress))
 
 
+def datamodule_batch_size(datamodule: Any) -> int | None:
+    """Per-rank batch size of a data module: its `batch_size`, or its stream config's (`CuratedShardsDataModule`)."""
+    size = getattr(datamodule, "batch_size", None)
+    return size if size is not None else getattr(getattr(datamodule, "config", None), "batch_size", None)
+
+
 class GroupViTModule(L.LightningModule):
     """GroupViT pretraining on batches ``{"image": [B, 3, H, W], "text": [B, 1+K, T]}`` (caption first, then K prompts).
 
@@ -74,9 +80,9 @@ class GroupViTModule(L.LightningModule):
         `trainer.estimated_stepping_batches`, which would exhaust an iterable loader (Lightning #20550)."""
         trainer = self.trainer
         datamodule = trainer.datamodule
-        batch_size = getattr(datamodule, "batch_size", None)
+        batch_size = datamodule_batch_size(datamodule)
         if batch_size is None:
-            raise ValueError("GroupViTModule needs a data module with a `batch_size` attribute to scale the learning rate")
+            raise ValueError("GroupViTModule needs a data module that knows its batch size to scale the learning rate")
         global_batch = batch_size * trainer.world_size * trainer.accumulate_grad_batches
         num_samples = getattr(datamodule, "num_samples", None)
         steps_per_epoch = num_samples // global_batch if num_samples else None
