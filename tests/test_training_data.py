@@ -16,8 +16,8 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from cocu.curation.shards import ShardError
-from cocu.training.data import (CachedTokenizer, CuratedShardsDataModule, ImageAugment, assign_units, plan_units,
-                                scan_shards)
+from cocu.training.data import (IMAGE_MEAN, IMAGE_STD, CachedTokenizer, CuratedShardsDataModule, ImageAugment, assign_units,
+                                cached_tokenizer, plan_units, scan_shards)
 from cocu.training.prompts import TEMPLATES, build_texts, draw_cluster_guided, draw_uniform, take_top
 
 K = 3
@@ -133,6 +133,15 @@ def test_cached_tokenizer_equals_open_clip():
     assert ours(texts)[2, -1].item() == ours._bpe.eot_token_id  # truncated texts end with EOT
 
 
+def test_simple_augment_normalizes_with_imagenet_statistics_in_rgb_order():
+    colour = (200, 120, 40)
+    batch = ImageAugment("simple", 24)([Image.new("RGB", (64, 48), colour)] * 2)
+    assert batch.shape == (2, 3, 24, 24) and batch.dtype == torch.float32
+    expected = (torch.tensor(colour) / 255 - torch.tensor(IMAGE_MEAN)) / torch.tensor(IMAGE_STD)
+    torch.testing.assert_close(batch.mean(dim=(0, 2, 3)), expected.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch.std(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+
+
 def test_deit_augment_survives_posterize_at_full_magnitude():
     augment = ImageAugment("deit", 32)
     posterize = [op for step in augment.sample.transforms for op in getattr(step, "ops", ()) if op.name == "PosterizeIncreasing"]
@@ -194,14 +203,15 @@ def curated(world, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     return out, by_key
 
 
-TOKENIZER = CachedTokenizer(CONTEXT)
+def _tokens(texts):
+    return cached_tokenizer(CONTEXT)(texts)
 
 
 def _prompt_lookup(concepts) -> dict[tuple[int, ...], str]:
     """Token ids of every template filled with every concept -> the concept, to read concepts back from batches."""
     concepts = set(concepts)
     pairs = [(template(c), c) for template in TEMPLATES for c in concepts]
-    tokens = TOKENIZER([p for p, _ in pairs])
+    tokens = _tokens([p for p, _ in pairs])
     return {tuple(row.tolist()): c for row, (_, c) in zip(tokens, pairs)}
 
 
@@ -224,7 +234,7 @@ def _samples(batches, by_key, prompt_of):
         assert batch["text"].shape == (64, 1 + K, CONTEXT) and batch["text"].dtype == torch.long
         for key, text in zip(batch["key"], batch["text"]):
             row = by_key[key]
-            caption = TOKENIZER([row["caption"]])[0]
+            caption = _tokens([row["caption"]])[0]
             assert torch.equal(text[0], caption)
             pads = sum(torch.equal(t, caption) for t in text[1:])
             chosen = [prompt_of[tuple(t.tolist())] for t in text[1:] if not torch.equal(t, caption)]
