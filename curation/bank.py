@@ -20,8 +20,8 @@ concept prompts' text embeddings, the aligned image tables, the index, and the m
 from __future__ import annotations
 
 import json
-import logging
 import os
+import re
 import shutil
 import time
 from functools import cached_property
@@ -38,12 +38,11 @@ from tqdm.auto import tqdm
 
 from .clustering import ConceptGram
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
-from .index import SearchParams, Searcher, build_index, choose_factory, read_index, write_index
+from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
 from .ranking import Ragged, offsets_from_lengths, pair_similarities
 from .shards import ShardError, atomic_path, atomic_write_json, expand_shards, iter_batches, sha256_file, write_table
 from .stage import ShardTask, StageSummary, params_digest, read_manifest, run_stage, tool_version, worker_threads
 
-log = logging.getLogger(__name__)
 BANK_FORMAT = 1
 MANIFEST, BUILD, VOCABULARY = "manifest.json", "build.json", "vocabulary.json"
 CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "embeddings.npy", "index.faiss"
@@ -94,7 +93,7 @@ class BankSummary:
         if not self.ok:
             return f"bank {self.path}: NOT built, {len(self.embed.failures)} shard(s) failed; fix them and rerun (finished shards are kept)"
         steps = ", ".join(self.steps_run) if self.steps_run else "none (up to date)"
-        return (f"bank {self.path}: {self.rows} images indexed ({self.undecodable} undecodable skipped), "
+        return (f"bank {self.path}: {self.rows} images indexed ({self.undecodable} rows with a missing or undecodable image left out), "
                 f"{self.concepts} concepts, index {self.factory}; steps run: {steps}; {self.seconds:.1f}s")
 
 
@@ -143,9 +142,8 @@ def _embed_part(task: ShardTask, params: dict[str, Any], progress) -> dict[str, 
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(result.vectors[keep].ravel()), clip.embed_dim),
     })
     write_table(task.target, table)
-    for row, error in zip(np.nonzero(~ok)[0], (e for e in result.errors if e is not None)):
-        log.warning("%s: row %d: %s (left out of the bank)", task.source, row, error)
-    return {"images": len(keys), "embedded": len(keep), "undecodable": int((~ok).sum())}
+    missing = sum(1 for e in result.errors if e is not None and e.startswith("no image"))
+    return {"images": len(keys), "embedded": len(keep), "no_image": missing, "undecodable": int((~ok).sum()) - missing}
 
 
 def part_name(source: Path) -> str:
@@ -208,7 +206,7 @@ class _Assembly:
 
         vocab_digest = self._step("vocabulary", {
             "given": sha256_file(self.config.vocabulary) if self.config.vocabulary else None,
-            "sources": [s["part_sha256"] for s in self.sources], "min_count": self.config.min_count,
+            "sources": [s["sha256"] for s in self.sources], "min_count": self.config.min_count,
             "max_words": self.config.max_words, "user_concepts": sorted(self.config.user_concepts)}, self._vocabulary, [VOCABULARY])
         self.vocabulary = Vocabulary.load(self.out / VOCABULARY)
         concepts_digest = self._step("concepts", {"vocabulary": vocab_digest, "vocab": self.vocabulary.digest(),
@@ -216,7 +214,7 @@ class _Assembly:
                                      self._concepts, [CONCEPTS])
         images_digest = self._step("images", {"concepts": concepts_digest, "parts": [s["part_sha256"] for s in self.sources]},
                                    self._images, [IMAGES, EMBEDDINGS])
-        factory = self.config.factory or choose_factory(self._rows(), self._dim())
+        factory = self.config.factory or choose_factory(self._rows(), self._dim(), gpu=gpu_available())
         index_digest = self._step("index", {"images": images_digest, "factory": factory, "seed": self.config.seed},
                                   lambda: self._index(factory), [INDEX])
         manifest = self._manifest(factory, index_digest)
@@ -258,7 +256,9 @@ class _Assembly:
 
         vocab = self.vocabulary
         prompts = [prompt(c, self.config.template) for c in vocab.concepts]
-        embeddings = self.clip.embed_texts(prompts)
+        with tqdm(total=len(prompts), unit="prompt", unit_scale=True, desc="concept prompts", disable=not self.progress,
+                  dynamic_ncols=True) as bar:
+            embeddings = self.clip.embed_texts(prompts, progress=bar.update)
         write_table(self.out / CONCEPTS, pa.table({
             "id": pa.array(np.arange(len(prompts), dtype=np.int32)),
             "concept": pa.array(vocab.concepts, pa.string()),
@@ -308,8 +308,13 @@ class _Assembly:
     def _index(self, factory: str) -> None:
         vectors = np.load(self.out / EMBEDDINGS, mmap_mode="r")
         bar = tqdm(total=len(vectors), unit="vec", unit_scale=True, desc=f"index {factory}", disable=not self.progress, dynamic_ncols=True)
-        index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
-        bar.close()
+        try:
+            index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
+        except RuntimeError as err:
+            raise BankError(f"index factory '{factory}' failed for {len(vectors)} x {vectors.shape[1]} vectors: "
+                            f"{_last_line(err)}") from None
+        finally:
+            bar.close()
         write_index(index, self.out / INDEX)
 
     def _rows(self) -> int:
@@ -340,7 +345,8 @@ class _Assembly:
             "rows": rows,
             "undecodable": sum(s["rows"] for s in self.sources) - rows,
             "index": {"factory": factory, "file": INDEX, "metric": "inner_product", "seed": self.config.seed,
-                      "nprobe": self.config.nprobe, "ef_search": self.config.ef_search},
+                      "nprobe": self.config.nprobe if self.config.nprobe is not None else default_nprobe(factory),
+                      "ef_search": self.config.ef_search},
             "vocabulary": {"file": VOCABULARY, "digest": self.vocabulary.digest(), "size": len(self.vocabulary.concepts),
                            "min_count": self.config.min_count, "max_words": self.config.max_words,
                            "given": self.config.vocabulary},
@@ -367,6 +373,12 @@ def _check_unique_keys(keys: list[pa.Array], sources: list[dict[str, Any]]) -> N
     duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
     where = [s["path"] for s, k in zip(sources, keys) if pc.any(pc.equal(k, duplicate)).as_py()]
     raise ShardError(where[0], f"key '{duplicate}' appears more than once in the corpus (also in {where[-1]}); keys must be unique")
+
+
+def _last_line(err: BaseException) -> str:
+    """The message of a FAISS error without its C++ location ("Error in ... at index_factory.cpp:1228: ...")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return re.sub(r"^Error in .* at \S+:\d+: ", "", lines[-1]) if lines else type(err).__name__
 
 
 def _read_json(path: Path) -> Any:
@@ -414,7 +426,8 @@ class Bank:
         return self.manifest["bank_id"]
 
     @classmethod
-    def open(cls, path: str | os.PathLike, search: SearchParams | None = None, use_gpu: bool | None = None) -> "Bank":
+    def open(cls, path: str | os.PathLike, nprobe: int | None = None, ef_search: int | None = None, use_gpu: bool | None = None) -> "Bank":
+        """Open a complete bank; ``nprobe``/``ef_search`` override the manifest's search defaults."""
         from .concepts import Vocabulary
 
         path = Path(path)
@@ -433,7 +446,8 @@ class Bank:
         index = read_index(path / INDEX)
         if index.ntotal != len(embeddings) or len(embeddings) != images.num_rows:
             raise BankError(f"{path}: index ({index.ntotal}), embeddings ({len(embeddings)}) and images.parquet ({images.num_rows}) disagree; rebuild the bank")
-        params = search or SearchParams(manifest["index"].get("nprobe"), manifest["index"].get("ef_search"))
+        params = SearchParams(manifest["index"].get("nprobe") if nprobe is None else nprobe,
+                              manifest["index"].get("ef_search") if ef_search is None else ef_search)
         return cls(path, manifest, vocabulary, concept_names, text, image_concepts, sims,
                    images.column("key").combine_chunks(), embeddings, Searcher(index, params, use_gpu))
 
@@ -471,7 +485,8 @@ def check_bank_model(path: Path, manifest: dict[str, Any], model: str | None, pr
     if model is None and pretrained is None:
         return
     built = bank_spec(manifest)
-    wanted = model_spec(model or built.name, pretrained if pretrained is not None else built.pretrained)
+    name = model or built.name
+    wanted = model_spec(name, pretrained) if pretrained is not None else ModelSpec(name, built.pretrained, built.checkpoint_sha256)
     if not wanted.same_model(built):
         raise BankError(f"bank {path} was built with {built.describe()}, but this run names {wanted.describe()}; "
                         f"use the bank's model (or leave --model/--pretrained out) or build a bank with the new one")

@@ -64,7 +64,7 @@ def model_spec(name: str, pretrained: str | None = None) -> ModelSpec:
     if name.startswith("hf-hub:"):
         return ModelSpec(name, None, None)
     if pretrained and os.path.isfile(pretrained) and not _is_known_tag(name, pretrained):
-        return ModelSpec(name, str(pretrained), sha256_file(pretrained))
+        return ModelSpec(name, str(Path(pretrained).resolve()), sha256_file(pretrained))
     return ModelSpec(name, pretrained or None, None)
 
 
@@ -115,7 +115,7 @@ class ClipModel:
         return F.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float16)
 
     @torch.inference_mode()
-    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256, progress: Progress | None = None) -> np.ndarray:
         """Texts to normalized float16 embeddings (N, D)."""
         out = np.zeros((len(texts), self.embed_dim), np.float16)
         for start in range(0, len(texts), batch_size):
@@ -123,6 +123,8 @@ class ClipModel:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 features = self.model.encode_text(tokens)
             out[start:start + len(tokens)] = F.normalize(features.float(), dim=-1).cpu().numpy()
+            if progress is not None:
+                progress(len(tokens))
         return out
 
     def iter_shard(self, path: str | os.PathLike, rows: np.ndarray | None = None, batch_size: int = 256,

@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 from .bank import Bank, check_bank_model, default_decode_workers, read_bank_manifest
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
-from .index import SearchParams
 from .ranking import Ragged, exclude_self, offsets_from_lengths, rank
 from .shards import ShardError, ShardWriter, expand_shards, iter_batches, open_parquet
 from .stage import ShardTask, StageSummary, run_stage, worker_threads
@@ -101,6 +100,7 @@ def output_schema(schema: pa.Schema) -> pa.Schema:
 # ---------------------------------------------------------------------------------------------- stage
 
 _state: dict[str, Any] = {}
+_banks: dict[tuple, Bank] = {}  # opened banks stay open for the life of the process
 
 
 def _init_worker(bank_path: str, config: EnrichConfig, workers: int) -> None:
@@ -114,11 +114,12 @@ def _init_worker(bank_path: str, config: EnrichConfig, workers: int) -> None:
 
 
 def _bank() -> Bank:
-    if "bank" not in _state:
-        config: EnrichConfig = _state["config"]
-        _state["bank"] = Bank.open(_state["bank_path"], SearchParams(config.nprobe, config.ef_search) if
-                                   (config.nprobe is not None or config.ef_search is not None) else None)
-    return _state["bank"]
+    config: EnrichConfig = _state["config"]
+    path = Path(_state["bank_path"]).resolve()
+    key = (path, read_bank_manifest(path)["bank_id"], config.nprobe, config.ef_search)
+    if key not in _banks:
+        _banks[key] = Bank.open(path, config.nprobe, config.ef_search)
+    return _banks[key]
 
 
 def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,

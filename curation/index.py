@@ -21,12 +21,18 @@ from .shards import atomic_path
 
 log = logging.getLogger(__name__)
 FLAT_LIMIT = 1_000_000
+GPU_FLAT_LIMIT = 10_000_000
 IVF_SQ8_LIMIT = 10_000_000
+DEFAULT_NPROBE = 64
 
 
-def choose_factory(rows: int, dim: int) -> str:
-    """The factory string for a corpus of ``rows`` vectors of ``dim`` dimensions."""
-    if rows <= FLAT_LIMIT:
+def choose_factory(rows: int, dim: int, gpu: bool = False) -> str:
+    """The factory string for a corpus of ``rows`` vectors of ``dim`` dimensions.
+
+    Exact ``Flat`` up to 1 M vectors (10 M when the search runs on a GPU, where brute force is fast),
+    ``IVF<nlist>_HNSW32,SQ8`` up to 10 M, ``OPQ,IVF_HNSW,PQ`` beyond; nlist ~ 16·sqrt(rows).
+    """
+    if rows <= (GPU_FLAT_LIMIT if gpu else FLAT_LIMIT):
         return "Flat"
     nlist = 2 ** int(round(math.log2(16 * math.sqrt(rows))))
     if rows <= IVF_SQ8_LIMIT:
@@ -37,6 +43,11 @@ def choose_factory(rows: int, dim: int) -> str:
 
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def default_nprobe(factory: str) -> int | None:
+    """FAISS probes one inverted list by default, far too few for retrieval quality; IVF gets 64."""
+    return DEFAULT_NPROBE if "IVF" in factory else None
 
 
 @dataclass(frozen=True)

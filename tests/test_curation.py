@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,25 @@ def test_build_bank_rerun_resumes_and_skips(curated, tmp_path):
     resumed = build_bank(curated["world"] / "train", bank_dir, config, progress=False)
     assert resumed.embed.done == 1 and resumed.embed.skipped == 5 and resumed.steps_run == []
     assert (bank_dir / "manifest.json").read_bytes() == manifest
+
+
+def test_index_factory_override_rebuilds_only_the_index(curated, tmp_path):
+    bank_dir = tmp_path / "bank"
+    shutil.copytree(curated["bank"], bank_dir)
+    shards = curated["world"] / "train"
+    base = {"model": MODEL, "pretrained": str(curated["checkpoint"]), "decode_workers": 1}
+    with pytest.raises(BankError, match="index factory 'IVFx,Flat' failed for 600 x 64 vectors: could not parse"):
+        build_bank(shards, bank_dir, BankConfig(**base, factory="IVFx,Flat"), progress=False)
+    assert not (bank_dir / "manifest.json").exists()  # incomplete, and enrich says so
+    with pytest.raises(BankError, match="not a complete bank"):
+        enrich(bank_dir, shards, tmp_path / "never", progress=False)
+    summary = build_bank(shards, bank_dir, BankConfig(**base, factory="IVF4,Flat", nprobe=4), progress=False)
+    assert summary.steps_run == ["index", "manifest"] and summary.factory == "IVF4,Flat"
+    assert Bank.open(bank_dir).searcher.params == "nprobe=4"
+    first = sorted(shards.glob("*.parquet"))[0]
+    enrich(bank_dir, first, tmp_path / "out", curated["config"], progress=False)
+    # every list probed is exhaustive search: the same neighbours, the same curation
+    assert pq.read_table(tmp_path / "out" / first.name).equals(pq.read_table(curated["out"] / first.name))
 
 
 # ------------------------------------------------------------------------------------------- enrich output
