@@ -1,50 +1,244 @@
-"""`make benchmark`: the CoCu experiment end to end on the embedded synthetic world.
+"""`make benchmark`: the whole CoCu experiment on the embedded synthetic world, end to end.
 
-For now it draws the world and summarises it; the later stages join as they land.
+Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train clip``,
+``cocu-curate build-bank`` / ``enrich``, ``cocu-train fit``, ``cocu-eval seg``), in this order:
+
+    world -> teacher CLIP -> bank -> enrich -> GroupViT x (caption | cocu-cluster | cocu-top | oracle) -> eval -> report
+
+Each finished stage leaves a record under ``OUT/stages/``; a rerun with the same settings skips it,
+so an interrupted benchmark resumes. The report (``OUT/report.md`` and ``OUT/figures/``) is written
+from the records of this run only.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from cocu.evaluation.synthetic import WorldConfig, generate_world
+import numpy as np
 
-PRESETS = {
-    "quick": WorldConfig(train=2000, teacher=2000, val=50, shard_size=1000),
-    "default": WorldConfig(train=20000, teacher=20000, val=300, shard_size=2500),
+from cocu.curation.shards import atomic_write_json
+from cocu.curation.stage import params_digest
+from cocu.evaluation.synthetic import WorldConfig
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every setting of one benchmark run; the three (or four) trainings share all but the text mode."""
+
+    world: WorldConfig = WorldConfig(train=20000, teacher=20000, val=300, shard_size=2500)
+    teacher_samples: int = 150_000
+    teacher_minutes: float = 6.5
+    teacher_batch: int = 128
+    neighbors: int = 8
+    top_k: int = 16
+    train_config: str = "configs/train/synthetic.yaml"
+    train_steps: int = 1200
+    train_batch: int = 64
+    train_workers: int = 1
+    runs: tuple[str, ...] = TEXT_MODES
+    seed: int = 0
+    save_images: int = 6
+    threads: int = 2
+
+
+PRESETS: dict[str, BenchConfig] = {
+    "default": BenchConfig(),
+    # CI-sized: proves the pipeline and the report, not the science
+    "quick": BenchConfig(world=WorldConfig(train=400, teacher=400, val=16, shard_size=200), teacher_samples=1024,
+                         teacher_minutes=1.0, teacher_batch=64, train_steps=4, train_batch=16, save_images=2),
+    # more data and longer training, for a machine with time to spare
+    "large": BenchConfig(world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000), teacher_samples=500_000,
+                         teacher_minutes=20.0, train_steps=5000, train_batch=128),
 }
 
 
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    items: int | None = None
+    unit: str = "img"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float | None:
+        return self.items / self.seconds if self.items and self.seconds > 0 else None
+
+
+class Runner:
+    """Runs stages as subprocesses, logs them, and skips those already recorded with the same settings."""
+
+    def __init__(self, out: Path, cfg: BenchConfig):
+        self.out, self.cfg = out, cfg
+        (out / "stages").mkdir(parents=True, exist_ok=True)
+        (out / "logs").mkdir(exist_ok=True)
+        self.stages: list[Stage] = []
+
+    def done(self, name: str, params: dict[str, Any]) -> Stage | None:
+        path = self.out / "stages" / f"{name}.json"
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        if record.get("params_digest") != params_digest(params):
+            return None
+        return Stage(record["name"], record["seconds"], record.get("items"), record.get("unit", "img"), record.get("extra", {}))
+
+    def run(self, name: str, command: list[str] | Callable[[], None], params: dict[str, Any], items: int | None = None,
+            unit: str = "img") -> Stage:
+        """Run a command (or, for the report's own computations, a function) unless already done."""
+        previous = self.done(name, params)
+        if previous is not None:
+            print(f"[benchmark] {name}: done in an earlier run ({previous.seconds:.0f}s), skipped", flush=True)
+            self.stages.append(previous)
+            return previous
+        started = time.perf_counter()
+        if callable(command):
+            print(f"[benchmark] {name}", flush=True)
+            command()
+        else:
+            self._subprocess(name, command)
+        stage = Stage(name, time.perf_counter() - started, items, unit)
+        atomic_write_json(self.out / "stages" / f"{name}.json",
+                          {**asdict(stage), "params_digest": params_digest(params),
+                           "command": command if isinstance(command, list) else name})
+        self.stages.append(stage)
+        print(f"[benchmark] {name}: {stage.seconds:.1f}s", flush=True)
+        return stage
+
+    def _subprocess(self, name: str, command: list[str]) -> None:
+        """Stream the command's output to the terminal (its progress bars) and to a log file."""
+        print(f"[benchmark] {name}: {' '.join(command)}", flush=True)
+        log = self.out / "logs" / f"{name}.log"
+        with open(log, "wb") as handle:
+            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert process.stdout is not None
+            for chunk in iter(lambda: process.stdout.read1(4096), b""):
+                handle.write(chunk)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            code = process.wait()
+        if code != 0:
+            raise SystemExit(f"[benchmark] {name} failed with exit code {code}; see {log}")
+
+
+def _tool(name: str) -> str:
+    return str(BIN / name)
+
+
+def run_benchmark(cfg: BenchConfig, out: Path, preset: str) -> Path:
+    from cocu.evaluation.report import write_report
+
+    out = out.resolve()
+    runner = Runner(out, cfg)
+    world, teacher, bank, curated = out / "world", out / "teacher", out / "bank", out / "curated"
+    w = cfg.world
+    threads = str(cfg.threads)
+    started = time.perf_counter()
+
+    world_params = asdict(w)
+    runner.run("synth", [_tool("cocu-data"), "synth", str(world), "--train", str(w.train), "--teacher", str(w.teacher),
+                         "--val", str(w.val), "--image-size", str(w.image_size), "--val-image-size", str(w.val_image_size),
+                         "--omit", str(w.omit), "--stuff-mention", str(w.stuff_mention), "--shard-size", str(w.shard_size),
+                         "--seed", str(w.seed), "--workers", "2"],
+               world_params, items=w.train + w.teacher + w.val, unit="pair")
+
+    teacher_params = {"world": world_params, "samples": cfg.teacher_samples, "minutes": cfg.teacher_minutes,
+                      "batch": cfg.teacher_batch, "seed": cfg.seed}
+    runner.run("teacher", [_tool("cocu-train"), "clip", str(world / "teacher"), "--out", str(teacher),
+                           "--samples", str(cfg.teacher_samples), "--max-minutes", str(cfg.teacher_minutes),
+                           "--batch-size", str(cfg.teacher_batch), "--seed", str(cfg.seed), "--threads", threads,
+                           "--eval-world", str(world), "--eval-split", "train"],
+               teacher_params, items=None)
+    record = json.loads((teacher / "teacher.json").read_text())
+    model, weights = record["model"], str(teacher / record["weights"])
+
+    bank_params = {"teacher": teacher_params}
+    runner.run("bank", [_tool("cocu-curate"), "build-bank", "--shards", str(world / "train"), "--model", model,
+                        "--pretrained", weights, "--out", str(bank)],
+               bank_params, items=w.train)
+
+    enrich_params = {"bank": bank_params, "neighbors": cfg.neighbors, "top_k": cfg.top_k}
+    runner.run("enrich", [_tool("cocu-curate"), "enrich", "--bank", str(bank), "--shards", str(world / "train"),
+                          "--out", str(curated), "--neighbors", str(cfg.neighbors), "--top-k", str(cfg.top_k),
+                          "--clusters", "--seed", str(cfg.seed)],
+               enrich_params, items=w.train)
+
+    def quality() -> None:
+        from cocu.evaluation.curation_quality import evaluate_curation
+
+        atomic_write_json(out / "quality.json", evaluate_curation(curated, world / "truth" / "train", bank, cfg.neighbors,
+                                                                  cfg.top_k, seed=cfg.seed))
+
+    runner.run("quality", quality, {"enrich": enrich_params}, items=w.train)
+
+    checkpoints = {}
+    for mode in cfg.runs:
+        run_dir = out / "runs" / mode
+        train_params = {"enrich": enrich_params, "mode": mode, "config": cfg.train_config, "steps": cfg.train_steps,
+                        "batch": cfg.train_batch, "seed": cfg.seed}
+        runner.run(f"train-{mode}", [
+            _tool("cocu-train"), "fit", "--config", str(REPO / cfg.train_config),
+            "--data.shards", str(curated), "--data.text_mode", mode, "--data.truth", str(world / "truth" / "train"),
+            "--data.batch_size", str(cfg.train_batch), "--data.num_workers", str(cfg.train_workers),
+            "--data.seed", str(cfg.seed), "--seed_everything", str(cfg.seed),
+            "--trainer.max_steps", str(cfg.train_steps), "--trainer.default_root_dir", str(run_dir),
+        ], train_params, items=cfg.train_steps * cfg.train_batch, unit="sample")
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        checkpoints[mode] = checkpoint
+        runner.run(f"eval-{mode}", [
+            _tool("cocu-eval"), "seg", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--root", str(world),
+            "--out", str(run_dir / "eval"), "--save-images", str(cfg.save_images), "--threads", threads,
+        ], {"train": train_params}, items=w.val)
+
+    examples = predict_examples(world, checkpoints, cfg.save_images)
+    report = write_report(out, cfg, preset, runner.stages, time.perf_counter() - started, examples)
+    print(f"report: {report}")
+    return report
+
+
+def predict_examples(world: Path, checkpoints: dict[str, Path], count: int) -> dict[str, Any]:
+    """Predictions of every run on the first val images, for the side-by-side figure."""
+    from cocu.evaluation.datasets import open_dataset
+    from cocu.evaluation.inference import ZeroShotSegmenter, build_text_embeddings
+    from cocu.evaluation.presets import get_preset
+    from cocu.training.checkpoint import load_groupvit
+
+    dataset = open_dataset("synthetic", world)
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]
+    preset = get_preset("groupvit", "synthetic")
+    predictions = {}
+    for mode, checkpoint in checkpoints.items():
+        model, _ = load_groupvit(checkpoint)
+        text = build_text_embeddings(model, preset.prompt_classes(dataset.classes, dataset.has_background), preset.templates)
+        segmenter = ZeroShotSegmenter(model, text, preset, dataset.has_background)
+        predictions[mode] = [np.asarray(p) for p in segmenter.predict([s[1] for s in samples])]
+    return {"images": [s[1] for s in samples], "labels": [np.asarray(s[2]) for s in samples], "predictions": predictions}
+
+
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description="Run the CoCu experiment end to end on the synthetic world.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
+    parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
     args = parser.parse_args(argv)
-    record = generate_world(args.out / "world", PRESETS[args.preset], workers=args.workers)
-    report = args.out / "report.md"
-    omission = record["omission"]
-    lines = [
-        "# cocu benchmark",
-        "",
-        f"Preset `{args.preset}`. Every number below was measured in this run.",
-        "",
-        "## Synthetic world",
-        "",
-        "| classes | things | stuff | train | teacher | val | present / image | named / image | omitted share (target) | synth pairs/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {len(record['classes'])} | {len(record['things'])} | {len(record['stuff'])} | {record['counts']['train']} | "
-        f"{record['counts']['teacher']} | {record['counts']['val']} | {omission['present_per_image']} | {omission['named_per_image']} | "
-        f"{omission['measured_train']} ({omission['target']}) | {record['generation']['pairs_per_second']} |",
-        "",
-        "```json",
-        json.dumps(record["config"], indent=2),
-        "```",
-    ]
-    report.write_text("\n".join(lines) + "\n")
-    print(f"report: {report.resolve()}")
-    return report
+    cfg = PRESETS[args.preset]
+    if args.runs:
+        cfg = replace(cfg, runs=tuple(args.runs))
+    if args.train_steps:
+        cfg = replace(cfg, train_steps=args.train_steps)
+    return run_benchmark(cfg, args.out, args.preset)
 
 
 if __name__ == "__main__":
