@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -42,6 +43,9 @@ class GroupViTCLI(LightningCLI):
         return {"fit": LightningCLI.subcommands()["fit"]}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--torch_threads", type=Optional[int], default=None,
+                            help="Intra-op CPU threads for the training process (default: torch's choice). On a small "
+                                 "CPU shared with loader workers, fewer threads than cores avoids OpenMP spin-waits.")
         parser.add_lightning_class_args(GroupViTCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
                              "checkpoint.every_n_train_steps": 500})
@@ -51,6 +55,9 @@ class GroupViTCLI(LightningCLI):
         parser.link_arguments(("model.arch", "model.arch_overrides"), "data.context_length", compute_fn=_context_length)
 
     def before_instantiate_classes(self) -> None:
+        threads = self.config[self.subcommand].torch_threads
+        if threads:
+            torch.set_num_threads(threads)
         trainer_cfg = self.config[self.subcommand].trainer
         self._default_loggers = trainer_cfg.logger in (None, True)
         if self._default_loggers:
