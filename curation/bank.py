@@ -111,18 +111,25 @@ def cached_clip(model: str, pretrained: str | None, model_config: str | None, de
     return _models[key]
 
 
-def _init_embed_worker(settings: dict[str, Any], workers: int) -> None:
+def set_worker_threads(workers: int, decode_workers: int | None) -> int:
+    """Give this process its share of the cores (``worker_threads``); returns its number of image decoders.
+
+    FAISS gets the whole share. Torch gets what the decoders leave, since they run while the model
+    does and oversubscribed OpenMP threads wait on each other (3x slower on this 2-core machine).
+    """
     import faiss
     import torch
 
-    torch.set_num_threads(worker_threads(workers))
-    faiss.omp_set_num_threads(worker_threads(workers))
+    share = worker_threads(workers)
+    decoders = max(1, min(8, share - 1)) if decode_workers is None else decode_workers
+    torch.set_num_threads(max(1, share - decoders))
+    faiss.omp_set_num_threads(share)
+    return decoders
+
+
+def _init_embed_worker(settings: dict[str, Any], workers: int) -> None:
     _embed_settings.clear()
-    _embed_settings.update(settings, decode_workers=default_decode_workers(workers) if settings["decode_workers"] is None else settings["decode_workers"])
-
-
-def default_decode_workers(workers: int) -> int:
-    return max(1, min(8, worker_threads(workers) - 1))
+    _embed_settings.update(settings, decode_workers=set_worker_threads(workers, settings["decode_workers"]))
 
 
 def _embed_part(task: ShardTask, params: dict[str, Any], progress) -> dict[str, int]:

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .bank import Bank, check_bank_model, default_decode_workers, read_bank_manifest
+from .bank import Bank, check_bank_model, read_bank_manifest, set_worker_threads
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
 from .ranking import Ragged, exclude_self, offsets_from_lengths, rank
 from .shards import ShardError, ShardWriter, expand_shards, iter_batches, open_parquet
-from .stage import ShardTask, StageSummary, run_stage, worker_threads
+from .stage import ShardTask, StageSummary, run_stage
 
 CURATED_FIELDS = [
     pa.field("caption_concepts", pa.list_(pa.string())),   # vocabulary concepts named by the caption
@@ -104,13 +104,8 @@ _banks: dict[tuple, Bank] = {}  # opened banks stay open for the life of the pro
 
 
 def _init_worker(bank_path: str, config: EnrichConfig, workers: int) -> None:
-    import faiss
-    import torch
-
-    torch.set_num_threads(worker_threads(workers))
-    faiss.omp_set_num_threads(worker_threads(workers))
     _state.clear()
-    _state.update(bank_path=bank_path, config=config, decode_workers=default_decode_workers(workers) if config.decode_workers is None else config.decode_workers)
+    _state.update(bank_path=bank_path, config=config, decode_workers=set_worker_threads(workers, config.decode_workers))
 
 
 def _bank() -> Bank:
@@ -168,7 +163,6 @@ class _FreshEmbeddings:
     """Embeddings of the rows the bank does not hold, produced chunk by chunk as the batches ask for them."""
 
     def __init__(self, bank: Bank, source: Path, rows: np.ndarray, config: EnrichConfig, decode_workers: int):
-        self.rows = rows
         self._chunks: Iterator[ShardEmbeddings] | None = None
         if len(rows):
             clip = bank.load_model(config.pretrained, config.device)
