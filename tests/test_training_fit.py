@@ -220,3 +220,13 @@ def test_ddp_on_two_cpu_processes_equals_one_process(tmp_path):
     diff = ddp["grads"] - single["grads"]
     assert diff.norm() / single["grads"].norm() < 1e-4
     assert diff.abs().max() < 1e-4 * single["grads"].abs().max()
+
+
+def test_verbs(capsys):
+    """`clip` hands over to the teacher CLI; `fit` is the only Lightning verb."""
+    with pytest.raises(SystemExit) as done:
+        main(["clip", "--help"])
+    assert done.value.code == 0 and "cocu-train clip" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["validate", "--config", CONFIG])
+    assert done.value.code != 0 and "validate" in capsys.readouterr().err
