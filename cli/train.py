@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from cocu.training.checkpoint import GroupViTCheckpoint
 from cocu.training.model import get_config
@@ -32,6 +35,24 @@ def _image_size(arch: str, overrides: dict[str, Any] | None) -> int:
 
 def _context_length(arch: str, overrides: dict[str, Any] | None) -> int:
     return get_config(arch, overrides).text.context_length
+
+
+class FitSummary(Callback):
+    """Ends a run with one line of counts: steps, samples, samples/s of the training loop, the checkpoint."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = (time.perf_counter(), trainer.global_step)  # after a resume: the restored step
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = time.perf_counter() - self._start[0]
+        steps = trainer.global_step - self._start[1]
+        batch = datamodule_batch_size(trainer.datamodule) or 0
+        samples = steps * batch * trainer.world_size * trainer.accumulate_grad_batches
+        checkpoint = trainer.checkpoint_callback
+        last = checkpoint.last_model_path if checkpoint is not None else ""
+        print(f"fit: {steps} steps this run (global step {trainer.global_step}), {samples} samples in {seconds:.0f} s "
+              f"({samples / max(seconds, 1e-9):.1f} samples/s) | last checkpoint: {last or 'none'}")
 
 
 class GroupViTCLI(LightningCLI):
@@ -69,22 +90,6 @@ class GroupViTCLI(LightningCLI):
             tensorboard = TensorBoardLogger(root, name="logs")
             self.trainer.loggers = [CSVLogger(root, name="logs", version=tensorboard.version), tensorboard]
 
-    def before_fit(self) -> None:
-        self._start = (time.perf_counter(), self.trainer.global_step)
-
-    def after_fit(self) -> None:
-        trainer = self.trainer
-        if not trainer.is_global_zero:
-            return
-        seconds = time.perf_counter() - self._start[0]
-        steps = trainer.global_step - self._start[1]  # restored on resume, so this run's steps only
-        samples = steps * datamodule_batch_size(self.datamodule) * trainer.world_size * trainer.accumulate_grad_batches
-        checkpoint = trainer.checkpoint_callback
-        last = checkpoint.last_model_path if checkpoint is not None else ""
-        print(f"fit: {steps} steps ({trainer.global_step} in total), {samples} samples in {seconds:.0f} s "
-              f"({samples / max(seconds, 1e-9):.1f} samples/s, setup included) | last checkpoint: {last or 'none'}")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `cocu-train`."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # args=None lets LightningCLI read sys.argv itself (passing both makes it warn)
     GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
-                parser_kwargs={"description": __doc__})
+                trainer_defaults={"callbacks": [FitSummary()]}, parser_kwargs={"description": __doc__})
 
 
 if __name__ == "__main__":

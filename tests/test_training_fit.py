@@ -116,7 +116,7 @@ def test_load_groupvit_rejects_bad_files(tmp_path):
         load_groupvit(tmp_path / "missing.ckpt")
 
 
-def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path):
+def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path, capsys):
     shards, _ = curated
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = _fit_args(shards, tmp_path, "--data.text_mode", "cocu-top", "--trainer.max_steps", "100000")
@@ -138,6 +138,7 @@ def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path):
 
     main(_fit_args(shards, tmp_path, "--data.text_mode", "cocu-top", "--trainer.max_steps", str(saved + 3),
                    "--ckpt_path", "last"))
+    assert f"fit: 3 steps this run (global step {saved + 3}), 48 samples" in capsys.readouterr().out
     resumed = _metrics(tmp_path, 1)
     assert [int(r["step"]) for r in resumed] == [saved, saved + 1, saved + 2]
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
