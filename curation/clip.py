@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .shards import iter_batches, sha256_file
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
                      "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin")
 RANDOM_INIT_SEED = 0

@@ -130,7 +130,7 @@ def rank(anchors: np.ndarray, neighbours: np.ndarray, own: Ragged, bank_concepts
     top = np.full(n, -np.inf)
     np.maximum.at(top, pair_entry, pair_sim)
 
-    g = np.einsum("ij,ij->i", text[concept], anchors[owner], dtype=np.float64)
+    g = rowwise_dots(text, concept, anchors, owner)
     mean = (g + total) / (count + 1)
     local = np.divide(g, mean, out=np.zeros(n), where=mean > EPS)
     peak = np.full(batch, -np.inf)
@@ -145,16 +145,21 @@ def rank(anchors: np.ndarray, neighbours: np.ndarray, own: Ragged, bank_concepts
     return Ranking(Ragged(archive_offsets, concept.astype(np.int32)), Ragged(best_offsets, keep), score[keep].astype(np.float32))
 
 
-def pair_similarities(concepts: Ragged, embeddings: np.ndarray, text: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """``t_c·v`` for every (image, own caption concept) pair: what the bank stores for the neighbour terms.
+def rowwise_dots(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """``left[left_rows[i]] · right[right_rows[i]]`` for every i, accumulated in float64.
 
-    Float64 accumulation of float16-valued inputs is exact to rounding, so these equal the
-    anchor-side ``g(c)`` computed for the same pair bit for bit (up to summation order).
+    Float64 accumulation of float16-valued inputs is exact to rounding, so the same pair gives the
+    same number wherever it is computed (the bank's stored ``t_c·v`` and the anchor's ``g(c)``). The
+    gathers go a cache-sized chunk at a time: they, not the arithmetic, are the cost.
     """
-    owners = concepts.owners()
-    out = np.zeros(len(concepts.values), np.float64)
+    out = np.empty(len(left_rows), np.float64)
     for start in range(0, len(out), chunk):
         rows = slice(start, start + chunk)
-        out[rows] = np.einsum("ij,ij->i", np.asarray(text[concepts.values[rows]], dtype=np.float32),
-                              np.asarray(embeddings[owners[rows]], dtype=np.float32), dtype=np.float64)
+        out[rows] = np.einsum("ij,ij->i", np.asarray(np.take(left, left_rows[rows], axis=0), dtype=np.float32),
+                              np.asarray(np.take(right, right_rows[rows], axis=0), dtype=np.float32), dtype=np.float64)
     return out
+
+
+def pair_similarities(concepts: Ragged, embeddings: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """``t_c·v`` for every (image, own caption concept) pair: what the bank stores for the neighbour terms."""
+    return rowwise_dots(text, concepts.values, embeddings, concepts.owners())

@@ -256,6 +256,13 @@ def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_parallel_workers_give_the_same_output(curated, tmp_path):
+    summary = enrich(curated["bank"], curated["world"] / "train", tmp_path / "parallel", curated["config"], workers=2, progress=False)
+    assert summary.ok and summary.done == 6 and summary.counts == curated["stage"].counts
+    for a, b in zip(_shards(tmp_path / "parallel"), _shards(curated["out"]), strict=True):
+        assert a.read_bytes() == b.read_bytes()
+
+
 def test_enrich_refuses_another_model(curated, tmp_path):
     from typer.testing import CliRunner
 
@@ -285,7 +292,10 @@ def test_undecodable_and_missing_images_keep_their_rows(curated, tmp_path):
     images = source.column("jpg").to_pylist()
     images[3] = b"\xff\xd8\xff\xe0 this is not a jpeg"
     images[7] = None
-    shard = source.set_column(0, "key", pa.array(keys)).set_column(1, "jpg", pa.array(images, pa.binary()))
+    captions = source.column("caption").to_pylist()
+    captions[5], captions[6] = None, ""  # no caption is no error: the neighbours still bring concepts
+    shard = (source.set_column(0, "key", pa.array(keys)).set_column(1, "jpg", pa.array(images, pa.binary()))
+             .set_column(2, "caption", pa.array(captions, pa.string())))
     (tmp_path / "in").mkdir()
     pq.write_table(shard, tmp_path / "in" / "odd.parquet")
     summary = enrich(curated["bank"], tmp_path / "in", tmp_path / "out", EnrichConfig(batch_size=5), progress=False)
@@ -299,6 +309,7 @@ def test_undecodable_and_missing_images_keep_their_rows(curated, tmp_path):
             assert row["cocu_concepts"] == row["cocu_scores"] == row["cocu_clusters"] == []
         else:
             assert row["cocu_error"] is None and row["cocu_concepts"]
+    assert rows[5]["caption_concepts"] == rows[6]["caption_concepts"] == []
     # fresh embeddings come from the bank's model: they match the stored ones of the same images
     bank = Bank.open(curated["bank"])
     fresh = bank.load_model().embed_shard(tmp_path / "in" / "odd.parquet", batch_size=4, num_workers=0)
@@ -310,6 +321,20 @@ def test_undecodable_and_missing_images_keep_their_rows(curated, tmp_path):
     built = build_bank(tmp_path / "in", tmp_path / "bank", BankConfig(model=MODEL, pretrained=str(curated["checkpoint"]),
                        vocabulary=str(curated["bank"] / "vocabulary.json"), decode_workers=0), progress=False)
     assert built.ok and built.rows == 10 and built.undecodable == 2
+
+
+def test_a_bad_shard_fails_alone_in_one_line(curated, tmp_path):
+    (tmp_path / "in").mkdir()
+    good = _shards(curated["world"] / "train")[0]
+    shutil.copy(good, tmp_path / "in" / good.name)
+    pq.write_table(pq.read_table(good).drop_columns(["caption"]), tmp_path / "in" / "zz-no-caption.parquet")
+    (tmp_path / "in" / "zz-not-parquet.parquet").write_bytes(b"PAR1 truncated")
+    summary = enrich(curated["bank"], tmp_path / "in", tmp_path / "out", curated["config"], progress=False)
+    assert summary.done == 1 and len(summary.failures) == 2
+    assert all("\n" not in f for f in summary.failures)
+    assert "zz-no-caption.parquet: missing required column 'caption'" in summary.failures[0]
+    assert "zz-not-parquet.parquet: not a readable Parquet file" in summary.failures[1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([good.name, good.name.replace(".parquet", ".manifest.json")])
 
 
 def test_cli_help_and_status(curated):
