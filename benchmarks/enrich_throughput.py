@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cocu-curate runs (see cli/curate.py)
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402

@@ -171,6 +171,7 @@ def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str
     tasks = [ShardTask(src, out / PARTS / part_name(src)) for src in sources]
     settings = {"model": config.model, "pretrained": config.pretrained, "model_config": config.model_config,
                 "device": config.device, "batch_size": config.batch_size, "decode_workers": config.decode_workers}
+    cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here, once
     embed = run_stage("embed", tasks, _embed_part, {"model": spec.to_dict()}, workers=workers, progress=progress,
                       initializer=_init_embed_worker, initargs=(settings, workers))
     summary = BankSummary(out, embed)

@@ -354,3 +354,8 @@ def test_cli_help_and_status(curated):
     missing = runner.invoke(app, ["enrich", "--bank", str(curated["root"] / "nope"), "--shards", str(curated["world"] / "train"),
                                   "--out", str(curated["root"] / "x")])
     assert missing.exit_code == 1 and "no such bank directory" in missing.stderr
+    bad_tag = runner.invoke(app, ["build-bank", "--shards", str(curated["world"] / "train"), "--model", MODEL,
+                                  "--pretrained", "no-such-tag", "--out", str(curated["root"] / "never")])
+    assert bad_tag.exit_code == 1 and not (curated["root"] / "never").exists()
+    assert bad_tag.stderr.strip().splitlines() == [f"error: cannot load CLIP {MODEL} / no-such-tag: Pretrained value 'no-such-tag' "
+                                                   "is not a known tag or valid file path"]
