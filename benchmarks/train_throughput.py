@@ -12,6 +12,7 @@ least 2x faster than the step so it never starves the model.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         world = args.world
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results["groupvit_s"] = step_rate(GroupViT(large), big, args.large_steps, warmup=1)
 
     k = args.num_prompts
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), loader workers {args.num_workers}\n")
+    print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} intra-op thread(s), loader "
+          f"workers {args.num_workers}; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"(other jobs on the machine slow every figure)\n")
     print("| measurement | samples/s |")
     print("|---|---|")
     print(f"| {args.arch} train step (fwd+bwd+AdamW), {config.vision.image_size} px, batch {args.batch_size}, "
