@@ -43,16 +43,20 @@ class FitSummary(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = (time.perf_counter(), trainer.global_step)  # after a resume: the restored step
 
-    @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seconds = time.perf_counter() - self._start[0]
+        self._seconds = time.perf_counter() - self._start[0]
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after every on_train_end, so the final checkpoint is written
         steps = trainer.global_step - self._start[1]
         batch = datamodule_batch_size(trainer.datamodule) or 0
         samples = steps * batch * trainer.world_size * trainer.accumulate_grad_batches
         checkpoint = trainer.checkpoint_callback
         last = checkpoint.last_model_path if checkpoint is not None else ""
-        print(f"fit: {steps} steps this run (global step {trainer.global_step}), {samples} samples in {seconds:.0f} s "
-              f"({samples / max(seconds, 1e-9):.1f} samples/s) | last checkpoint: {last or 'none'}")
+        print(f"fit: {steps} steps this run (global step {trainer.global_step}), {samples} samples in "
+              f"{self._seconds:.0f} s ({samples / max(self._seconds, 1e-9):.1f} samples/s) | "
+              f"last checkpoint: {last or 'none'}")
 
 
 class GroupViTCLI(LightningCLI):
