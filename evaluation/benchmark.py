@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,8 @@ class BenchConfig:
 PRESETS: dict[str, BenchConfig] = {
     "default": BenchConfig(),
     # CI-sized: proves the pipeline and the report, not the science
-    "quick": BenchConfig(world=WorldConfig(train=400, teacher=400, val=16, shard_size=200), teacher_samples=1024,
-                         teacher_minutes=1.0, teacher_batch=64, train_steps=4, train_batch=16, save_images=2),
+    "quick": BenchConfig(world=WorldConfig(train=400, teacher=400, val=16, shard_size=200), teacher_samples=256,
+                         teacher_minutes=1.0, teacher_batch=64, train_steps=4, train_batch=16, save_images=2, threads=1),
     # more data and longer training, for a machine with time to spare
     "large": BenchConfig(world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000), teacher_samples=500_000,
                          teacher_minutes=20.0, train_steps=5000, train_batch=128),
@@ -79,8 +80,8 @@ class Stage:
 class Runner:
     """Runs stages as subprocesses, logs them, and skips those already recorded with the same settings."""
 
-    def __init__(self, out: Path, cfg: BenchConfig):
-        self.out, self.cfg = out, cfg
+    def __init__(self, out: Path, cfg: BenchConfig, in_process: bool = False):
+        self.out, self.cfg, self.in_process = out, cfg, in_process
         (out / "stages").mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(exist_ok=True)
         self.stages: list[Stage] = []
@@ -106,6 +107,8 @@ class Runner:
         if callable(command):
             print(f"[benchmark] {name}", flush=True)
             command()
+        elif self.in_process:
+            self._in_process(name, command)
         else:
             self._subprocess(name, command)
         stage = Stage(name, time.perf_counter() - started, items, unit)
@@ -115,6 +118,21 @@ class Runner:
         self.stages.append(stage)
         print(f"[benchmark] {name}: {stage.seconds:.1f}s", flush=True)
         return stage
+
+    def _in_process(self, name: str, command: list[str]) -> None:
+        """The same console-script entry point and arguments, without a new interpreter (for tests: no start-up cost)."""
+        print(f"[benchmark] {name} (in process): {' '.join(command)}", flush=True)
+        script = Path(command[0]).name
+        (entry,) = [e for e in entry_points(group="console_scripts") if e.name == script]
+        saved = sys.argv
+        sys.argv = [script, *command[1:]]
+        try:
+            entry.load()()
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                raise SystemExit(f"[benchmark] {name} failed with exit code {exit_.code}") from None
+        finally:
+            sys.argv = saved
 
     def _subprocess(self, name: str, command: list[str]) -> None:
         """Stream the command's output to the terminal (its progress bars) and to a log file."""
@@ -136,11 +154,11 @@ def _tool(name: str) -> str:
     return str(BIN / name)
 
 
-def run_benchmark(cfg: BenchConfig, out: Path, preset: str) -> Path:
+def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False) -> Path:
     from cocu.evaluation.report import write_report
 
     out = out.resolve()
-    runner = Runner(out, cfg)
+    runner = Runner(out, cfg, in_process)
     world, teacher, bank, curated = out / "world", out / "teacher", out / "bank", out / "curated"
     w = cfg.world
     threads = str(cfg.threads)
@@ -232,13 +250,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
     parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="call each command's entry point in this interpreter instead of a new process (tests)")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
     if args.runs:
         cfg = replace(cfg, runs=tuple(args.runs))
     if args.train_steps:
         cfg = replace(cfg, train_steps=args.train_steps)
-    return run_benchmark(cfg, args.out, args.preset)
+    return run_benchmark(cfg, args.out, args.preset, args.in_process)
 
 
 if __name__ == "__main__":
