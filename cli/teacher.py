@@ -58,7 +58,7 @@ def clip(
         z = record["zero_shot"]
         typer.echo(f"zero-shot on {z['images']} {z['split']} images, {z['classes']} concepts: recall@|present| {z['recall_at_present']} "
                    f"(chance {z['chance_recall']}), things {z['thing_recall']}, stuff {z['stuff_recall']}, "
-                   f"salient top-1 {z['salient_top1']}, mAP {z['mean_ap']}")
+                   f"salient top-1 {z['salient_top1']} (among things {z['salient_top1_among_things']}), mAP {z['mean_ap']}")
     typer.echo(f"load with: open_clip.add_model_config('{out / (record['model'] + '.json')}'); "
                f"open_clip.create_model_and_transforms('{record['model']}', pretrained='{weights}')")
 

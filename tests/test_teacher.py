@@ -14,8 +14,9 @@ import torch
 
 from cocu.cli.teacher import main
 from cocu.curation.shards import ShardError, write_table
-from cocu.training.teacher import (TeacherConfig, evaluate_teacher, fit_teacher, load_teacher, ranking_metrics,
-                                   register_beside, register_model_config, save_teacher, train_teacher)
+from cocu.curation.clip import load_clip
+from cocu.training.teacher import (TeacherConfig, evaluate_teacher, fit_teacher, ranking_metrics, register_config_file,
+                                   save_teacher, train_teacher)
 
 TINY = {
     "embed_dim": 32,
@@ -26,7 +27,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("configs") / "cocu-test-tiny.json"
+    path = tmp_path_factory.mktemp("configs") / "cocu-teacher-tiny.json"
     path.write_text(json.dumps(TINY))
     return path
 
@@ -45,28 +46,28 @@ def trained(small_world, tiny_config, tmp_path_factory) -> Path:
 
 def test_cli_writes_a_standard_open_clip_checkpoint(trained, small_world):
     names = {p.name for p in trained.iterdir()}
-    assert {"cocu-test-tiny.json", "cocu-test-tiny.safetensors", "open_clip_config.json", "open_clip_model.safetensors",
+    assert {"cocu-teacher-tiny.json", "cocu-teacher-tiny.safetensors", "open_clip_config.json", "open_clip_model.safetensors",
             "teacher.json"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     record = json.loads((trained / "teacher.json").read_text())
-    assert record["model"] == "cocu-test-tiny"
+    assert record["model"] == "cocu-teacher-tiny"
     assert record["training"]["steps"] == 3 and record["training"]["samples"] == 96
     assert record["data"]["rows"] == 400  # the teacher split of the world, not its train split
-    assert record["model_config"] == TINY == json.loads((trained / "cocu-test-tiny.json").read_text())
+    assert record["model_config"] == TINY == json.loads((trained / "cocu-teacher-tiny.json").read_text())
 
 
 def test_fit_then_load_through_open_clip_gives_identical_embeddings(small_world, tiny_config, tmp_path):
     world, _ = small_world
     cfg = TeacherConfig(model_config=tiny_config, samples=64, batch_size=32, workers=0, progress=False)
-    clip, stats = fit_teacher(world / "teacher", cfg)
-    model = clip.model
-    assert stats["training"]["steps"] == 2
-    weights = save_teacher(model, "cocu-test-tiny", TINY, tmp_path)
+    teacher = fit_teacher(world / "teacher", cfg)
+    model = teacher.model
+    assert teacher.stats["training"]["steps"] == 2
+    weights = save_teacher(model, "cocu-teacher-tiny", TINY, tmp_path)
 
-    open_clip.add_model_config(tmp_path / "cocu-test-tiny.json")
-    loaded, _, preprocess = open_clip.create_model_and_transforms("cocu-test-tiny", pretrained=str(weights))
+    open_clip.add_model_config(tmp_path / "cocu-teacher-tiny.json")
+    loaded, _, preprocess = open_clip.create_model_and_transforms("cocu-teacher-tiny", pretrained=str(weights))
     from_dir, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
-    tokenizer = open_clip.get_tokenizer("cocu-test-tiny")
+    tokenizer = open_clip.get_tokenizer("cocu-teacher-tiny")
     jpgs = pq.read_table(next((world / "train").glob("*.parquet")), columns=["jpg"]).column("jpg").to_pylist()[:8]
     from PIL import Image
     images = torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in jpgs])
@@ -85,33 +86,32 @@ def test_saved_teacher_reproduces_its_recorded_zero_shot_scores(trained, small_w
     again = evaluate_teacher(trained, world, max_images=120, device="cpu", progress=False)
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in recorded.items() if k != "seconds"}
     assert again["images"] == 120 and again["classes"] == len(record_world["classes"]) == 52
-    for key in ("recall_at_present", "thing_recall", "stuff_recall", "salient_top1", "mean_ap", "chance_recall"):
+    for key in ("recall_at_present", "thing_recall", "stuff_recall", "salient_top1", "salient_top1_among_things", "mean_ap",
+                "chance_recall"):
         assert 0.0 <= again[key] <= 1.0
     assert 3.0 <= again["present_per_image"] <= 8.0
     assert again["chance_recall"] == pytest.approx(again["present_per_image"] / 52, abs=0.02)
     assert set(again["per_class_recall"]) <= set(record_world["classes"])
 
 
-def test_name_plus_pretrained_path_loads_like_a_builtin(trained, tmp_path):
-    """`--model NAME --pretrained DIR/NAME.safetensors` finds and registers DIR/NAME.json by itself."""
-    shutil.copy(trained / "cocu-test-tiny.json", tmp_path / "cocu-test-copy.json")
-    shutil.copy(trained / "cocu-test-tiny.safetensors", tmp_path / "cocu-test-copy.safetensors")
-    assert open_clip.get_model_config("cocu-test-copy") is None
-    assert register_beside("cocu-test-copy", tmp_path / "cocu-test-copy.safetensors")
-    clip = load_teacher("cocu-test-copy", tmp_path / "cocu-test-copy.safetensors")
-    reference = load_teacher(trained)
-    tokens = clip.tokenizer(["a photo of a ring."])
-    assert tokens.shape == (1, 40)
-    with torch.no_grad():
-        assert torch.equal(clip.model.encode_text(tokens), reference.model.encode_text(tokens))
-    assert not register_beside("ViT-B-32", tmp_path / "cocu-test-copy.safetensors")  # built-ins are left alone
+def test_curation_loads_it_by_name_and_checkpoint_like_a_builtin(trained, tmp_path):
+    """What `cocu-curate build-bank --model NAME --pretrained DIR/NAME.safetensors` does: NAME.json is found beside it."""
+    shutil.copy(trained / "cocu-teacher-tiny.json", tmp_path / "cocu-teacher-copy.json")
+    shutil.copy(trained / "cocu-teacher-tiny.safetensors", tmp_path / "cocu-teacher-copy.safetensors")
+    assert open_clip.get_model_config("cocu-teacher-copy") is None
+    copy = load_clip("cocu-teacher-copy", str(tmp_path / "cocu-teacher-copy.safetensors"), device="cpu")
+    original = load_clip("cocu-teacher-tiny", str(trained / "cocu-teacher-tiny.safetensors"), device="cpu")
+    assert copy.embed_dim == 32 and copy.spec.checkpoint_sha256 == original.spec.checkpoint_sha256
+    prompts = ["a photo of a ring.", "a photo of a sky."]
+    assert copy.tokenizer(prompts).shape == (2, 40)
+    assert np.array_equal(copy.embed_texts(prompts), original.embed_texts(prompts))
 
 
 def test_a_config_cannot_shadow_a_builtin_architecture(tmp_path):
     path = tmp_path / "ViT-B-32.json"
     path.write_text(json.dumps(TINY))
     with pytest.raises(ValueError, match="already registered with a different config"):
-        register_model_config(path)
+        register_config_file(path)
     assert open_clip.get_model_config("ViT-B-32")["embed_dim"] == 512
 
 
@@ -128,6 +128,8 @@ def test_ranking_metrics_on_known_rankings():
     assert bad["recall_at_present"] == bad["salient_top1"] == bad["stuff_recall"] == 0.0
     half = ranking_metrics(np.array([[4, 3, 2, 1], [4, 3, 2, 1]], float), targets, salient, stuff, classes)
     assert half["recall_at_present"] == 0.5 and half["per_class_recall"] == {"cup": 1.0, "mug": 1.0, "ring": 0.0, "sky": 0.0}
+    stuff_first = ranking_metrics(np.array([[2, 1, 0, 9], [0, 1, 2, 9]], float), targets, salient, stuff, classes)
+    assert stuff_first["salient_top1"] == 0.0 and stuff_first["salient_top1_among_things"] == 1.0
 
 
 @pytest.mark.parametrize("column, value, problem", [("jpg", b"not a jpeg", "undecodable image"), ("caption", "  ", "empty caption")])

@@ -16,11 +16,11 @@ present concepts are known (the world's truth sidecar), which says how much the 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,14 +29,13 @@ from typing import Any, Callable
 import numpy as np
 import open_clip
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchmetrics.functional.classification import multilabel_average_precision
 from tqdm.auto import tqdm
 
+from cocu.curation.clip import decode_image, load_clip
 from cocu.curation.shards import (ShardError, atomic_path, atomic_write_json, check_schema, expand_shards,
                                   iter_batches, open_parquet, sha256_file)
 
@@ -63,6 +62,9 @@ class TeacherConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     crop_scale: tuple[float, float] = (0.9, 1.0)  # open_clip's random resized crop; small crops drop named concepts
+    gray_scale_prob: float | None = None  # open_clip's augmentations: images without colour must be matched
+    color_jitter: tuple[float, float, float, float] | None = None  # by shape and texture (brightness, contrast, saturation, hue)
+    color_jitter_prob: float | None = None
     shuffle_buffer: int = 4096
     workers: int = 1  # DataLoader processes decoding JPEGs; 0 decodes in the training process
     threads: int | None = None  # torch CPU threads for the training process; None keeps torch's default
@@ -87,21 +89,22 @@ class TeacherConfig:
 
 
 @dataclass
-class Clip:
-    """A loaded CLIP with what it needs to embed: eval transform and tokenizer."""
+class Teacher:
+    """A freshly trained CLIP with what it needs to embed (eval transform, tokenizer) and its training record."""
 
     model: torch.nn.Module
     preprocess: Callable
     tokenizer: Callable
     name: str
-    pretrained: str | None
+    model_config: dict
+    stats: dict
 
 
 # ---------------------------------------------------------------------------------------------
 # Model configs
 
 
-def register_model_config(path: str | os.PathLike) -> str:
+def register_config_file(path: str | os.PathLike) -> str:
     """Register an open_clip model config file and return its model name (the file stem).
 
     Refuses a name that open_clip already knows with a different config, so a teacher can never
@@ -124,36 +127,13 @@ def register_model_config(path: str | os.PathLike) -> str:
     return name
 
 
-def register_beside(model_name: str, pretrained: str | os.PathLike | None) -> bool:
-    """Register ``<dir of pretrained>/<model_name>.json`` when open_clip does not know ``model_name``.
-
-    This is what lets ``--model NAME --pretrained OUT/NAME.safetensors`` work exactly like
-    ``--model ViT-B-16 --pretrained openai``. Returns whether a config was registered.
-    """
-    if open_clip.get_model_config(model_name) is not None or pretrained is None:
-        return False
-    config = Path(pretrained).parent / f"{model_name}.json"
-    if not Path(pretrained).is_file() or not config.is_file():
-        return False
-    register_model_config(config)
-    return True
-
-
-def load_teacher(model: str | os.PathLike, pretrained: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Clip:
-    """Load a CLIP from a teacher output folder, or from a model name plus a pretrained tag or file."""
-    if Path(model).is_dir():
-        folder = Path(model)
-        weights = [p for p in sorted(folder.glob("*.safetensors")) if (folder / f"{p.stem}.json").is_file()]
-        if len(weights) != 1:
-            raise ValueError(f"{folder}: expected one <name>.safetensors beside its <name>.json, found {len(weights)}")
-        name, pretrained = register_model_config(folder / f"{weights[0].stem}.json"), weights[0]
-    else:
-        name = str(model)
-        register_beside(name, pretrained)
-    pretrained = str(pretrained) if pretrained is not None else None
-    clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-    clip.eval()
-    return Clip(clip, preprocess, open_clip.get_tokenizer(name), name, pretrained)
+def teacher_files(folder: str | os.PathLike) -> tuple[str, Path]:
+    """The model name and weights file of a teacher output folder (``<name>.safetensors`` beside ``<name>.json``)."""
+    folder = Path(folder)
+    weights = [p for p in sorted(folder.glob("*.safetensors")) if (folder / f"{p.stem}.json").is_file()]
+    if len(weights) != 1:
+        raise ValueError(f"{folder}: expected one <name>.safetensors beside its <name>.json, found {len(weights)}")
+    return weights[0].stem, weights[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,9 +171,9 @@ class TeacherShards(IterableDataset):
                     tokens = self.tokenizer(captions)
                     for offset, jpg in enumerate(batch.column("jpg").to_pylist()):
                         try:
-                            image = self.transform(_decode(jpg))
-                        except (OSError, ValueError, TypeError) as err:
-                            yield ShardError(path, f"undecodable image ({err})", row=start + offset)
+                            image = self.transform(decode_image(jpg))
+                        except ValueError as err:
+                            yield ShardError(path, str(err), row=start + offset)
                             return
                         yield image, tokens[offset]
                 start += batch.num_rows
@@ -221,14 +201,6 @@ class TeacherShards(IterableDataset):
             if produced == 0:
                 return  # more workers than record batches: nothing for this one
             epoch += 1
-
-
-def _decode(jpg: bytes | None) -> Image.Image:
-    if jpg is None:
-        raise ValueError("null image bytes")
-    image = Image.open(io.BytesIO(jpg))
-    image.load()
-    return image
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor] | ShardError:
@@ -265,6 +237,15 @@ def _lr_at(progress: float, base: float, warmup: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / (1.0 - warmup))))
 
 
+def _augmentation(cfg: TeacherConfig) -> dict:
+    aug: dict[str, Any] = {"scale": tuple(cfg.crop_scale)}
+    if cfg.gray_scale_prob:
+        aug["gray_scale_prob"] = cfg.gray_scale_prob
+    if cfg.color_jitter_prob:
+        aug.update(color_jitter=tuple(cfg.color_jitter or (0.4, 0.4, 0.4, 0.1)), color_jitter_prob=cfg.color_jitter_prob)
+    return aug
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on gains, biases, embeddings of rank 1 and the temperature (as open_clip_train)."""
     decay, keep = [], []
@@ -283,34 +264,34 @@ def train_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], out: 
     pretrained=<returned path>)`` loads the result once ``out/<name>.json`` is registered.
     ``teacher.json`` is written last: a folder without it holds no finished teacher.
     """
-    clip, stats = fit_teacher(shards, cfg)
+    teacher = fit_teacher(shards, cfg)
     out = Path(out)
-    weights = save_teacher(clip.model, clip.name, stats["model_config"], out)
-    record: dict[str, Any] = {"model": clip.name, "weights": weights.name, "weights_sha256": sha256_file(weights), **stats}
+    weights = save_teacher(teacher.model, teacher.name, teacher.model_config, out)
+    record: dict[str, Any] = {"model": teacher.name, "weights": weights.name, "weights_sha256": sha256_file(weights),
+                              "model_config": teacher.model_config, **teacher.stats}
     if cfg.eval_world is not None:
-        record["zero_shot"] = zero_shot(clip.model, clip.preprocess, clip.tokenizer, cfg.eval_world, cfg.eval_split,
+        record["zero_shot"] = zero_shot(teacher.model, teacher.preprocess, teacher.tokenizer, cfg.eval_world, cfg.eval_split,
                                         cfg.eval_images, prompt=cfg.prompt, device=_device(cfg.device), progress=cfg.progress)
     atomic_write_json(out / RECORD_NAME, record)
     return weights
 
 
-def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: TeacherConfig = TeacherConfig()) -> tuple[Clip, dict]:
-    """The training loop: open_clip model, ClipLoss, AdamW, warmup + cosine over the budget.
-
-    Returns the trained model (in eval mode, with its eval transform and tokenizer) and the training record.
-    """
+def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: TeacherConfig = TeacherConfig()) -> Teacher:
+    """The training loop: open_clip model, ClipLoss, AdamW, warmup + cosine over the budget; nothing is written."""
     paths = expand_shards(shards)
     rows = _check_shards(paths)
     if rows == 0:
         raise ShardError(", ".join(map(str, paths)), "no rows to train on")
-    name = register_model_config(cfg.model_config)
+    name = register_config_file(cfg.model_config)
     model_cfg = open_clip.get_model_config(name)
     device = _device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name, pretrained=None, device=device, output_dict=True, aug_cfg={"scale": tuple(cfg.crop_scale)})
+    with warnings.catch_warnings():  # open_clip 3.3 calls the jitter/gray items it does apply "unused"
+        warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name, pretrained=None, device=device, output_dict=True, aug_cfg=_augmentation(cfg))
     tokenizer = open_clip.get_tokenizer(name)
     loader = DataLoader(TeacherShards(paths, preprocess_train, tokenizer, cfg.shuffle_buffer, cfg.seed),
                         batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=_collate,
@@ -359,14 +340,13 @@ def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: Te
     model.eval()
     stats = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "model_config": model_cfg,
         "config": _jsonable(asdict(cfg)),
         "data": {"shards": [{"path": str(p), "sha256": sha256_file(p)} for p in paths], "rows": rows},
         "training": {"samples": seen, "steps": steps, "epochs": round(seen / rows, 3), "seconds": round(seconds, 1),
                      "samples_per_second": round(seen / max(seconds, 1e-9), 1), "final_loss": round(smooth, 4),
                      "device": str(device), "torch_threads": torch.get_num_threads(), "curve": curve},
     }
-    return Clip(model, preprocess_val, tokenizer, name, None), stats
+    return Teacher(model, preprocess_val, tokenizer, name, model_cfg, stats)
 
 
 def save_teacher(model: torch.nn.Module, name: str, model_cfg: dict, out: str | os.PathLike) -> Path:
@@ -401,12 +381,16 @@ def _jsonable(value: Any) -> Any:
 # Zero-shot evaluation
 
 
-def evaluate_teacher(model: str | os.PathLike, world: str | os.PathLike, split: str = "train", pretrained: str | os.PathLike | None = None,
+def evaluate_teacher(model: str | os.PathLike, world: str | os.PathLike, split: str = "train", pretrained: str | None = None,
                      max_images: int = 2000, prompt: str = DEFAULT_PROMPT, device: str = "auto", progress: bool = True) -> dict:
-    """Zero-shot concept ranking of a CLIP (a teacher folder, or a name plus pretrained) on a world's split."""
-    dev = _device(device)
-    clip = load_teacher(model, pretrained, device=dev)
-    return zero_shot(clip.model, clip.preprocess, clip.tokenizer, world, split, max_images, prompt=prompt, device=dev, progress=progress)
+    """Zero-shot concept ranking on a world's split of a teacher folder, or of any CLIP curation can load
+    (a name plus a tag or checkpoint file, ``hf-hub:``, ``local-dir:``), loaded by curation's own loader."""
+    if Path(model).is_dir():
+        model, weights = teacher_files(model)
+        pretrained = str(weights)
+    clip = load_clip(str(model), pretrained, device=_device(device))
+    return zero_shot(clip.model, clip.preprocess, clip.tokenizer, world, split, max_images, prompt=prompt, device=clip.device,
+                     progress=progress)
 
 
 @torch.no_grad()
@@ -416,9 +400,9 @@ def zero_shot(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
     """Rank all class names of the world for each image whose present concepts are known.
 
     Reports recall@|present| (the share of present concepts among the |present| best-ranked, mean
-    over images), its split into things and stuff, top-1 accuracy of the salient (largest) thing,
-    macro mean average precision over classes, per-class recall, and the recall a random ranking
-    would get.
+    over images), its split into things and stuff, top-1 accuracy of the salient (largest) thing
+    over all classes and among things only, macro mean average precision over classes, per-class
+    recall, and the recall a random ranking would get.
     """
     world = Path(world)
     try:
@@ -454,9 +438,9 @@ def zero_shot(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
                     targets.append(target)
                     salient.append(index[top])
                     try:
-                        images.append(preprocess(_decode(jpg)))
-                    except (OSError, ValueError, TypeError) as err:
-                        raise ShardError(shard, f"undecodable image for key '{key}' ({err})") from None
+                        images.append(preprocess(decode_image(jpg)))
+                    except ValueError as err:
+                        raise ShardError(shard, f"key '{key}': {err}") from None
                 features = model.encode_image(torch.stack(images).to(device), normalize=True).float()
                 scores.append((features @ text.T).cpu().numpy())
                 done += take
@@ -468,7 +452,7 @@ def zero_shot(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
     if not scores:
         raise ShardError(world / split, "no images to evaluate")
     result = ranking_metrics(np.concatenate(scores), np.stack(targets), np.array(salient), stuff, classes)
-    result.update({"split": split, "prompt": prompt, "seconds": round(time.perf_counter() - start, 2)})
+    result.update({"world": str(world), "split": split, "prompt": prompt, "seconds": round(time.perf_counter() - start, 2)})
     return result
 
 
@@ -507,6 +491,7 @@ def ranking_metrics(scores: np.ndarray, targets: np.ndarray, salient: np.ndarray
         "thing_recall": round(float(found[:, things].sum() / max(targets[:, things].sum(), 1)), 4),
         "stuff_recall": round(float(found[:, stuff].sum() / max(targets[:, stuff].sum(), 1)), 4),
         "salient_top1": round(float((scores.argmax(1) == salient).mean()), 4),
+        "salient_top1_among_things": round(float((np.where(things, scores, -np.inf).argmax(1) == salient).mean()), 4),
         "mean_ap": round(float(mean_ap), 4),
         "chance_recall": round(float((k / len(classes)).mean()), 4),
         "present_per_image": round(float(k.mean()), 3),
