@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -59,6 +60,16 @@ class FitSummary(Callback):
               f"last checkpoint: {last or 'none'}")
 
 
+def _wants_log_progress_bar(trainer_cfg: Any) -> bool:
+    """Output going to a file (a SLURM log, a benchmark's log) gets a tqdm bar: Lightning's default rich bar
+    draws only on a terminal, so such a log would show no progress until the end."""
+    if sys.stderr.isatty() or trainer_cfg.enable_progress_bar is False:
+        return False
+    configured = trainer_cfg.callbacks or []
+    configured = configured if isinstance(configured, list) else [configured]
+    return not any(str(getattr(c, "class_path", "")).endswith("ProgressBar") for c in configured)
+
+
 class GroupViTCLI(LightningCLI):
     """LightningCLI with the `fit` verb only, a checkpoint callback in a fixed folder (so ``--ckpt_path last`` finds
     the previous run's ``last.ckpt``), data settings tied to the model config, and CSV + TensorBoard logs."""
@@ -84,6 +95,8 @@ class GroupViTCLI(LightningCLI):
         if threads:
             torch.set_num_threads(threads)
         trainer_cfg = self.config[self.subcommand].trainer
+        if _wants_log_progress_bar(trainer_cfg):
+            self.trainer_defaults["callbacks"].append(TQDMProgressBar(refresh_rate=10))
         self._default_loggers = trainer_cfg.logger in (None, True)
         if self._default_loggers:
             trainer_cfg.logger = False  # replaced by CSV + TensorBoard below
@@ -93,6 +106,7 @@ class GroupViTCLI(LightningCLI):
             root = self.trainer.default_root_dir
             tensorboard = TensorBoardLogger(root, name="logs")
             self.trainer.loggers = [CSVLogger(root, name="logs", version=tensorboard.version), tensorboard]
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `cocu-train`."""
@@ -104,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     from cocu.training.data import CuratedShardsDataModule
 
+    # the shards are split across loader workers by the dataset itself, so its length is exact
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     # args=None lets LightningCLI read sys.argv itself (passing both makes it warn)
     GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
                 trainer_defaults={"callbacks": [FitSummary()]}, parser_kwargs={"description": __doc__})

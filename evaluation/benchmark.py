@@ -15,8 +15,10 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -44,20 +46,22 @@ class BenchConfig:
     neighbors: int = 8
     top_k: int = 16
     train_config: str = "configs/train/synthetic.yaml"
-    train_steps: int = 1200
+    train_steps: int = 500
     train_batch: int = 64
     train_workers: int = 1
     runs: tuple[str, ...] = TEXT_MODES
     seed: int = 0
     save_images: int = 6
-    threads: int = 2
+    threads: int = 2  # torch threads of the single-process stages (teacher, eval when the runs go one at a time)
+    parallel_runs: int = 2  # GroupViT runs trained side by side, one torch thread each: 2 cores do ~2x the steps of one 2-thread run
 
 
 PRESETS: dict[str, BenchConfig] = {
     "default": BenchConfig(),
     # CI-sized: proves the pipeline and the report, not the science
     "quick": BenchConfig(world=WorldConfig(train=400, teacher=400, val=16, shard_size=200), teacher_samples=256,
-                         teacher_minutes=1.0, teacher_batch=64, train_steps=4, train_batch=16, save_images=2, threads=1),
+                         teacher_minutes=1.0, teacher_batch=64, train_steps=4, train_batch=16, save_images=2, threads=1,
+                         parallel_runs=1),
     # more data and longer training, for a machine with time to spare
     "large": BenchConfig(world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000), teacher_samples=500_000,
                          teacher_minutes=20.0, train_steps=5000, train_batch=128),
@@ -71,6 +75,7 @@ class Stage:
     items: int | None = None
     unit: str = "img"
     extra: dict[str, Any] = field(default_factory=dict)
+    earlier: bool = False  # recorded by an earlier invocation and skipped in this one
 
     @property
     def rate(self) -> float | None:
@@ -85,6 +90,8 @@ class Runner:
         (out / "stages").mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(exist_ok=True)
         self.stages: list[Stage] = []
+        self.running: set[str] = set()
+        self._lock = threading.Lock()
 
     def done(self, name: str, params: dict[str, Any]) -> Stage | None:
         path = self.out / "stages" / f"{name}.json"
@@ -93,31 +100,74 @@ class Runner:
         record = json.loads(path.read_text())
         if record.get("params_digest") != params_digest(params):
             return None
-        return Stage(record["name"], record["seconds"], record.get("items"), record.get("unit", "img"), record.get("extra", {}))
+        return Stage(record["name"], record["seconds"], record.get("items"), record.get("unit", "img"), record.get("extra", {}),
+                     earlier=True)
 
     def run(self, name: str, command: list[str] | Callable[[], None], params: dict[str, Any], items: int | None = None,
-            unit: str = "img") -> Stage:
-        """Run a command (or, for the report's own computations, a function) unless already done."""
+            unit: str = "img", quiet: bool = False) -> Stage:
+        """Run a command (or, for the report's own computations, a function) unless already done.
+
+        ``quiet`` sends a subprocess's output to its log only (stages running side by side would
+        interleave their progress bars); ``watch`` prints their latest progress lines instead.
+        """
         previous = self.done(name, params)
         if previous is not None:
             print(f"[benchmark] {name}: done in an earlier run ({previous.seconds:.0f}s), skipped", flush=True)
-            self.stages.append(previous)
+            self._record(previous)
             return previous
         started = time.perf_counter()
-        if callable(command):
-            print(f"[benchmark] {name}", flush=True)
-            command()
-        elif self.in_process:
-            self._in_process(name, command)
-        else:
-            self._subprocess(name, command)
+        with self._lock:
+            self.running.add(name)
+        try:
+            if callable(command):
+                print(f"[benchmark] {name}", flush=True)
+                command()
+            elif self.in_process:
+                self._in_process(name, command)
+            else:
+                self._subprocess(name, command, quiet)
+        finally:
+            with self._lock:
+                self.running.discard(name)
         stage = Stage(name, time.perf_counter() - started, items, unit)
         atomic_write_json(self.out / "stages" / f"{name}.json",
                           {**asdict(stage), "params_digest": params_digest(params),
                            "command": command if isinstance(command, list) else name})
-        self.stages.append(stage)
+        self._record(stage)
         print(f"[benchmark] {name}: {stage.seconds:.1f}s", flush=True)
         return stage
+
+    def side_by_side(self, job: Callable[[str], None], items: Sequence[str], lanes: int) -> None:
+        """Run ``job(item)`` for every item, ``lanes`` at a time, watching progress; stages stay in item order.
+
+        Each job runs its stages in sequence; a job's stages are named ``<anything>-<item>``.
+        """
+        before = len(self.stages)
+        stop = threading.Event()
+        if lanes > 1:
+            threading.Thread(target=self.watch, args=(stop,), daemon=True).start()
+        try:
+            with ThreadPoolExecutor(max(1, lanes)) as pool:
+                list(pool.map(job, items))  # re-raises the first failure
+        finally:
+            stop.set()
+        rank = {item: i for i, item in enumerate(items)}
+        self.stages[before:] = sorted(self.stages[before:], key=lambda s: rank[s.name.split("-", 1)[1]])
+
+    def _record(self, stage: Stage) -> None:
+        with self._lock:
+            self.stages.append(stage)
+
+    def watch(self, stop: threading.Event, every_s: float = 30.0) -> None:
+        """Every ``every_s`` seconds, print the latest progress line of each running stage's log."""
+        while not stop.wait(every_s):
+            with self._lock:
+                names = sorted(self.running)
+            for name in names:
+                log = self.out / "logs" / f"{name}.log"
+                line = _last_line(log) if log.exists() else ""
+                if line:
+                    print(f"[benchmark] {name}: {line}", flush=True)
 
     def _in_process(self, name: str, command: list[str]) -> None:
         """The same console-script entry point and arguments, without a new interpreter (for tests: no start-up cost)."""
@@ -134,8 +184,8 @@ class Runner:
         finally:
             sys.argv = saved
 
-    def _subprocess(self, name: str, command: list[str]) -> None:
-        """Stream the command's output to the terminal (its progress bars) and to a log file."""
+    def _subprocess(self, name: str, command: list[str], quiet: bool = False) -> None:
+        """Stream the command's output to a log file and, unless quiet, to the terminal (its progress bars)."""
         print(f"[benchmark] {name}: {' '.join(command)}", flush=True)
         log = self.out / "logs" / f"{name}.log"
         with open(log, "wb") as handle:
@@ -143,11 +193,22 @@ class Runner:
             assert process.stdout is not None
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
                 handle.write(chunk)
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+                handle.flush()
+                if not quiet:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
             code = process.wait()
         if code != 0:
             raise SystemExit(f"[benchmark] {name} failed with exit code {code}; see {log}")
+
+
+def _last_line(log: Path, tail: int = 4096) -> str:
+    """The last non-empty line of a log, where progress bars redraw with carriage returns."""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, log.stat().st_size - tail))
+        text = handle.read().decode("utf-8", "replace")
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _tool(name: str) -> str:
@@ -200,8 +261,11 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
 
     runner.run("quality", quality, {"enrich": enrich_params}, items=w.train)
 
-    checkpoints = {}
-    for mode in cfg.runs:
+    lanes = 1 if in_process else max(1, min(cfg.parallel_runs, len(cfg.runs)))
+    eval_threads = threads if lanes == 1 else "1"
+    checkpoints = {mode: out / "runs" / mode / "checkpoints" / "last.ckpt" for mode in cfg.runs}
+
+    def train_and_evaluate(mode: str) -> None:
         run_dir = out / "runs" / mode
         train_params = {"enrich": enrich_params, "mode": mode, "config": cfg.train_config, "steps": cfg.train_steps,
                         "batch": cfg.train_batch, "seed": cfg.seed}
@@ -211,13 +275,16 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
             "--data.batch_size", str(cfg.train_batch), "--data.num_workers", str(cfg.train_workers),
             "--data.seed", str(cfg.seed), "--seed_everything", str(cfg.seed),
             "--trainer.max_steps", str(cfg.train_steps), "--trainer.default_root_dir", str(run_dir),
-        ], train_params, items=cfg.train_steps * cfg.train_batch, unit="sample")
-        checkpoint = run_dir / "checkpoints" / "last.ckpt"
-        checkpoints[mode] = checkpoint
+        ], train_params, items=cfg.train_steps * cfg.train_batch, unit="sample", quiet=lanes > 1)
         runner.run(f"eval-{mode}", [
-            _tool("cocu-eval"), "seg", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--root", str(world),
-            "--out", str(run_dir / "eval"), "--save-images", str(cfg.save_images), "--threads", threads,
-        ], {"train": train_params}, items=w.val)
+            _tool("cocu-eval"), "seg", "--checkpoint", str(checkpoints[mode]), "--dataset", "synthetic", "--root", str(world),
+            "--out", str(run_dir / "eval"), "--save-images", str(cfg.save_images), "--threads", eval_threads,
+        ], {"train": train_params}, items=w.val, quiet=lanes > 1)
+
+    if lanes > 1:
+        print(f"[benchmark] training {len(cfg.runs)} GroupViT runs, {lanes} at a time; their output goes to {out / 'logs'}",
+              flush=True)
+    runner.side_by_side(train_and_evaluate, cfg.runs, lanes)
 
     examples = predict_examples(world, checkpoints, cfg.save_images)
     report = write_report(out, cfg, preset, runner.stages, time.perf_counter() - started, examples)

@@ -129,7 +129,7 @@ def segmentation_table(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -
     lines = ["| run | text mode | mIoU | mIoU things | mIoU stuff | pixel acc. | images/s |", "|---|---|---|---|---|---|---|"]
     for mode, m in runs.items():
         lines.append(f"| {RUN_TITLES.get(mode, mode)} | `{mode}` | **{_num(m['miou'])}** | {_num(group_miou(m, groups['things']))} | "
-                     f"{_num(group_miou(m, groups['stuff']))} | {_num(m['pixel_accuracy'])} | {m['images_per_second']} |")
+                     f"{_num(group_miou(m, groups['stuff']))} | {_num(m['pixel_accuracy'])} | {m['images_per_second']:.1f} |")
     return lines
 
 
@@ -153,6 +153,11 @@ def curation_tables(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _resumed(stages: Sequence[Any]) -> str:
+    earlier = [s.name for s in stages if s.earlier]
+    return f", after resuming: {', '.join(earlier)} ran in an earlier invocation" if earlier else ""
+
+
 def throughput_table(stages: Sequence[Any]) -> list[str]:
     lines = ["| stage | items | wall time (s) | items/s |", "|---|---|---|---|"]
     for s in stages:
@@ -161,7 +166,8 @@ def throughput_table(stages: Sequence[Any]) -> list[str]:
     return lines
 
 
-def findings(runs: dict[str, dict[str, Any]], quality: dict[str, Any]) -> list[str]:
+def findings(runs: dict[str, dict[str, Any]], quality: dict[str, Any], world: dict[str, Any] | None = None,
+             teacher_zero_shot: dict[str, Any] | None = None) -> list[str]:
     """Plain sentences that read the numbers; what they say depends only on this run's figures."""
     out = []
     base = runs.get("caption", {}).get("miou")
@@ -174,12 +180,35 @@ def findings(runs: dict[str, dict[str, Any]], quality: dict[str, Any]) -> list[s
         if oracle is not None and oracle > base:
             sentence += f"; the oracle scores {oracle:.1f}, so CoCu closes {100 * (value - base) / (oracle - base):.0f}% of the baseline-to-oracle gap"
         out.append(sentence + ".")
+    if world is not None and runs:
+        out += _group_findings(runs, world)
+    if teacher_zero_shot:
+        z = teacher_zero_shot
+        out.append(f"- The teacher CLIP finds {_pct(z['stuff_recall'])}% of the stuff and {_pct(z['thing_recall'])}% of the "
+                   f"things an image shows (recall@|present|, chance {_pct(z['chance_recall'])}%): curation can only add "
+                   "what its teacher sees.")
     ranking = quality["ranking"]
     k = quality["ks"][1] if len(quality["ks"]) > 1 else quality["ks"][0]
     at_k = {name: next(r for r in rows if r["k"] == k) for name, rows in ranking.items()}
     best = max(at_k, key=lambda n: at_k[n]["recall"])
     out.append(f"- Among the curators, **{best}** recovers the most caption-omitted concepts at k = {k} "
                f"(recall {_pct(at_k[best]['recall'])}, precision {_pct(at_k[best]['precision'])}).")
+    out.append("- One seed per run: the run-to-run spread was not measured, so read differences of a point or two with care.")
+    return out
+
+
+def _group_findings(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -> list[str]:
+    """Where the differences come from: the things, the stuff, or both."""
+    groups = class_groups(world)
+    miou = {mode: {g: group_miou(m, names) for g, names in groups.items()} for mode, m in runs.items()}
+    out = []
+    for group in ("stuff", "things"):
+        values = ", ".join(f"`{mode}` {_num(v[group])}" for mode, v in miou.items())
+        out.append(f"- mIoU over the {len(groups[group])} {group} classes: {values}.")
+    best_things = max((v["things"] or 0.0) for v in miou.values())
+    if best_things < 5.0:
+        out.append(f"- No run learned to segment things (at most {best_things:.1f} mIoU, the oracle's run included): at this "
+                   "training length the differences between runs are differences on stuff.")
     return out
 
 
@@ -202,11 +231,11 @@ def write_report(out: Path, cfg: Any, preset: str, stages: Sequence[Any], total_
         "# cocu benchmark: CoCu on the synthetic semantic-gap world",
         "",
         f"Preset `{preset}`, total wall time {total_seconds / 60:.1f} min on {platform.machine()} "
-        f"({_cpu_count()} CPU threads). Every number below was measured in this run.",
+        f"({_cpu_count()} CPU threads){_resumed(stages)}. Every number below was measured in this run.",
         "",
         "## Findings",
         "",
-        *findings(runs, quality),
+        *findings(runs, quality, world, zs),
         "",
         "## Segmentation (zero-shot, synthetic val split)",
         "",
@@ -239,6 +268,9 @@ def write_report(out: Path, cfg: Any, preset: str, stages: Sequence[Any], total_
         f"stuff {_pct(zs.get('stuff_recall'))}, salient top-1 {_pct(zs.get('salient_top1'))}, mAP {_pct(zs.get('mean_ap'))}.",
         "",
         "## Throughput",
+        "",
+        f"Wall time of each stage. The GroupViT runs trained {cfg.parallel_runs} at a time, one torch "
+        "thread each, so their rates are per run, not per machine.",
         "",
         *throughput_table(stages),
         "",

@@ -22,3 +22,14 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     record = generate_world(out, WorldConfig(train=2000, teacher=400, val=40, shard_size=500), workers=1, progress=False)
     return out, record
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run tiny ops ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,7 +1,10 @@
 """`make benchmark` at a tiny size: every stage runs through the user's commands and the report is complete."""
 import re
+import sys
 
-from cocu.evaluation.benchmark import main
+import pytest
+
+from cocu.evaluation.benchmark import PRESETS, Runner, main
 
 
 def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
@@ -32,3 +35,26 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("done in an earlier run") == 9  # synth, teacher, bank, enrich, quality, 2 x (train, eval)
     assert "report:" in printed
+
+
+def test_runs_side_by_side_log_quietly_keep_their_order_and_fail_loudly(tmp_path, capfd):
+    runner = Runner(tmp_path, PRESETS["default"])
+    started = []
+
+    def job(mode: str) -> None:
+        started.append(mode)
+        for stage in ("train", "eval"):
+            runner.run(f"{stage}-{mode}", [sys.executable, "-c", f"import time; time.sleep(0.2); print('{stage} {mode} ok')"],
+                       {"mode": mode}, quiet=True)
+
+    runner.side_by_side(job, ["b-run", "a-run"], lanes=2)
+    assert [s.name for s in runner.stages] == ["train-b-run", "eval-b-run", "train-a-run", "eval-a-run"]
+    assert (tmp_path / "logs" / "eval-a-run.log").read_text() == "eval a-run ok\n"
+    assert "eval a-run ok" not in capfd.readouterr().out.splitlines()  # quiet: the log has it, the terminal does not
+
+    def failing(mode: str) -> None:
+        runner.run(f"train-{mode}", [sys.executable, "-c", "raise SystemExit(3)"], {"mode": mode}, quiet=True)
+
+    with pytest.raises(SystemExit, match="train-c-run failed with exit code 3"):
+        runner.side_by_side(failing, ["c-run"], lanes=2)
+    assert not (tmp_path / "stages" / "train-c-run.json").exists()

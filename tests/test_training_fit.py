@@ -25,13 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "train" / "tiny-test.yaml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run tiny ops ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
