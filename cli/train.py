@@ -83,8 +83,10 @@ class GroupViTCLI(LightningCLI):
                             help="Intra-op CPU threads for the training process (default: torch's choice). On a small "
                                  "CPU shared with loader workers, fewer threads than cores avoids OpenMP spin-waits.")
         parser.add_lightning_class_args(GroupViTCheckpoint, "checkpoint")
+        # A fresh run in a used folder replaces last.ckpt (Lightning would write last-v1.ckpt beside the old
+        # one, and `--ckpt_path last` or an evaluation would then pick up the stale run).
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
-                             "checkpoint.every_n_train_steps": 500})
+                             "checkpoint.every_n_train_steps": 500, "checkpoint.enable_version_counter": False})
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         # The loader must produce what the model was built for: images at its native size, tokens at its context.
         parser.link_arguments(("model.arch", "model.arch_overrides"), "data.image_size", compute_fn=_image_size)

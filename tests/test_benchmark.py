@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cocu.evaluation.benchmark import PRESETS, Runner, main
+from cocu.evaluation.benchmark import PRESETS, Runner, claim_run_dir, main
 
 
 def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
@@ -58,3 +58,14 @@ def test_runs_side_by_side_log_quietly_keep_their_order_and_fail_loudly(tmp_path
     with pytest.raises(SystemExit, match="train-c-run failed with exit code 3"):
         runner.side_by_side(failing, ["c-run"], lanes=2)
     assert not (tmp_path / "stages" / "train-c-run.json").exists()
+
+
+def test_a_run_folder_is_kept_for_its_own_settings_only(tmp_path):
+    run = tmp_path / "runs" / "caption"
+    claim_run_dir(run, {"steps": 500})
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"step 120 of the same run")
+    claim_run_dir(run, {"steps": 500})  # a killed run with the same settings: its checkpoint stays, to resume from
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    claim_run_dir(run, {"steps": 600})  # other settings: nothing of the old run may be picked up
+    assert not (run / "checkpoints").exists() and (run / "benchmark-params.json").exists()

@@ -98,6 +98,14 @@ def test_fit_each_text_mode_writes_a_loadable_checkpoint(curated, tmp_path, mode
     assert model.encode_text(tokenize(["a photo of a mug."], model.context_length)).shape == (1, config.embed_dim)
 
 
+def test_a_fresh_run_in_a_used_folder_replaces_last_ckpt(curated, tmp_path):
+    shards, _ = curated
+    main(_fit_args(shards, tmp_path, "--trainer.max_steps", "3"))
+    main(_fit_args(shards, tmp_path, "--trainer.max_steps", "1"))  # a new run, not a resume
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 1
+
+
 def test_load_groupvit_rejects_bad_files(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
