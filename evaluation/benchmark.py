@@ -5,8 +5,10 @@ Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train
 
     world -> teacher CLIP -> bank -> enrich -> GroupViT x (caption | cocu-cluster | cocu-top | oracle) -> eval -> report
 
-Each finished stage leaves a record under ``OUT/stages/``; a rerun with the same settings skips it,
-so an interrupted benchmark resumes. The report (``OUT/report.md`` and ``OUT/figures/``) is written
+The GroupViT runs train two at a time (``parallel_runs``), one torch thread each, their output in
+``OUT/logs/`` and their progress echoed every 30 s. Each finished stage leaves a record under
+``OUT/stages/``; a rerun with the same settings skips it, and a killed training resumes from its
+last checkpoint, so an interrupted benchmark carries on where it stopped. The report (``OUT/report.md`` and ``OUT/figures/``) is written
 from the records of this run only.
 """
 from __future__ import annotations
