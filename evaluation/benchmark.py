@@ -8,8 +8,8 @@ Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train
 The GroupViT runs train two at a time (``parallel_runs``), one torch thread each, their output in
 ``OUT/logs/`` and their progress echoed every 30 s. Each finished stage leaves a record under
 ``OUT/stages/``; a rerun with the same settings skips it, and a killed training resumes from its
-last checkpoint, so an interrupted benchmark carries on where it stopped. The report (``OUT/report.md`` and ``OUT/figures/``) is written
-from the records of this run only.
+last checkpoint, so an interrupted benchmark carries on where it stopped. The report
+(``OUT/report.md`` and ``OUT/figures/``) is written from the records of this run only.
 """
 from __future__ import annotations
 
@@ -89,8 +89,8 @@ class Stage:
 class Runner:
     """Runs stages as subprocesses, logs them, and skips those already recorded with the same settings."""
 
-    def __init__(self, out: Path, cfg: BenchConfig, in_process: bool = False):
-        self.out, self.cfg, self.in_process = out, cfg, in_process
+    def __init__(self, out: Path, in_process: bool = False):
+        self.out, self.in_process = out, in_process
         (out / "stages").mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(exist_ok=True)
         self.stages: list[Stage] = []
@@ -234,7 +234,9 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
     from cocu.evaluation.report import write_report
 
     out = out.resolve()
-    runner = Runner(out, cfg, in_process)
+    # the lanes actually used, so the report and its settings say what ran (in-process stages go one at a time)
+    cfg = replace(cfg, parallel_runs=1 if in_process else max(1, min(cfg.parallel_runs, len(cfg.runs))))
+    runner = Runner(out, in_process)
     world, teacher, bank, curated = out / "world", out / "teacher", out / "bank", out / "curated"
     w = cfg.world
     threads = str(cfg.threads)
@@ -276,7 +278,7 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
 
     runner.run("quality", quality, {"enrich": enrich_params}, items=w.train)
 
-    lanes = 1 if in_process else max(1, min(cfg.parallel_runs, len(cfg.runs)))
+    lanes = cfg.parallel_runs
     eval_threads = threads if lanes == 1 else "1"
     checkpoints = {mode: out / "runs" / mode / "checkpoints" / "last.ckpt" for mode in cfg.runs}
 

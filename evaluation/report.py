@@ -207,7 +207,8 @@ def _group_findings(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -> l
         out.append(f"- mIoU over the {len(groups[group])} {group} classes: {values}.")
     best_things = max((v["things"] or 0.0) for v in miou.values())
     if best_things < 5.0:
-        out.append(f"- No run learned to segment things (at most {best_things:.1f} mIoU, the oracle's run included): at this "
+        included = ", the oracle's run included" if "oracle" in runs else ""
+        out.append(f"- No run learned to segment things (at most {best_things:.1f} mIoU{included}): at this "
                    "training length the differences between runs are differences on stuff.")
     return out
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cocu.evaluation.benchmark import PRESETS, Runner, claim_run_dir, main
+from cocu.evaluation.benchmark import Runner, claim_run_dir, main
 
 
 def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
@@ -38,7 +38,7 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
 
 
 def test_runs_side_by_side_log_quietly_keep_their_order_and_fail_loudly(tmp_path, capfd):
-    runner = Runner(tmp_path, PRESETS["default"])
+    runner = Runner(tmp_path)
     started = []
 
     def job(mode: str) -> None:
