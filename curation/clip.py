@@ -8,6 +8,7 @@ decoded in DataLoader worker processes while the model runs, so the slower of th
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,29 @@ def _is_known_tag(name: str, pretrained: str) -> bool:
     return pretrained in open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
 
 
+def register_config_file(path: str | os.PathLike) -> str:
+    """Register an open_clip model config file and return its model name (the file stem).
+
+    Refuses a name that open_clip already knows with a different config, so a custom config can never
+    silently replace a built-in architecture such as ``ViT-B-16``.
+    """
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable model config ({err})") from None
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+    if missing:
+        raise ValueError(f"{path}: model config lacks {', '.join(missing)}")
+    name = path.stem
+    known = open_clip.get_model_config(name)
+    if known is not None and known != config:
+        raise ValueError(f"{path}: model name '{name}' is already registered with a different config; rename the file")
+    if known is None:
+        open_clip.add_model_config(path)
+    return name
+
+
 def register_model_config(name: str, pretrained: str | None, model_config: str | os.PathLike | None) -> Path | None:
     """Register a custom architecture JSON: the one given, or ``<name>.json`` beside the checkpoint file."""
     if model_config is not None:
@@ -83,7 +107,7 @@ def register_model_config(name: str, pretrained: str | None, model_config: str |
         path = Path(pretrained).parent / f"{name}.json"
     else:
         return None
-    open_clip.add_model_config(path)
+    register_config_file(path)
     return path
 
 

@@ -14,9 +14,8 @@ import torch
 
 from cocu.cli.teacher import main
 from cocu.curation.shards import ShardError, write_table
-from cocu.curation.clip import load_clip
-from cocu.training.teacher import (TeacherConfig, evaluate_teacher, fit_teacher, ranking_metrics, register_config_file,
-                                   save_teacher, train_teacher)
+from cocu.curation.clip import load_clip, register_config_file
+from cocu.training.teacher import TeacherConfig, evaluate_teacher, fit_teacher, ranking_metrics, save_teacher, train_teacher
 
 TINY = {
     "embed_dim": 32,
@@ -112,6 +111,10 @@ def test_a_config_cannot_shadow_a_builtin_architecture(tmp_path):
     path.write_text(json.dumps(TINY))
     with pytest.raises(ValueError, match="already registered with a different config"):
         register_config_file(path)
+    weights = tmp_path / "ViT-B-32.safetensors"  # the same config found beside a checkpoint, as curation loads it
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match="already registered with a different config"):
+        load_clip("ViT-B-32", str(weights), device="cpu")
     assert open_clip.get_model_config("ViT-B-32")["embed_dim"] == 512
 
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchmetrics.functional.classification import multilabel_average_precision
 from tqdm.auto import tqdm
 
-from cocu.curation.clip import decode_image, load_clip
+from cocu.curation.clip import decode_image, load_clip, register_config_file
 from cocu.curation.shards import (ShardError, atomic_path, atomic_write_json, check_schema, expand_shards,
                                   iter_batches, open_parquet, sha256_file)
 
@@ -102,29 +102,6 @@ class Teacher:
 
 # ---------------------------------------------------------------------------------------------
 # Model configs
-
-
-def register_config_file(path: str | os.PathLike) -> str:
-    """Register an open_clip model config file and return its model name (the file stem).
-
-    Refuses a name that open_clip already knows with a different config, so a teacher can never
-    silently replace a built-in architecture such as ``ViT-B-16``.
-    """
-    path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable model config ({err})") from None
-    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
-    if missing:
-        raise ValueError(f"{path}: model config lacks {', '.join(missing)}")
-    name = path.stem
-    known = open_clip.get_model_config(name)
-    if known is not None and known != config:
-        raise ValueError(f"{path}: model name '{name}' is already registered with a different config; rename the file")
-    if known is None:
-        open_clip.add_model_config(path)
-    return name
 
 
 def teacher_files(folder: str | os.PathLike) -> tuple[str, Path]:
