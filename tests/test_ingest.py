@@ -21,7 +21,7 @@ from cocu.cli.data import app
 from cocu.curation.ingest import DownloadConfig, download, summarize
 from cocu.curation.shards import expand_shards, iter_batches, validate_shard
 
-TIMEOUT = 3  # img2dataset's per-URL timeout in these tests (seconds)
+TIMEOUT = 6  # img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land
 
 
 @functools.lru_cache(maxsize=None)
