@@ -33,7 +33,8 @@ def build_bank(
     min_count: int = typer.Option(5, min=1, help="Keep caption concepts mentioned in at least this many captions."),
     max_words: int = typer.Option(4, min=1, help="Longest concept in words."),
     concepts: Path = typer.Option(None, help="Text file of extra concepts (one per line), kept even when rare."),
-    template: str = typer.Option("a photo of a {}.", help="Prompt template for concept text embeddings."),
+    template: str = typer.Option("cocu", help="Concept prompt: 'cocu' (\"a photo of a {}.\", article fixed), 'release' "
+                                               "(the authors' \"a photo of a {}\", always 'a') or a template with a {} slot."),
     index_factory: str = typer.Option(None, help="FAISS factory string (default: Flat up to 1M images, IVF-HNSW beyond)."),
     nprobe: int = typer.Option(None, help="Default IVF lists to probe at search time (stored in the manifest)."),
     ef_search: int = typer.Option(None, help="Default HNSW efSearch at search time (stored in the manifest)."),
@@ -69,8 +70,14 @@ def enrich(
     shards: list[str] = typer.Option(..., "--shards", help="Shards to curate: a glob, folder or file (repeat for more)."),
     out: Path = typer.Option(..., help="Output folder; each curated shard keeps its input's file name."),
     neighbors: int = typer.Option(8, "--neighbors", "-L", min=1, help="Retrieved images per anchor (L)."),
-    top_k: int = typer.Option(16, min=1, help="Curated concepts kept per image (K)."),
+    top_k: int = typer.Option(0, min=0, help="Curated concepts kept per image (K); 0 keeps the whole archive, which "
+                                            "cluster-guided sampling draws from."),
     clusters: bool = typer.Option(True, "--clusters/--no-clusters", help="Store k-means cluster ids for cluster-guided sampling."),
+    formula: str = typer.Option("cocu", help="Ranking: 'release' (the authors' exactly, crash bugs fixed) or 'cocu' "
+                                             "(cocu's departures, docs/curation.md)."),
+    archive: str = typer.Option("neighbours", help="Archive: 'neighbours' (the L images' captions, as the paper), "
+                                                   "'vocabulary' (top-M of the whole vocabulary by CLIP) or 'both'."),
+    vocabulary_top: int = typer.Option(16, min=1, help="M: concepts the vocabulary search adds (--archive vocabulary|both)."),
     seed: int = typer.Option(0, help="Seed of the clustering."),
     nprobe: int = typer.Option(None, help="IVF lists to probe (default: the bank's)."),
     ef_search: int = typer.Option(None, help="HNSW efSearch (default: the bank's)."),
@@ -84,14 +91,19 @@ def enrich(
 ) -> None:
     """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
     from cocu.curation.bank import BankError
-    from cocu.curation.enrich import EnrichConfig, summary_line
+    from cocu.curation.bank import read_bank_manifest
+    from cocu.curation.enrich import EnrichConfig, summary_line, template_note
     from cocu.curation.enrich import enrich as run
     from cocu.curation.shards import ShardError
 
     config = EnrichConfig(neighbors=neighbors, top_k=top_k, clusters=clusters, seed=seed, nprobe=nprobe, ef_search=ef_search,
                           batch_size=batch_size, model=model, pretrained=pretrained, embed_batch_size=embed_batch_size,
-                          decode_workers=decode_workers, device=device)
+                          decode_workers=decode_workers, device=device, formula=formula, archive=archive,
+                          vocabulary_top=vocabulary_top)
     try:
+        note = template_note(read_bank_manifest(bank), formula)
+        if note:
+            typer.echo(note, err=True)
         summary = run(bank, shards, out, config, workers=workers)
     except (ShardError, BankError, ValueError, FileNotFoundError, OSError) as err:
         _fail(err)

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .clustering import ConceptGram
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
 from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
-from .ranking import Ragged, offsets_from_lengths, pair_similarities
+from .ranking import Ragged, local_floor, offsets_from_lengths, pair_similarities
 from .shards import ShardError, atomic_path, atomic_write_json, expand_shards, iter_batches, sha256_file, write_table
 from .stage import ShardTask, StageSummary, params_digest, read_manifest, run_stage, tool_version, worker_threads
 
@@ -64,7 +64,7 @@ class BankConfig:
     min_count: int = 5
     max_words: int = 4
     user_concepts: tuple[str, ...] = ()
-    template: str = "a photo of a {}."
+    template: str = "cocu"                 # a name in concepts.TEMPLATES (release, cocu) or a literal with a {} slot
     factory: str | None = None             # FAISS factory string; None chooses by corpus size
     nprobe: int | None = None
     ef_search: int | None = None
@@ -164,7 +164,10 @@ def part_name(source: Path) -> str:
 def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, config: BankConfig,
                workers: int = 1, progress: bool = True) -> BankSummary:
     """Embed the shards, mine the vocabulary, embed the concept prompts, assemble the tables and the index."""
+    from .concepts import resolve_template
+
     started = time.perf_counter()
+    resolve_template(config.template)  # a bad template fails before any embedding
     out = Path(out)
     sources = expand_shards(shards)
     spec = model_spec(config.model, config.pretrained)
@@ -218,7 +221,7 @@ class _Assembly:
             "max_words": self.config.max_words, "user_concepts": sorted(self.config.user_concepts)}, self._vocabulary, [VOCABULARY])
         self.vocabulary = Vocabulary.load(self.out / VOCABULARY)
         concepts_digest = self._step("concepts", {"vocabulary": vocab_digest, "vocab": self.vocabulary.digest(),
-                                                   "model": self.spec.to_dict(), "template": self.config.template},
+                                                   "model": self.spec.to_dict(), "template": self._template()},
                                      self._concepts, [CONCEPTS])
         images_digest = self._step("images", {"concepts": concepts_digest, "parts": [s["part_sha256"] for s in self.sources]},
                                    self._images, [IMAGES, EMBEDDINGS])
@@ -263,7 +266,8 @@ class _Assembly:
         from .concepts import prompt
 
         vocab = self.vocabulary
-        prompts = [prompt(c, self.config.template) for c in vocab.concepts]
+        template, articles = self._template()
+        prompts = [prompt(c, template, articles) for c in vocab.concepts]
         with tqdm(total=len(prompts), unit="prompt", unit_scale=True, desc="concept prompts", disable=not self.progress,
                   dynamic_ncols=True) as bar:
             embeddings = self.clip.embed_texts(prompts, progress=bar.update)
@@ -325,6 +329,11 @@ class _Assembly:
             bar.close()
         write_index(index, self.out / INDEX)
 
+    def _template(self) -> tuple[str, bool]:
+        from .concepts import resolve_template
+
+        return resolve_template(self.config.template)
+
     def _rows(self) -> int:
         return sum(s["embedded"] for s in self.sources)
 
@@ -358,7 +367,8 @@ class _Assembly:
             "vocabulary": {"file": VOCABULARY, "digest": self.vocabulary.digest(), "size": len(self.vocabulary.concepts),
                            "min_count": self.config.min_count, "max_words": self.config.max_words,
                            "given": self.config.vocabulary},
-            "prompt_template": self.config.template,
+            "prompt_template": self._template()[0],
+            "prompt_articles": self._template()[1],
             "files": {"concepts": CONCEPTS, "images": IMAGES, "embeddings": EMBEDDINGS, "index": INDEX},
             "sources": [{k: s[k] for k in ("path", "sha256", "rows", "embedded")} for s in self.sources],
         }
@@ -428,6 +438,20 @@ class Bank:
     @cached_property
     def gram(self) -> ConceptGram:
         return ConceptGram(self.text)
+
+    @cached_property
+    def local_floor(self) -> float:
+        """The least denominator of ``cocu``'s local term (``ranking.local_floor`` of the stored named pairs)."""
+        return local_floor(self.image_sims)
+
+    @cached_property
+    def concept_index(self):
+        """A flat inner-product FAISS index over the concept text embeddings (the hybrid archive's search)."""
+        import faiss
+
+        index = faiss.IndexFlatIP(self.text.shape[1])
+        index.add(np.ascontiguousarray(self.text, dtype=np.float32))
+        return index
 
     @property
     def bank_id(self) -> str:

@@ -146,13 +146,29 @@ def article(word: str) -> str:
     return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
-def prompt(concept: str, template: str = "a photo of a {}.") -> str:
-    """Fill ``template`` with the singular concept, fixing the article: "a photo of an apple."."""
+# Named prompt templates: (template, whether "a {}" gets its article fixed). ``release`` is the authors' literal
+# prompt (``rewrite/curation.py``: "a photo of a {c}", always "a", no period); ``cocu`` is cocu's default.
+TEMPLATES = {"release": ("a photo of a {}", False), "cocu": ("a photo of a {}.", True)}
+
+
+def resolve_template(template: str) -> tuple[str, bool]:
+    """A template name (``release``, ``cocu``) or a literal template with a ``{}`` slot -> (template, fix articles)."""
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    if "{}" not in template:
+        raise ValueError(f"template {template!r} is neither {' nor '.join(TEMPLATES)} nor has a '{{}}' slot for the concept")
+    return template, True
+
+
+def prompt(concept: str, template: str = "a photo of a {}.", articles: bool = True) -> str:
+    """Fill ``template`` with the singular concept, fixing the article unless told not to: "a photo of an apple."."""
     name = normalize_concept(concept)
     if not name:
         raise ValueError(f"concept {concept!r} has no letters or digits")
     if "{}" not in template:
         raise ValueError(f"template {template!r} has no '{{}}' slot for the concept")
+    if not articles:
+        return template.replace("{}", name)
 
     def fix(match: re.Match) -> str:
         word = article(name)

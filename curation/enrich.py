@@ -1,9 +1,10 @@
 """Enrich: curated concepts for every row of every shard, one shard per unit of work.
 
 Per batch of rows: anchors are the bank's stored embeddings (matched by key) or freshly embedded
-with the bank's CLIP; one batched FAISS search gives every anchor's ``L + 1`` neighbours (its own id
-dropped), ``ranking.rank`` scores all archives at once, and ``clustering.cluster_archives`` clusters
-them. The output shard is the input shard with five columns appended (see ``CURATED_FIELDS``),
+with the bank's CLIP; one batched FAISS search gives every anchor's hits (``cocu``: ``L`` others, its
+own id dropped; ``release``: ``L`` hits, itself the first), the hybrid archive adds the top-M concepts
+of the whole vocabulary (one more FAISS search, over the concept table), ``ranking.rank`` scores all
+archives at once, and ``clustering.cluster_archives`` clusters the whole archives before any top-K cut. The output shard is the input shard with five columns appended (see ``CURATED_FIELDS``),
 written atomically, with a per-shard manifest; ``run_stage`` skips shards already done with the same
 bank and parameters and runs the rest in parallel.
 """
@@ -22,7 +23,8 @@ import pyarrow.compute as pc
 from .bank import Bank, check_bank_model, read_bank_manifest, set_worker_threads
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
-from .ranking import Ragged, exclude_self, offsets_from_lengths, rank
+from .concepts import TEMPLATES
+from .ranking import FORMULAS, Ragged, anchor_first, exclude_self, offsets_from_lengths, rank
 from .shards import ShardError, ShardWriter, expand_shards, iter_batches, open_parquet
 from .stage import ShardTask, StageSummary, run_stage
 
@@ -34,6 +36,7 @@ CURATED_FIELDS = [
     pa.field("cocu_error", pa.string()),                   # why a row was not curated; null when it was
 ]
 CURATED_NAMES = [f.name for f in CURATED_FIELDS]
+ARCHIVES = ("neighbours", "vocabulary", "both")
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,11 @@ class EnrichConfig:
     """How to curate. ``neighbors``..``ef_search`` decide the output; the rest only how fast it is made."""
 
     neighbors: int = 8
-    top_k: int = 16
+    top_k: int = 0                    # concepts stored per image; 0: the whole archive (cluster-guided sampling draws from it)
     clusters: bool = True
+    formula: str = "cocu"             # a name in ranking.FORMULAS: release (the authors') or cocu
+    archive: str = "neighbours"       # neighbours (CoCu's expansion), vocabulary (top-M of the whole vocabulary) or both
+    vocabulary_top: int = 16          # M: concepts the vocabulary search adds
     seed: int = 0
     nprobe: int | None = None
     ef_search: int | None = None
@@ -55,7 +61,17 @@ class EnrichConfig:
 
     def output_params(self, bank_id: str) -> dict[str, Any]:
         return {"bank": bank_id, "neighbors": self.neighbors, "top_k": self.top_k, "clusters": self.clusters,
-                "seed": self.seed, "nprobe": self.nprobe, "ef_search": self.ef_search}
+                "seed": self.seed, "nprobe": self.nprobe, "ef_search": self.ef_search, "formula": self.formula,
+                "archive": self.archive, "vocabulary_top": self.vocabulary_top if self.archive != "neighbours" else None}
+
+    def check(self) -> None:
+        """Refuse settings that cannot run, in one line."""
+        if self.neighbors < 1 or self.top_k < 0 or self.vocabulary_top < 1:
+            raise ValueError("--neighbors and --vocabulary-top must be at least 1, --top-k at least 0 (0: the whole archive)")
+        if self.formula not in FORMULAS:
+            raise ValueError(f"--formula {self.formula!r}: choose one of {', '.join(FORMULAS)}")
+        if self.archive not in ARCHIVES:
+            raise ValueError(f"--archive {self.archive!r}: choose one of {', '.join(ARCHIVES)}")
 
 
 @dataclass(frozen=True)
@@ -77,9 +93,21 @@ def curate(bank: Bank, anchors: np.ndarray, self_ids: np.ndarray, own: Ragged, r
     if len(anchors) == 0:
         empty = Ragged(np.zeros(1, np.int64), np.zeros(0, np.int32))
         return CuratedBatch(empty, np.zeros(0, np.float32), np.zeros(0, np.int32) if config.clusters else None, np.zeros(0, np.int64))
-    _, ids = bank.searcher.search(anchors, config.neighbors + 1)
-    neighbours = exclude_self(ids, self_ids)
-    ranking = rank(anchors, neighbours, own, bank.image_concepts, bank.image_sims, bank.text, config.top_k)
+    formula = FORMULAS[config.formula]
+    extra = own if formula.own_concepts else Ragged(np.zeros(len(anchors) + 1, np.int64), np.zeros(0, np.int64))
+    if config.archive != "neighbours":
+        m = min(config.vocabulary_top, len(bank.text))
+        _, top = bank.concept_index.search(np.ascontiguousarray(anchors, dtype=np.float32), m)
+        extra = extra.concat(Ragged(np.arange(len(anchors) + 1, dtype=np.int64) * m, top.ravel()))
+    if config.archive == "vocabulary":
+        neighbours = np.full((len(anchors), 0), -1, np.int64)
+    elif formula.exclude_anchor:
+        neighbours = exclude_self(bank.searcher.search(anchors, config.neighbors + 1)[1], self_ids)
+    else:
+        neighbours = anchor_first(bank.searcher.search(anchors, config.neighbors)[1], self_ids)
+    counted_once = self_ids if formula.anchor_once and not formula.exclude_anchor else None
+    ranking = rank(anchors, neighbours, extra, bank.image_concepts, bank.image_sims, bank.text, config.top_k,
+                   self_ids=counted_once, floor=bank.local_floor if formula.floor_local else None)
     clusters = None
     if config.clusters:
         labels = cluster_archives(ranking.archive, bank.gram, row_seeds(config.seed, rows))
@@ -123,13 +151,21 @@ def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | o
     bank_path = Path(bank)
     manifest = read_bank_manifest(bank_path)
     check_bank_model(bank_path, manifest, config.model, config.pretrained)
-    if config.neighbors < 1 or config.top_k < 1:
-        raise ValueError("--neighbors and --top-k must be at least 1")
+    config.check()
     sources = expand_shards(shards)
     tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
     _check_distinct_targets(tasks)
     return run_stage("enrich", tasks, enrich_shard, config.output_params(manifest["bank_id"]), workers=workers,
                      progress=progress, initializer=_init_worker, initargs=(str(bank_path), config, workers))
+
+
+def template_note(manifest: dict[str, Any], formula: str) -> str | None:
+    """One line when ``--formula release`` runs on a bank whose concept prompts are not the release's."""
+    template = (manifest.get("prompt_template"), manifest.get("prompt_articles", True))
+    if formula != "release" or template == TEMPLATES["release"]:
+        return None
+    return (f"note: the bank's concept prompts are {template[0]!r}{' with articles fixed' if template[1] else ''}, not the "
+            f"release's {TEMPLATES['release'][0]!r}; build the bank with --template release to rank exactly as the release")
 
 
 def _check_distinct_targets(tasks: list[ShardTask]) -> None:

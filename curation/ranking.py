@@ -1,16 +1,20 @@
-"""Vision-driven expansion and text-to-vision-guided ranking: the released CoCu formula, vectorized over a batch.
+"""Vision-driven expansion and text-to-vision-guided ranking, vectorized over a batch.
 
-For anchor ``a`` (normalized image embedding ``v_a``) with retrieved neighbours ``N`` (the anchor
-itself excluded), the archive is ``A = own caption concepts ∪ concepts of the neighbours' captions``.
-For each ``c`` in ``A``, ``R_c`` is the neighbours whose caption concepts contain ``c`` (set
-membership, never substrings) plus the anchor, and::
+For anchor ``a`` (normalized image embedding ``v_a``) with retrieved hits ``N``, the archive is ``A`` =
+the concepts of the hits' captions plus any ``extra`` concepts (the anchor's own caption concepts, the
+hybrid archive's vocabulary concepts). For each ``c`` in ``A``, ``R_c`` is the hits whose caption
+concepts contain ``c`` (set membership, never substrings) plus the anchor, and::
 
     g(c) = t_c·v_a        l(c) = g(c) / mean_{v∈R_c} t_c·v        M = max_{c∈A, v∈R_c} t_c·v
     score(c) = g(c) / M + l(c)
 
-Safe divisions (the release divides by zero when every similarity is ≤ 0): when ``M ≤ EPS`` the
-global term is left unscaled (``g(c) / 1``); when ``mean ≤ EPS`` the local term is 0 (no reliable
-local evidence). Ties are broken by concept id (the vocabulary is sorted, so alphabetically).
+That is the authors' formula (``rewrite/curation.py``). ``Formula`` names the choices around it on
+which cocu departs from the release (docs/curation.md lists them with their measured effects):
+which hits are searched, whether the anchor counts twice in ``R_c`` when it is one of its own hits,
+whether its own caption concepts join the archive, and how ``l(c)`` treats a mean near or below zero.
+Both variants share the crash-class fixes of the release: set membership instead of substrings;
+``M <= 0`` leaves the global term unscaled (the release divides by zero); a zero mean gives ``l(c) = 0``
+(the release gives inf or NaN); ties are broken by concept id (alphabetical), not by hash order.
 
 Everything is flat arrays: the (anchor, concept) pairs of a batch are found with one ``np.unique``,
 per-pair sums/counts/maxima with ``bincount``/``maximum.at``, and ``t_c·v_a`` with one row-wise
@@ -25,6 +29,45 @@ from dataclasses import dataclass
 import numpy as np
 
 EPS = 1e-6
+FLOOR_QUANTILE = 0.05
+
+
+@dataclass(frozen=True)
+class Formula:
+    """How an archive is searched and scored; every field where ``cocu`` differs from ``release`` is a departure.
+
+    exclude_anchor: search ``L + 1`` and drop the anchor, so the archive comes from ``L`` other images
+        (release: ``L`` hits, the anchor the first of them when it is in the bank).
+    anchor_once: the anchor counts once in ``R_c`` even when it is one of its own hits (release: twice).
+    own_concepts: the anchor's caption concepts join the archive even when it is not a hit (release: only
+        the hits' captions, so an image outside the bank loses its own caption's concepts).
+    floor_local: ``l(c)`` divides by ``max(mean, floor)``, ``floor`` the bank's ``local_floor`` (release: by the
+        raw mean, which explodes near zero and flips sign below it).
+    """
+
+    exclude_anchor: bool = True
+    anchor_once: bool = True
+    own_concepts: bool = True
+    floor_local: bool = True
+
+
+FORMULAS = {"release": Formula(exclude_anchor=False, anchor_once=False, own_concepts=False, floor_local=False),
+            "cocu": Formula()}
+
+
+def local_floor(named_sims: np.ndarray, quantile: float = FLOOR_QUANTILE) -> float:
+    """The least mean ``t_c·v`` that ``l(c)`` divides by: the 5th percentile of the bank's named pairs.
+
+    A reference mean below what 95 % of (image, concept its caption names) pairs reach is no evidence
+    that the references show ``c``; dividing by it would turn that absence into a huge (or, below zero,
+    sign-flipped) score. An untrained CLIP has no positive percentile: then the mean absolute named-pair
+    similarity sets the scale.
+    """
+    sims = np.asarray(named_sims, np.float64)
+    if len(sims) == 0:
+        return 1.0
+    floor = float(np.quantile(sims, quantile))
+    return floor if floor > EPS else max(float(np.abs(sims).mean()), EPS)
 
 
 def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
@@ -74,6 +117,12 @@ class Ragged:
         offsets, index = self.take_index(rows)
         return Ragged(offsets, self.values[index])
 
+    def concat(self, other: "Ragged") -> "Ragged":
+        """Row ``i`` of this followed by row ``i`` of ``other`` (both with the same number of rows)."""
+        order = np.argsort(np.concatenate([self.owners(), other.owners()]), kind="stable")
+        values = np.concatenate([self.values, other.values.astype(self.values.dtype)])[order]
+        return Ragged(offsets_from_lengths(self.lengths + other.lengths), values)
+
     def tolist(self) -> list[list]:
         return [self.values[a:b].tolist() for a, b in zip(self.offsets[:-1], self.offsets[1:])]
 
@@ -104,27 +153,51 @@ def exclude_self(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
     return ids[~drop].reshape(len(ids), ids.shape[1] - 1)
 
 
-def rank(anchors: np.ndarray, neighbours: np.ndarray, own: Ragged, bank_concepts: Ragged, bank_sims: np.ndarray,
-         text: np.ndarray, top_k: int) -> Ranking:
+def anchor_first(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
+    """The release's hits: an ``L`` search that includes the anchor, which is its own first hit.
+
+    An exact index returns the anchor first anyway; an approximate one may miss it, and then the anchor
+    takes the first place and the last hit goes. Anchors outside the bank (-1) keep their ``L`` hits.
+    """
+    ids = np.asarray(ids)
+    inside = self_ids >= 0
+    own = (ids == np.where(inside, self_ids, -2)[:, None]) & (ids >= 0)
+    drop = own.copy()
+    drop[inside & ~own.any(axis=1), -1] = True
+    rest = np.where(drop, np.iinfo(np.int64).max, np.arange(ids.shape[1])[None, :]).argsort(axis=1, kind="stable")
+    others = np.take_along_axis(ids, rest, axis=1)[:, :ids.shape[1] - 1]
+    return np.where(inside[:, None], np.concatenate([self_ids[:, None], others], axis=1), ids)
+
+
+def rank(anchors: np.ndarray, neighbours: np.ndarray, extra: Ragged, bank_concepts: Ragged, bank_sims: np.ndarray,
+         text: np.ndarray, top_k: int | None, self_ids: np.ndarray | None = None, floor: float | None = None) -> Ranking:
     """Rank every anchor's archive.
 
     anchors: (B, D) normalized image embeddings; neighbours: (B, L) index ids, -1 for none;
-    own: each anchor's caption concept ids; bank_concepts/bank_sims: every index image's caption
-    concept ids and ``t_c·v`` for them (float64); text: (V, D) normalized concept text embeddings.
+    extra: concept ids that join each archive with no reference image (own caption concepts, hybrid
+    archive); bank_concepts/bank_sims: every index image's caption concept ids and ``t_c·v`` for them
+    (float64); text: (V, D) normalized concept text embeddings; top_k: concepts kept per anchor (None
+    or 0: the whole archive); self_ids: each anchor's own id, given when it must count once in ``R_c``
+    although it is one of its hits; floor: ``l(c)``'s least denominator (None: the release's raw mean).
     Similarities are accumulated in float64, so scores do not lose precision where means are small.
     """
     batch, vocab = len(anchors), len(text)
     nb_owner, nb_slot = np.nonzero(neighbours >= 0)
-    pair_offsets, pair_index = bank_concepts.take_index(neighbours[nb_owner, nb_slot])
+    hit = neighbours[nb_owner, nb_slot]
+    pair_offsets, pair_index = bank_concepts.take_index(hit)
     pair_owner = np.repeat(nb_owner.astype(np.int64), np.diff(pair_offsets))
     pair_concept = bank_concepts.values[pair_index].astype(np.int64)
     pair_sim = bank_sims[pair_index].astype(np.float64)
+    reference = np.ones(len(pair_index), bool)  # pairs that enter R_c (the anchor's own hit may only seed the archive)
+    if self_ids is not None:
+        reference = np.repeat(hit != np.asarray(self_ids)[nb_owner], np.diff(pair_offsets))
 
-    keys = np.concatenate([own.owners() * vocab + own.values.astype(np.int64), pair_owner * vocab + pair_concept])
+    keys = np.concatenate([extra.owners() * vocab + extra.values.astype(np.int64), pair_owner * vocab + pair_concept])
     entries, inverse = np.unique(keys, return_inverse=True)
     owner, concept = entries // vocab, entries % vocab
     n = len(entries)
-    pair_entry = inverse[len(own.values):]
+    pair_entry = inverse[len(extra.values):][reference]
+    pair_sim = pair_sim[reference]
     count = np.bincount(pair_entry, minlength=n)
     total = np.bincount(pair_entry, weights=pair_sim, minlength=n)
     top = np.full(n, -np.inf)
@@ -132,16 +205,20 @@ def rank(anchors: np.ndarray, neighbours: np.ndarray, own: Ragged, bank_concepts
 
     g = rowwise_dots(text, concept, anchors, owner)
     mean = (g + total) / (count + 1)
-    local = np.divide(g, mean, out=np.zeros(n), where=mean > EPS)
-    peak = np.full(batch, -np.inf)
+    if floor is None:
+        local = np.divide(g, mean, out=np.zeros(n), where=mean != 0)
+    else:
+        local = g / np.maximum(mean, floor)
+    peak = np.zeros(batch)  # the release's running maximum starts at 0
     np.maximum.at(peak, owner, np.maximum(g, top))
-    scale = np.where(peak > EPS, peak, 1.0)
+    scale = np.where(peak > 0, peak, 1.0)
     score = g / scale[owner] + local
 
     archive_offsets = offsets_from_lengths(np.bincount(owner, minlength=batch))
     order = np.lexsort((concept, -score, owner))
-    keep = order[(np.arange(n) - archive_offsets[owner[order]]) < top_k]
-    best_offsets = offsets_from_lengths(np.minimum(np.diff(archive_offsets), top_k))
+    cut = n if not top_k else top_k
+    keep = order[(np.arange(n) - archive_offsets[owner[order]]) < cut]
+    best_offsets = offsets_from_lengths(np.minimum(np.diff(archive_offsets), cut))
     return Ranking(Ragged(archive_offsets, concept.astype(np.int32)), Ragged(best_offsets, keep), score[keep].astype(np.float32))
 
 

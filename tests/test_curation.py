@@ -20,7 +20,6 @@ import pytest
 from cocu.curation.bank import Bank, BankConfig, BankError, build_bank
 from cocu.curation.concepts import Vocabulary
 from cocu.curation.enrich import EnrichConfig, enrich
-from cocu.curation.ranking import EPS
 from cocu.curation.shards import sha256_file
 
 MODEL = "cocu-test-tiny"
@@ -194,8 +193,9 @@ def test_enrich_output_schema_rows_and_readers(curated):
     assert got == (600, counts["concepts"])
 
 
-def reference_rank(anchor, self_id, own, search, image_concepts, embeddings, text, neighbors, top_k):
-    """The released per-image loop, bugs fixed: plain Python over one image (the specification of ``rank``)."""
+def reference_rank(anchor, self_id, own, search, image_concepts, embeddings, text, neighbors, top_k, floor):
+    """The ``cocu`` formula as a plain per-image loop (the specification of ``rank``): L others, the anchor once,
+    its own concepts in the archive, the local term's denominator at least ``floor``."""
     _, found = search(anchor[None].astype(np.float32), neighbors + 1)
     ids = [int(i) for i in found[0] if i >= 0]
     ids = [i for i in ids if i != self_id] if self_id in ids else ids[:neighbors]
@@ -208,9 +208,9 @@ def reference_rank(anchor, self_id, own, search, image_concepts, embeddings, tex
         sims = [g] + [float(np.dot(text[c].astype(np.float64), embeddings[i].astype(np.float64))) for i in ids if c in image_concepts[i]]
         peak = max(peak, max(sims))
         stats[c] = (g, sum(sims) / len(sims))
-    scale = peak if peak > EPS else 1.0
-    scores = {c: g / scale + (g / mean if mean > EPS else 0.0) for c, (g, mean) in stats.items()}
-    best = sorted(scores, key=lambda c: (-scores[c], c))[:top_k]
+    scale = peak if peak > 0 else 1.0
+    scores = {c: g / scale + g / max(mean, floor) for c, (g, mean) in stats.items()}
+    best = sorted(scores, key=lambda c: (-scores[c], c))[:top_k or None]
     return best, [scores[c] for c in best]
 
 
@@ -227,7 +227,7 @@ def test_ranking_equals_per_image_reference(curated):
         for row, bank_id in zip(table.to_pylist(), ids):
             own = [names.index(c) for c in row["caption_concepts"]]
             best, scores = reference_rank(embeddings[bank_id], int(bank_id), own, bank.searcher.search, image_concepts,
-                                          embeddings, bank.text, config.neighbors, config.top_k)
+                                          embeddings, bank.text, config.neighbors, config.top_k, bank.local_floor)
             assert row["cocu_concepts"] == [names[c] for c in best], row["key"]
             np.testing.assert_allclose(row["cocu_scores"], scores, rtol=1e-5, atol=1e-5)
             compared += 1

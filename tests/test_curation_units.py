@@ -61,7 +61,7 @@ def test_vectorized_ranking_equals_reference_with_clip_like_similarities(positiv
     lists, scores = got.concepts.tolist(), np.split(got.scores, got.concepts.offsets[1:-1])
     for i in range(100):
         best, expected = reference_rank(queries[i], int(self_ids[i]), own[i], bank.searcher.search, concepts, embeddings,
-                                        text, config.neighbors, config.top_k)
+                                        text, config.neighbors, config.top_k, bank.local_floor)
         assert lists[i] == best
         np.testing.assert_allclose(scores[i], expected, rtol=1e-5, atol=1e-5)
     # this data exercises the formula itself, not its guards
@@ -88,9 +88,12 @@ def test_guards_keep_scores_finite_and_empty_archives_empty():
     assert (text @ image.T < 0).all()  # M <= 0 and every mean <= 0: the release divides by zero or flips signs here
     lists = Ragged.from_lists([[0, 1], [], [3], []])
     sims = np.einsum("ij,ij->i", text[lists.values], image[lists.owners()], dtype=np.float64)
-    ranking = rank(image[:2], np.array([[1, 2], [3, -1]]), Ragged.from_lists([[0], []]), lists, sims, text, top_k=4)
+    ranking = rank(image[:2], np.array([[1, 2], [3, -1]]), Ragged.from_lists([[0], []]), lists, sims, text, top_k=4, floor=0.1)
     assert ranking.archive.lengths.tolist() == [2, 0]  # anchor 1's only neighbour (3) names nothing, nor does its caption
-    np.testing.assert_allclose(ranking.scores, sorted(text[[0, 3]] @ image[0], reverse=True), rtol=1e-6)  # score = g(c)
+    g = np.sort(text[[0, 3]] @ image[0])[::-1]
+    np.testing.assert_allclose(ranking.scores, g + g / 0.1, rtol=1e-6)  # M <= 0: g unscaled; every mean < 0: the floor divides
+    release = rank(image[:2], np.array([[1, 2], [3, -1]]), Ragged.from_lists([[0], []]), lists, sims, text, top_k=4)
+    assert np.isfinite(release.scores).all() and (release.scores > g.max()).all()  # the raw mean flips the sign: a negative g ranks up
     bank = memory_bank(image, [[], [], [], []], text)
     empty = curate(bank, image, np.arange(4), Ragged.from_lists([[], [], [], []]), np.arange(4), EnrichConfig())
     assert empty.concepts.lengths.tolist() == [0, 0, 0, 0] and len(empty.clusters) == 0
