@@ -6,8 +6,9 @@ are padded into one (B, A) grid of concept ids, their (B, A, A) Gram matrices ar
 vocabulary's Gram table (or one batched matmul for large vocabularies), and Lloyd's iterations run
 in kernel form on the Grams (distances to centroids need no D-dimensional work), with ``ceil(|A| / 2)``
 clusters per archive. Like scikit-learn's ``KMeans(n_init=...)``, each archive is clustered from
-``N_INIT`` k-means++ starts (run side by side as more rows of the same batch) and the partition with
-the least inertia is kept: one start left inertia 16 % above scikit-learn's on average. The random
+``N_INIT`` greedy k-means++ starts (each new centre the best of ``2 + ln k`` candidates), run side by
+side as more rows of the same batch, and the partition with the least inertia is kept: one plain start
+left inertia 16 % above scikit-learn's ``n_init=10`` on average; five greedy starts come within 1 %. The random
 draws of the seeding come from a counter-based hash of (seed, row, start), so an image gets the same
 clusters however the rows are batched. Empty clusters stay empty (no relocation). Archives of one or
 two concepts put each concept in its own cluster.
@@ -20,7 +21,8 @@ import torch
 from .ranking import Ragged
 
 MAX_ITER = 100
-N_INIT = 10
+N_INIT = 5
+MAX_TRIALS = 8  # k-means++ candidates per new centre: 2 + floor(ln k), at most this (k < 400)
 CHUNK = 256  # archives clustered at once: bounds the (chunk * N_INIT, A, A) Gram tensor
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -82,7 +84,7 @@ def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_
     ids[slot[owners[chosen]], positions[chosen]] = archive.values[chosen]
     counts = torch.from_numpy(sizes[big])
     starts = splitmix64(seeds[big][:, None] ^ splitmix64(np.arange(1, n_init + 1, dtype=np.uint64))[None, :])
-    uniforms = torch.from_numpy(_uniforms(starts.ravel(), (width + 1) // 2)).view(len(big), n_init, -1)
+    uniforms = torch.from_numpy(_uniforms(starts.ravel(), 1 + ((width + 1) // 2) * MAX_TRIALS)).view(len(big), n_init, -1)
     found = torch.empty(len(big), width, dtype=torch.long)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tensors are small: thread barriers cost more than they save (5x here)
@@ -115,15 +117,23 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, ma
     centers = torch.zeros(batch, k_max, dtype=torch.long)
     centers[:, 0] = (uniforms[:, 0] * counts).long().clamp_max(counts - 1)
     nearest = to_point(centers[:, 0]).masked_fill(~valid, 0)
+    trials = (2 + torch.log(k.double()).floor().long()).clamp_max(MAX_TRIALS)  # scikit-learn's greedy k-means++
+    tried = torch.arange(MAX_TRIALS)[None, :] < trials[:, None]
     for step in range(1, k_max):
         active = step < k
         cumulative = nearest.cumsum(1)
         total = cumulative[:, -1]
-        target = uniforms[:, step] * total
-        pick = (cumulative <= target[:, None]).sum(1).clamp_max(counts - 1)
-        pick = torch.where(total > 0, pick, torch.full_like(pick, 0))
+        target = uniforms[:, 1 + (step - 1) * MAX_TRIALS:1 + step * MAX_TRIALS] * total[:, None]
+        picks = (cumulative[:, None, :] <= target[:, :, None]).sum(2).clamp_max((counts - 1)[:, None])
+        picks = torch.where(total[:, None] > 0, picks, torch.zeros_like(picks))
+        column = torch.gather(gram, 2, picks[:, None, :].expand(-1, width, -1))  # (B, A, trials)
+        distance = (diag[:, :, None] + torch.gather(diag, 1, picks)[:, None, :] - 2 * column).clamp_min(0)
+        candidate = torch.minimum(nearest[:, :, None], distance.masked_fill(~valid[:, :, None], 0))
+        best = candidate.sum(1).masked_fill(~tried, float("inf")).argmin(1)  # the candidate that lowers the potential most
+        pick = picks.gather(1, best[:, None])[:, 0]
         centers[:, step] = torch.where(active, pick, centers[:, 0])
-        nearest = torch.where(active[:, None], torch.minimum(nearest, to_point(pick).masked_fill(~valid, 0)), nearest)
+        chosen = candidate.gather(2, best[:, None, None].expand(-1, width, 1))[:, :, 0]
+        nearest = torch.where(active[:, None], chosen, nearest)
 
     usable = torch.arange(k_max)[None, :] < k[:, None]
     distance = diag[:, :, None] + torch.gather(diag, 1, centers)[:, None, :] - 2 * torch.gather(gram, 2, centers[:, None, :].expand(-1, width, -1))
