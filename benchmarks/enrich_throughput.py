@@ -1,7 +1,10 @@
 """Throughput of the curation hot paths, each against its floor, measured in one run.
 
 (a) enrich (search + vectorized ranking [+ batched k-means]) against batched FAISS search alone on the
-    same flat index and queries: search is the floor of this stage.
+    same flat index and queries: search is the floor of this stage. The hybrid archive (``--archive both``:
+    the top-M concepts of the whole vocabulary join the neighbours' archive) is measured at the 2,000-concept
+    vocabulary and at a web-sized one (``--big-vocab``, 50,000), against the same search.
+(k) the k-means of (a) against scikit-learn ``KMeans(n_init=10)`` on the same archives: mean inertia ratio.
 (b) the same against the released design: one search and one Python ranking loop per image.
 (c) the embedding stage (decode in DataLoader workers overlapping the model) against the slower of
     decode-only and model-only throughput.
@@ -38,7 +41,7 @@ from cocu.curation.bank import Bank, set_worker_threads  # noqa: E402
 from cocu.curation.clip import ShardImages, load_clip  # noqa: E402
 from cocu.curation.enrich import EnrichConfig, curate  # noqa: E402
 from cocu.curation.index import Searcher  # noqa: E402
-from cocu.curation.ranking import EPS, Ragged, pair_similarities  # noqa: E402
+from cocu.curation.ranking import Ragged, pair_similarities  # noqa: E402
 
 
 def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -56,17 +59,22 @@ def caption_concepts(rng: np.random.Generator, rows: int, vocab: int, per_captio
     return Ragged.from_lists(lists)
 
 
-def synthetic_bank(args: argparse.Namespace, rng: np.random.Generator) -> tuple[Bank, np.ndarray]:
-    embeddings = unit_rows(rng, args.index_size, args.dim)
-    text = unit_rows(rng, args.vocab, args.dim).astype(np.float32)
-    concepts = caption_concepts(rng, args.index_size, args.vocab, args.concepts_per_caption)
+def synthetic_bank(args: argparse.Namespace, rng: np.random.Generator, vocab: int,
+                   searcher: Searcher | None = None, embeddings: np.ndarray | None = None) -> tuple[Bank, np.ndarray]:
+    """A bank in memory; a second vocabulary size reuses the first bank's images and index."""
+    if embeddings is None:
+        embeddings = unit_rows(rng, args.index_size, args.dim)
+    if searcher is None:
+        index = faiss.IndexFlatIP(args.dim)
+        index.add(embeddings.astype(np.float32))
+        searcher = Searcher(index)
+    text = unit_rows(rng, vocab, args.dim).astype(np.float32)
+    concepts = caption_concepts(rng, args.index_size, vocab, args.concepts_per_caption)
     sims = pair_similarities(concepts, embeddings, text)
-    index = faiss.IndexFlatIP(args.dim)
-    index.add(embeddings.astype(np.float32))
     keys = pa.array([str(i) for i in range(args.index_size)])
-    names = pa.array([f"concept{i:05d}" for i in range(args.vocab)])
+    names = pa.array([f"concept{i:05d}" for i in range(vocab)])
     bank = Bank(Path("memory"), {"bank_id": "benchmark"}, None, names, text,
-                Ragged(concepts.offsets, concepts.values.astype(np.int32)), sims, keys, embeddings, Searcher(index))
+                Ragged(concepts.offsets, concepts.values.astype(np.int32)), sims, keys, embeddings, searcher)
     return bank, embeddings
 
 
@@ -91,9 +99,9 @@ def batches(n: int, size: int):
 
 
 def per_image_loop(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: list[list[int]], neighbors: int, top_k: int) -> None:
-    """The released design: one search per image, then a Python loop over the archive's concepts."""
+    """The released design: one search per image, then a Python loop over the archive's concepts (cocu's formula)."""
     image_concepts = bank.image_concepts.tolist()
-    embeddings, text = bank.embeddings, bank.text
+    embeddings, text, floor = bank.embeddings, bank.text, bank.local_floor
     for i, anchor in enumerate(queries):
         _, found = bank.searcher.search(anchor[None], neighbors + 1)
         ids = [int(j) for j in found[0] if j >= 0 and j != self_ids[i]][:neighbors]
@@ -104,16 +112,17 @@ def per_image_loop(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: l
             sims = text[c] @ np.vstack([embeddings[refs].astype(np.float32), anchor[None]]).T
             peak = max(peak, float(sims.max()))
             stats[c] = (float(sims[-1]), float(sims.mean()))
-        scale = peak if peak > EPS else 1.0
-        scores = {c: g / scale + (g / m if m > EPS else 0.0) for c, (g, m) in stats.items()}
-        sorted(scores, key=lambda c: (-scores[c], c))[:top_k]
+        scale = peak if peak > 0 else 1.0
+        scores = {c: g / scale + g / max(m, floor) for c, (g, m) in stats.items()}
+        sorted(scores, key=lambda c: (-scores[c], c))[:top_k or None]
 
 
 def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
-    bank, embeddings = synthetic_bank(args, rng)
-    print(f"bank: {args.index_size} x {args.dim} flat, {args.vocab} concepts, "
+    bank, embeddings = synthetic_bank(args, rng, args.vocab)
+    big, _ = synthetic_bank(args, rng, args.big_vocab, bank.searcher, embeddings)
+    print(f"bank: {args.index_size} x {args.dim} flat, {args.vocab} concepts (and {args.big_vocab}), "
           f"{bank.image_concepts.lengths.mean():.2f} concepts/caption; built in {time.perf_counter() - started:.1f}s")
     queries = np.asarray(embeddings[:args.queries], np.float32)  # the corpus curates itself: anchors are in the bank
     self_ids = np.arange(args.queries)
@@ -127,28 +136,62 @@ def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
         for r in rows:
             bank.searcher.search(queries[r], k)
 
-    def run_enrich(clusters: bool) -> None:
-        config = EnrichConfig(neighbors=args.neighbors, top_k=args.top_k, clusters=clusters)
+    def run_enrich(clusters: bool, archive: str = "neighbours", on_bank: Bank = bank) -> None:
+        config = EnrichConfig(neighbors=args.neighbors, top_k=args.top_k, clusters=clusters, archive=archive,
+                              vocabulary_top=args.vocabulary_top)
         for r in rows:
             index = np.arange(r.start, r.stop)
-            curate(bank, queries[r], self_ids[r], own.take(index), index, config)
+            curate(on_bank, queries[r], self_ids[r], own.take(index), index, config)
 
-    search, off, on, loop = Rate(), Rate(), Rate(), Rate()
+    big.gram  # noqa: B018
+    curate(big, queries[:64], self_ids[:64], own.take(np.arange(64)), np.arange(64), EnrichConfig(archive="both"))  # warm-up
+    search, off, on, loop, hybrid, hybrid_big = Rate(), Rate(), Rate(), Rate(), Rate(), Rate()
     n_loop = min(args.loop_queries, args.queries)
     own_lists = own.take(np.arange(n_loop)).tolist()
     for _ in range(args.repeats):  # interleaved, best of each: the machine's load changes under us
         search.measure(args.queries, run_search)
         off.measure(args.queries, lambda: run_enrich(False))
         on.measure(args.queries, lambda: run_enrich(True))
+        hybrid.measure(args.queries, lambda: run_enrich(True, "both"))
+        hybrid_big.measure(args.queries, lambda: run_enrich(True, "both", big))
     loop.measure(n_loop, lambda: per_image_loop(bank, queries[:n_loop], self_ids[:n_loop], own_lists, args.neighbors, args.top_k))
+    ratio, archives = inertia_ratio(bank, queries, self_ids, own, args)
+    m = args.vocabulary_top
     return [
         ("(a) batched FAISS search only (floor)", search, f"{args.queries} queries, batch {args.batch_size}, k={k}, best of {args.repeats}"),
         ("(a) enrich, clusters off", off, f"{off.ratio(search)} x search (target >= 0.8)"),
-        ("(a) enrich, clusters on", on, f"{on.ratio(search)} x search (target >= 0.5)"),
+        ("(a) enrich, clusters on", on, f"{on.ratio(search)} x search (target >= 0.5); clusters off/on "
+                                        f"{off.wall / on.wall:.2f} (wall) / {off.cpu / on.cpu:.2f} (cpu)"),
+        (f"(a) hybrid archive, {args.vocab} concepts", hybrid, f"{hybrid.ratio(search)} x search (--archive both, M={m}, clusters on)"),
+        (f"(a) hybrid archive, {args.big_vocab} concepts", hybrid_big, f"{hybrid_big.ratio(search)} x search (--archive both, "
+                                                                       f"M={m}, clusters on)"),
+        ("(k) k-means inertia vs scikit-learn", Rate(), f"mean inertia {ratio:.4f} x KMeans(n_init=10) over {archives} archives "
+                                                       "of (a) (target <= 1.02)"),
         ("(b) per-image loop (released design)", loop, f"{n_loop} queries, once; enrich (clusters off) is "
                                                       f"{off.wall / loop.wall:.0f}x (wall) / {off.cpu / loop.cpu:.0f}x (cpu) faster, "
                                                       f"clusters on {on.wall / loop.wall:.0f}x / {on.cpu / loop.cpu:.0f}x"),
     ]
+
+
+def inertia_ratio(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: Ragged, args: argparse.Namespace) -> tuple[float, int]:
+    """Mean k-means inertia of enrich's clusters over scikit-learn's ``KMeans(n_init=10)`` on the same whole archives."""
+    import math
+
+    from sklearn.cluster import KMeans
+
+    n = min(args.kmeans_archives, len(queries))
+    config = EnrichConfig(neighbors=args.neighbors, top_k=0, clusters=True)
+    curated = curate(bank, queries[:n], self_ids[:n], own.take(np.arange(n)), np.arange(n), config)
+    ours, theirs = [], []
+    for i in range(n):
+        span = slice(curated.concepts.offsets[i], curated.concepts.offsets[i + 1])
+        concepts, labels = curated.concepts.values[span], curated.clusters[span]
+        if len(concepts) <= 2:
+            continue
+        points = bank.text[concepts].astype(np.float64)
+        ours.append(sum(((points[labels == c] - points[labels == c].mean(0)) ** 2).sum() for c in np.unique(labels)))
+        theirs.append(KMeans(n_clusters=math.ceil(len(concepts) / 2), n_init=10, random_state=0).fit(points).inertia_)
+    return float(np.mean(ours) / np.mean(theirs)), len(ours)
 
 
 def image_shard(path: Path, count: int, size: int, rng: np.random.Generator) -> None:
@@ -206,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, default=2000)
     parser.add_argument("--concepts-per-caption", type=float, default=3.0)
     parser.add_argument("--neighbors", type=int, default=8)
+    parser.add_argument("--big-vocab", type=int, default=50_000, help="the web-sized vocabulary of the hybrid archive")
+    parser.add_argument("--vocabulary-top", type=int, default=16, help="M of the hybrid archive")
+    parser.add_argument("--kmeans-archives", type=int, default=500, help="archives compared with scikit-learn's k-means")
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--loop-queries", type=int, default=2000, help="queries for the slow per-image loop (b)")

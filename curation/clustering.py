@@ -53,14 +53,14 @@ class ConceptGram:
 
     def __init__(self, text: np.ndarray, table_limit: int = 4096):
         self.text = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
-        self.table = (self.text @ self.text.T).double() if len(text) <= table_limit else None
+        self.table = self.text @ self.text.T if len(text) <= table_limit else None
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, A) concept ids to their (B, A, A) Gram matrices (float64)."""
+        """(B, A) concept ids to their (B, A, A) Gram matrices (float32)."""
         if self.table is not None:
             return self.table[ids[:, :, None], ids[:, None, :]]
         points = self.text[ids]
-        return torch.bmm(points, points.transpose(1, 2)).double()
+        return torch.bmm(points, points.transpose(1, 2))
 
 
 def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_iter: int = MAX_ITER,
@@ -102,7 +102,7 @@ def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_
 
 
 def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched kernel k-means: gram (B, A, A) float64, counts (B,) points per problem; returns (B, A) labels and
+    """Batched kernel k-means: gram (B, A, A) float32, counts (B,) points per problem; returns (B, A) labels and
     (B,) inertias (sums of squared distances to the assigned centroids)."""
     batch, width, _ = gram.shape
     k_max = (width + 1) // 2
@@ -118,12 +118,14 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, ma
     centers[:, 0] = (uniforms[:, 0] * counts).long().clamp_max(counts - 1)
     nearest = to_point(centers[:, 0]).masked_fill(~valid, 0)
     trials = (2 + torch.log(k.double()).floor().long()).clamp_max(MAX_TRIALS)  # scikit-learn's greedy k-means++
-    tried = torch.arange(MAX_TRIALS)[None, :] < trials[:, None]
+    most = int(trials.max())  # candidates past a problem's own count are drawn from fixed slots and never chosen
+    tried = torch.arange(most)[None, :] < trials[:, None]
     for step in range(1, k_max):
         active = step < k
         cumulative = nearest.cumsum(1)
         total = cumulative[:, -1]
-        target = uniforms[:, 1 + (step - 1) * MAX_TRIALS:1 + step * MAX_TRIALS] * total[:, None]
+        first = 1 + (step - 1) * MAX_TRIALS
+        target = uniforms[:, first:first + most] * total[:, None]
         picks = (cumulative[:, None, :] <= target[:, :, None]).sum(2).clamp_max((counts - 1)[:, None])
         picks = torch.where(total[:, None] > 0, picks, torch.zeros_like(picks))
         column = torch.gather(gram, 2, picks[:, None, :].expand(-1, width, -1))  # (B, A, trials)
@@ -158,7 +160,7 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, ma
 def _to_centroids(gram: torch.Tensor, diag: torch.Tensor, assign: torch.Tensor, valid: torch.Tensor, usable: torch.Tensor,
                   k_max: int) -> torch.Tensor:
     """(B, A, K) squared distances of every point to every non-empty cluster's centroid (inf for the others)."""
-    members = torch.nn.functional.one_hot(assign, k_max).double() * valid[:, :, None]
+    members = torch.nn.functional.one_hot(assign, k_max).to(gram.dtype) * valid[:, :, None]
     size = members.sum(1)
     pulled = torch.bmm(gram, members)
     within = (members * pulled).sum(1)
