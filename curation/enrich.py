@@ -24,7 +24,7 @@ from .bank import Bank, check_bank_model, read_bank_manifest, set_worker_threads
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
 from .concepts import TEMPLATES
-from .ranking import FORMULAS, Ragged, anchor_first, exclude_self, offsets_from_lengths, rank
+from .ranking import FORMULAS, Formula, Ragged, anchor_first, exclude_self, offsets_from_lengths, rank
 from .shards import ShardError, ShardWriter, expand_shards, iter_batches, open_parquet
 from .stage import ShardTask, StageSummary, run_stage
 
@@ -84,16 +84,18 @@ class CuratedBatch:
     archive_sizes: np.ndarray
 
 
-def curate(bank: Bank, anchors: np.ndarray, self_ids: np.ndarray, own: Ragged, rows: np.ndarray, config: EnrichConfig) -> CuratedBatch:
+def curate(bank: Bank, anchors: np.ndarray, self_ids: np.ndarray, own: Ragged, rows: np.ndarray, config: EnrichConfig,
+           formula: Formula | None = None) -> CuratedBatch:
     """The hot path for a batch: one search, one vectorized ranking, one batched clustering.
 
     anchors: (B, D) float32; self_ids: each anchor's own FAISS id or -1; own: caption concept ids;
-    rows: shard row numbers (they seed the clustering, so results do not depend on batching).
+    rows: shard row numbers (they seed the clustering, so results do not depend on batching);
+    formula: overrides ``config.formula`` (the benchmark measures one departure at a time).
     """
     if len(anchors) == 0:
         empty = Ragged(np.zeros(1, np.int64), np.zeros(0, np.int32))
         return CuratedBatch(empty, np.zeros(0, np.float32), np.zeros(0, np.int32) if config.clusters else None, np.zeros(0, np.int64))
-    formula = FORMULAS[config.formula]
+    formula = formula or FORMULAS[config.formula]
     extra = own if formula.own_concepts else Ragged(np.zeros(len(anchors) + 1, np.int64), np.zeros(0, np.int64))
     if config.archive != "neighbours":
         m = min(config.vocabulary_top, len(bank.text))

@@ -3,7 +3,11 @@
 Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train clip``,
 ``cocu-curate build-bank`` / ``enrich``, ``cocu-train fit``, ``cocu-eval seg``), in this order:
 
-    world -> teacher CLIP -> bank -> enrich -> GroupViT x (caption | cocu-cluster | cocu-top | oracle) -> eval -> report
+    world -> teacher CLIP -> bank (x2: cocu's and the release's concept prompts) -> enrich (cocu, release,
+    hybrid archive) -> curation quality -> GroupViT x (caption | cocu-cluster | cocu-top | oracle | release) -> eval -> report
+
+The ``release`` run trains on the top-3 of the authors' formula (``--formula release`` on the bank with their
+prompts); the others on cocu's curation. ``--curation-only`` stops after the curation-quality stage.
 
 The GroupViT runs train two at a time (``parallel_runs``), one torch thread each, their output in
 ``OUT/logs/`` and their progress echoed every 30 s. Each finished stage leaves a record under
@@ -35,7 +39,7 @@ from cocu.evaluation.synthetic import WorldConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle")
+TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class BenchConfig:
     teacher_minutes: float = 10.0
     teacher_batch: int = 128
     neighbors: int = 8
-    top_k: int = 16
+    top_k: int = 16  # the largest k of the curation-quality table; enrich stores whole archives
+    vocabulary_top: int = 16  # M of the hybrid archive
     train_config: str = "configs/train/synthetic.yaml"
     train_steps: int = 500
     train_batch: int = 64
@@ -230,7 +235,7 @@ def _tool(name: str) -> str:
     return str(BIN / name)
 
 
-def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False) -> Path:
+def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False, curation_only: bool = False) -> Path:
     from cocu.evaluation.report import write_report
 
     out = out.resolve()
@@ -264,19 +269,40 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
                         "--pretrained", weights, "--out", str(bank)],
                bank_params, items=w.train)
 
-    enrich_params = {"bank": bank_params, "neighbors": cfg.neighbors, "top_k": cfg.top_k}
-    runner.run("enrich", [_tool("cocu-curate"), "enrich", "--bank", str(bank), "--shards", str(world / "train"),
-                          "--out", str(curated), "--neighbors", str(cfg.neighbors), "--top-k", str(cfg.top_k),
-                          "--clusters", "--seed", str(cfg.seed)],
-               enrich_params, items=w.train)
+    release_bank, curated_release, curated_hybrid = out / "bank-release", out / "curated-release", out / "curated-hybrid"
+    release_bank_params = {"teacher": teacher_params, "template": "release"}
+    runner.run("bank-release", [_tool("cocu-curate"), "build-bank", "--shards", str(world / "train"), "--model", model,
+                                "--pretrained", weights, "--out", str(release_bank), "--template", "release"],
+               release_bank_params, items=w.train)
+
+    def enrich(name: str, on_bank: Path, target: Path, params: dict[str, Any], *options: str) -> dict[str, Any]:
+        params = {"bank": params, "neighbors": cfg.neighbors, "options": list(options)}
+        runner.run(name, [_tool("cocu-curate"), "enrich", "--bank", str(on_bank), "--shards", str(world / "train"),
+                          "--out", str(target), "--neighbors", str(cfg.neighbors), "--top-k", "0", "--seed", str(cfg.seed),
+                          *options], params, items=w.train)
+        return params
+
+    enrich_params = enrich("enrich", bank, curated, bank_params, "--clusters", "--formula", "cocu")
+    release_params = enrich("enrich-release", release_bank, curated_release, release_bank_params, "--no-clusters",
+                            "--formula", "release")
+    hybrid_params = enrich("enrich-hybrid", bank, curated_hybrid, bank_params, "--no-clusters", "--formula", "cocu",
+                           "--archive", "both", "--vocabulary-top", str(cfg.vocabulary_top))
 
     def quality() -> None:
         from cocu.evaluation.curation_quality import evaluate_curation
+        from cocu.evaluation.departures import measure_departures
 
-        atomic_write_json(out / "quality.json", evaluate_curation(curated, world / "truth" / "train", bank, cfg.neighbors,
-                                                                  cfg.top_k, seed=cfg.seed))
+        truth = world / "truth" / "train"
+        record = evaluate_curation(curated, truth, bank, cfg.neighbors, cfg.top_k, seed=cfg.seed, release=curated_release,
+                                   hybrid=curated_hybrid)
+        record["departures"] = measure_departures(release_bank, bank, truth, cfg.neighbors, tuple(record["ks"]))
+        atomic_write_json(out / "quality.json", record)
 
-    runner.run("quality", quality, {"enrich": enrich_params}, items=w.train)
+    runner.run("quality", quality, {"enrich": enrich_params, "release": release_params, "hybrid": hybrid_params},
+               items=w.train)
+    if curation_only:
+        print(f"curation quality: {out / 'quality.json'}")
+        return out / "quality.json"
 
     lanes = cfg.parallel_runs
     eval_threads = threads if lanes == 1 else "1"
@@ -286,10 +312,13 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
         run_dir = out / "runs" / mode
         train_params = {"enrich": enrich_params, "mode": mode, "config": cfg.train_config, "steps": cfg.train_steps,
                         "batch": cfg.train_batch, "seed": cfg.seed}
+        if mode == "release":  # the release's top-3 (its training code takes the first 3 concepts)
+            train_params = {**train_params, "enrich": release_params}
         claim_run_dir(run_dir, train_params)
+        shards, text_mode = (curated_release, "cocu-top") if mode == "release" else (curated, mode)
         runner.run(f"train-{mode}", [
             _tool("cocu-train"), "fit", "--config", str(REPO / cfg.train_config),
-            "--data.shards", str(curated), "--data.text_mode", mode, "--data.truth", str(world / "truth" / "train"),
+            "--data.shards", str(shards), "--data.text_mode", text_mode, "--data.truth", str(world / "truth" / "train"),
             "--data.batch_size", str(cfg.train_batch), "--data.num_workers", str(cfg.train_workers),
             "--data.seed", str(cfg.seed), "--seed_everything", str(cfg.seed),
             "--trainer.max_steps", str(cfg.train_steps), "--trainer.default_root_dir", str(run_dir),
@@ -336,6 +365,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
     parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
+    parser.add_argument("--curation-only", action="store_true",
+                        help="stop after the curation-quality stage (no GroupViT training, no report)")
     parser.add_argument("--in-process", action="store_true",
                         help="call each command's entry point in this interpreter instead of a new process (tests)")
     args = parser.parse_args(argv)
@@ -344,7 +375,7 @@ def main(argv: list[str] | None = None) -> Path:
         cfg = replace(cfg, runs=tuple(args.runs))
     if args.train_steps:
         cfg = replace(cfg, train_steps=args.train_steps)
-    return run_benchmark(cfg, args.out, args.preset, args.in_process)
+    return run_benchmark(cfg, args.out, args.preset, args.in_process, args.curation_only)
 
 
 if __name__ == "__main__":

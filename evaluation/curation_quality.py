@@ -111,9 +111,21 @@ def rival_rankings(bank_path: str | os.PathLike, keys: Sequence[str], neighbors:
     return {"direct": names[direct].tolist(), "neighbours": frequent}
 
 
+def concepts_by_key(curated: str | os.PathLike, keys: Sequence[str]) -> list[list[str]]:
+    """The curated concept lists of another enrich run of the same shards, in the order of ``keys``."""
+    rows = read_columns(curated, ["key", "cocu_concepts"])
+    found = dict(zip(rows["key"], rows["cocu_concepts"]))
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise ValueError(f"{curated}: {len(missing)} keys of the compared run are missing (first: {missing[0]})")
+    return [found[key] for key in keys]
+
+
 def evaluate_curation(curated: str | os.PathLike, truth: str | os.PathLike, bank: str | os.PathLike, neighbors: int,
-                      top_k: int, prompts: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Curation quality of one enrich run against the world's truth, with the rivals beside it."""
+                      top_k: int, prompts: int = 3, seed: int = 0, release: str | os.PathLike | None = None,
+                      hybrid: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Curation quality of one enrich run against the world's truth, with the rivals (and the ``release`` formula's
+    and the hybrid archive's runs of the same shards, when given) beside it."""
     from cocu.training.prompts import draw_cluster_guided, draw_uniform, take_top
 
     rows = read_columns(curated, ["key", "caption_concepts", "cocu_concepts", "cocu_scores", "cocu_clusters"])
@@ -124,18 +136,25 @@ def evaluate_curation(curated: str | os.PathLike, truth: str | os.PathLike, bank
     named = rows["caption_concepts"]
     rivals = rival_rankings(bank, rows["key"], neighbors, top_k)
     ks = sorted({1, prompts, top_k})
-    rankings = {"CoCu (expansion + ranking)": rows["cocu_concepts"],
-                "neighbours' captions, most frequent": rivals["neighbours"],
-                "teacher CLIP over the whole vocabulary": rivals["direct"]}
+    rankings = {}
+    if release is not None:
+        rankings["release (the authors' formula)"] = concepts_by_key(release, rows["key"])
+    rankings["cocu (expansion + ranking)"] = rows["cocu_concepts"]
+    if hybrid is not None:
+        rankings["cocu, hybrid archive (+ vocabulary top-M)"] = concepts_by_key(hybrid, rows["key"])
+    rankings.update({"neighbours' captions, most frequent": rivals["neighbours"],
+                     "teacher CLIP over the whole vocabulary": rivals["direct"]})
     rng = np.random.default_rng(seed)
-    feeds = {
-        "caption (baseline)": draw_uniform(named, prompts, rng),
-        "cocu-top (released top-3)": take_top(rows["cocu_concepts"], prompts),
+    feeds = {"caption (baseline)": draw_uniform(named, prompts, rng)}
+    if release is not None:
+        feeds["release top-3"] = take_top(rankings["release (the authors' formula)"], prompts)
+    feeds.update({
+        "cocu-top (cocu formula, top-3)": take_top(rows["cocu_concepts"], prompts),
         "cocu-cluster (cluster-guided)": draw_cluster_guided(rows["cocu_concepts"], rows["cocu_scores"], rows["cocu_clusters"], prompts, rng),
         "teacher CLIP top-3 (rival)": take_top(rivals["direct"], prompts),
         "neighbour frequency top-3 (rival)": take_top(rivals["neighbours"], prompts),
         "oracle (true concepts)": draw_uniform(present, prompts, rng),
-    }
+    })
     return {
         "images": len(order),
         "ks": ks,

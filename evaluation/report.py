@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 from cocu.curation.shards import atomic_path  # noqa: E402
 
 RUN_TITLES = {"caption": "caption (GroupViT baseline)", "cocu-cluster": "CoCu, cluster-guided",
-              "cocu-top": "CoCu, top-3 (release)", "oracle": "oracle (true concepts)"}
+              "cocu-top": "CoCu, top-3 (cocu formula)", "oracle": "oracle (true concepts)",
+              "release": "CoCu as released (release formula, top-3)"}
 
 
 def _pct(fraction: float | None) -> str:
@@ -150,6 +151,27 @@ def curation_tables(quality: dict[str, Any]) -> list[str]:
               "|---|---|---|---|---|"]
     for name, p in quality["prompts"].items():
         lines.append(f"| {name} | {_pct(p['precision'])} | {_pct(p['present_recall'])} | {_pct(p['omitted_recall'])} | {p['per_image']:.2f} |")
+    if "departures" in quality:
+        lines += ["", *departures_table(quality["departures"])]
+    return lines
+
+
+def departures_table(departures: dict[str, Any]) -> list[str]:
+    """``release`` plus one of cocu's departures at a time, then ``cocu``: recall of omitted concepts (and its change)."""
+    ks = departures["ks"]
+    rows = departures["rows"]
+    base = {r["k"]: r["recall"] for r in rows[0]["ranking"]}
+    lines = ["| formula | what changes | " + " | ".join(f"R@{k} (change)" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for row in rows:
+        cells = [f"{_pct(r['recall'])} ({100 * (r['recall'] - base[r['k']]):+.1f})" for r in row["ranking"]]
+        lines.append(f"| `{row['name']}` | {row['what']} | " + " | ".join(cells) + " |")
+    kmeans = departures.get("kmeans")
+    floor = departures.get("local_floor")
+    if floor is not None:
+        lines += ["", f"Local-term floor of this bank (5th percentile of its named pairs' t_c·v): {floor:.4f}."]
+    if kmeans:
+        lines.append(f"k-means inertia against scikit-learn `KMeans(n_init=10)` on {kmeans['archives']} whole archives: "
+                     f"{kmeans['ratio']:.4f}x.")
     return lines
 
 
