@@ -108,3 +108,31 @@ def test_enrich_says_when_the_bank_prompts_are_not_the_release(release_run, tmp_
     assert note is not None and "\n" not in note and "--template release" in note
     assert template_note(manifest, "cocu") is None
     assert template_note(json.loads((bank / "manifest.json").read_text()), "release") is None
+
+
+def test_release_formula_equals_the_port_for_images_outside_the_bank_too():
+    """Fresh anchors (self id -1) rank with their L hits, none excluded, and not their own caption's concepts."""
+    from cocu.curation.enrich import EnrichConfig, curate
+    from cocu.curation.ranking import Ragged
+    from test_curation_units import memory_bank, normalized
+
+    rng = np.random.default_rng(9)
+    common = np.eye(24)[0] * 3.0
+    text = normalized(common + rng.standard_normal((30, 24)))
+    embeddings = normalized(common + rng.standard_normal((150, 24)))
+    concepts = [sorted(rng.choice(30, size=rng.integers(0, 4), replace=False).tolist()) for _ in range(150)]
+    bank = memory_bank(embeddings, concepts, text)
+    queries = np.concatenate([embeddings[:20], normalized(common + rng.standard_normal((20, 24)))])
+    self_ids = np.concatenate([np.arange(20), np.full(20, -1)])
+    own = Ragged.from_lists([concepts[i] for i in range(20)] + [[0, 1]] * 20)
+    got = curate(bank, queries, self_ids, own, np.arange(40), EnrichConfig(formula="release", clusters=False))
+    names = bank.concept_names.to_pylist()
+    semantics = [[names[c] for c in row] for row in concepts]
+    index = faiss.IndexFlatIP(24)
+    index.add(embeddings)
+    for i, row in enumerate(got.concepts.tolist()):
+        expected = release_cocu(i, 8, index, queries.astype(np.float64), embeddings.astype(np.float64), semantics,
+                                {n: j for j, n in enumerate(names)}, text.astype(np.float64))
+        assert [names[c] for c in row] == list(expected)
+        scores = got.scores[got.concepts.offsets[i]:got.concepts.offsets[i + 1]]
+        np.testing.assert_allclose(scores, list(expected.values()), rtol=1e-5, atol=1e-5)
