@@ -144,7 +144,7 @@ def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
             curate(on_bank, queries[r], self_ids[r], own.take(index), index, config)
 
     big.gram  # noqa: B018
-    curate(big, queries[:64], self_ids[:64], own.take(np.arange(64)), np.arange(64), EnrichConfig(archive="both"))  # warm-up
+    curate(big, queries[:64], self_ids[:64], own.take(np.arange(64)), np.arange(64), EnrichConfig(archive="both"))
     search, off, on, loop, hybrid, hybrid_big = Rate(), Rate(), Rate(), Rate(), Rate(), Rate()
     n_loop = min(args.loop_queries, args.queries)
     own_lists = own.take(np.arange(n_loop)).tolist()
@@ -162,19 +162,21 @@ def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
         ("(a) enrich, clusters off", off, f"{off.ratio(search)} x search (target >= 0.8)"),
         ("(a) enrich, clusters on", on, f"{on.ratio(search)} x search (target >= 0.5); clusters off/on "
                                         f"{off.wall / on.wall:.2f} (wall) / {off.cpu / on.cpu:.2f} (cpu)"),
-        (f"(a) hybrid archive, {args.vocab} concepts", hybrid, f"{hybrid.ratio(search)} x search (--archive both, M={m}, clusters on)"),
-        (f"(a) hybrid archive, {args.big_vocab} concepts", hybrid_big, f"{hybrid_big.ratio(search)} x search (--archive both, "
-                                                                       f"M={m}, clusters on)"),
-        ("(k) k-means inertia vs scikit-learn", Rate(), f"mean inertia {ratio:.4f} x KMeans(n_init=10) over {archives} archives "
-                                                       "of (a) (target <= 1.02)"),
+        (f"(a) hybrid archive, {args.vocab} concepts", hybrid,
+         f"{hybrid.ratio(search)} x search (--archive both, M={m}, clusters on)"),
+        (f"(a) hybrid archive, {args.big_vocab} concepts", hybrid_big,
+         f"{hybrid_big.ratio(search)} x search (--archive both, M={m}, clusters on)"),
+        ("(k) k-means inertia vs scikit-learn", Rate(),
+         f"mean inertia {ratio:.4f} x KMeans(n_init=10) over {archives} archives of (a) (target <= 1.02)"),
         ("(b) per-image loop (released design)", loop, f"{n_loop} queries, once; enrich (clusters off) is "
                                                       f"{off.wall / loop.wall:.0f}x (wall) / {off.cpu / loop.cpu:.0f}x (cpu) faster, "
                                                       f"clusters on {on.wall / loop.wall:.0f}x / {on.cpu / loop.cpu:.0f}x"),
     ]
 
 
-def inertia_ratio(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: Ragged, args: argparse.Namespace) -> tuple[float, int]:
-    """Mean k-means inertia of enrich's clusters over scikit-learn's ``KMeans(n_init=10)`` on the same whole archives."""
+def inertia_ratio(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: Ragged,
+                  args: argparse.Namespace) -> tuple[float, int]:
+    """Mean k-means inertia of enrich's clusters over scikit-learn's ``KMeans(n_init=10)`` on the same archives."""
     import math
 
     from sklearn.cluster import KMeans
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--neighbors", type=int, default=8)
     parser.add_argument("--big-vocab", type=int, default=50_000, help="the web-sized vocabulary of the hybrid archive")
     parser.add_argument("--vocabulary-top", type=int, default=16, help="M of the hybrid archive")
-    parser.add_argument("--kmeans-archives", type=int, default=500, help="archives compared with scikit-learn's k-means")
+    parser.add_argument("--kmeans-archives", type=int, default=500, help="archives compared with scikit-learn's")
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--loop-queries", type=int, default=2000, help="queries for the slow per-image loop (b)")

@@ -33,8 +33,9 @@ def build_bank(
     min_count: int = typer.Option(5, min=1, help="Keep caption concepts mentioned in at least this many captions."),
     max_words: int = typer.Option(4, min=1, help="Longest concept in words."),
     concepts: Path = typer.Option(None, help="Text file of extra concepts (one per line), kept even when rare."),
-    template: str = typer.Option("cocu", help="Concept prompt: 'cocu' (\"a photo of a {}.\", article fixed), 'release' "
-                                               "(the authors' \"a photo of a {}\", always 'a') or a template with a {} slot."),
+    template: str = typer.Option("cocu", help="Concept prompt: 'cocu' (\"a photo of a {}.\", article fixed), "
+                                               "'release' (the authors' \"a photo of a {}\", always 'a') or a "
+                                               "template with a {} slot."),
     index_factory: str = typer.Option(None, help="FAISS factory string (default: Flat up to 1M images, IVF-HNSW beyond)."),
     nprobe: int = typer.Option(None, help="Default IVF lists to probe at search time (stored in the manifest)."),
     ef_search: int = typer.Option(None, help="Default HNSW efSearch at search time (stored in the manifest)."),
@@ -77,7 +78,8 @@ def enrich(
                                              "(cocu's departures, docs/curation.md)."),
     archive: str = typer.Option("neighbours", help="Archive: 'neighbours' (the L images' captions, as the paper), "
                                                    "'vocabulary' (top-M of the whole vocabulary by CLIP) or 'both'."),
-    vocabulary_top: int = typer.Option(16, min=1, help="M: concepts the vocabulary search adds (--archive vocabulary|both)."),
+    vocabulary_top: int = typer.Option(16, min=1, help="M: concepts the vocabulary search adds (--archive "
+                                                       "vocabulary|both)."),
     seed: int = typer.Option(0, help="Seed of the clustering."),
     nprobe: int = typer.Option(None, help="IVF lists to probe (default: the bank's)."),
     ef_search: int = typer.Option(None, help="HNSW efSearch (default: the bank's)."),

@@ -84,7 +84,8 @@ def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_
     ids[slot[owners[chosen]], positions[chosen]] = archive.values[chosen]
     counts = torch.from_numpy(sizes[big])
     starts = splitmix64(seeds[big][:, None] ^ splitmix64(np.arange(1, n_init + 1, dtype=np.uint64))[None, :])
-    uniforms = torch.from_numpy(_uniforms(starts.ravel(), 1 + ((width + 1) // 2) * MAX_TRIALS)).view(len(big), n_init, -1)
+    draws = _uniforms(starts.ravel(), 1 + ((width + 1) // 2) * MAX_TRIALS)
+    uniforms = torch.from_numpy(draws).view(len(big), n_init, -1)
     found = torch.empty(len(big), width, dtype=torch.long)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tensors are small: thread barriers cost more than they save (5x here)
@@ -92,7 +93,8 @@ def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_
         for lo in range(0, len(big), CHUNK):
             part = slice(lo, lo + CHUNK)
             grams = gram(torch.from_numpy(ids[part])).repeat_interleave(n_init, dim=0)
-            assign, inertia = _kmeans(grams, counts[part].repeat_interleave(n_init), uniforms[part].flatten(0, 1), max_iter)
+            assign, inertia = _kmeans(grams, counts[part].repeat_interleave(n_init), uniforms[part].flatten(0, 1),
+                                      max_iter)
             best = inertia.view(-1, n_init).argmin(1)  # the first of equal starts
             found[part] = assign.view(-1, n_init, width)[torch.arange(len(best)), best]
     finally:
@@ -101,7 +103,8 @@ def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_
     return labels
 
 
-def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor,
+            max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched kernel k-means: gram (B, A, A) float32, counts (B,) points per problem; returns (B, A) labels and
     (B,) inertias (sums of squared distances to the assigned centroids)."""
     batch, width, _ = gram.shape
@@ -131,7 +134,7 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, ma
         column = torch.gather(gram, 2, picks[:, None, :].expand(-1, width, -1))  # (B, A, trials)
         distance = (diag[:, :, None] + torch.gather(diag, 1, picks)[:, None, :] - 2 * column).clamp_min(0)
         candidate = torch.minimum(nearest[:, :, None], distance.masked_fill(~valid[:, :, None], 0))
-        best = candidate.sum(1).masked_fill(~tried, float("inf")).argmin(1)  # the candidate that lowers the potential most
+        best = candidate.sum(1).masked_fill(~tried, float("inf")).argmin(1)  # the one that lowers the potential most
         pick = picks.gather(1, best[:, None])[:, 0]
         centers[:, step] = torch.where(active, pick, centers[:, 0])
         chosen = candidate.gather(2, best[:, None, None].expand(-1, width, 1))[:, :, 0]
@@ -157,8 +160,8 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, ma
     return assign, inertia
 
 
-def _to_centroids(gram: torch.Tensor, diag: torch.Tensor, assign: torch.Tensor, valid: torch.Tensor, usable: torch.Tensor,
-                  k_max: int) -> torch.Tensor:
+def _to_centroids(gram: torch.Tensor, diag: torch.Tensor, assign: torch.Tensor, valid: torch.Tensor,
+                  usable: torch.Tensor, k_max: int) -> torch.Tensor:
     """(B, A, K) squared distances of every point to every non-empty cluster's centroid (inf for the others)."""
     members = torch.nn.functional.one_hot(assign, k_max).to(gram.dtype) * valid[:, :, None]
     size = members.sum(1)

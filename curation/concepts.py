@@ -156,7 +156,8 @@ def resolve_template(template: str) -> tuple[str, bool]:
     if template in TEMPLATES:
         return TEMPLATES[template]
     if "{}" not in template:
-        raise ValueError(f"template {template!r} is neither {' nor '.join(TEMPLATES)} nor has a '{{}}' slot for the concept")
+        names = " nor ".join(TEMPLATES)
+        raise ValueError(f"template {template!r} is neither {names} nor has a '{{}}' slot for the concept")
     return template, True
 
 

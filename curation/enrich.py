@@ -4,7 +4,8 @@ Per batch of rows: anchors are the bank's stored embeddings (matched by key) or 
 with the bank's CLIP; one batched FAISS search gives every anchor's hits (``cocu``: ``L`` others, its
 own id dropped; ``release``: ``L`` hits, itself the first), the hybrid archive adds the top-M concepts
 of the whole vocabulary (one more FAISS search, over the concept table), ``ranking.rank`` scores all
-archives at once, and ``clustering.cluster_archives`` clusters the whole archives before any top-K cut. The output shard is the input shard with five columns appended (see ``CURATED_FIELDS``),
+archives at once, and ``clustering.cluster_archives`` clusters the whole archives before any top-K cut.
+The output shard is the input shard with five columns appended (see ``CURATED_FIELDS``),
 written atomically, with a per-shard manifest; ``run_stage`` skips shards already done with the same
 bank and parameters and runs the rest in parallel.
 """
@@ -44,10 +45,10 @@ class EnrichConfig:
     """How to curate. ``neighbors``..``ef_search`` decide the output; the rest only how fast it is made."""
 
     neighbors: int = 8
-    top_k: int = 0                    # concepts stored per image; 0: the whole archive (cluster-guided sampling draws from it)
+    top_k: int = 0                    # concepts stored per image; 0: the whole archive (cluster sampling draws from it)
     clusters: bool = True
     formula: str = "cocu"             # a name in ranking.FORMULAS: release (the authors') or cocu
-    archive: str = "neighbours"       # neighbours (CoCu's expansion), vocabulary (top-M of the whole vocabulary) or both
+    archive: str = "neighbours"       # neighbours (CoCu's expansion), vocabulary (top-M of the vocabulary) or both
     vocabulary_top: int = 16          # M: concepts the vocabulary search adds
     seed: int = 0
     nprobe: int | None = None
@@ -62,12 +63,14 @@ class EnrichConfig:
     def output_params(self, bank_id: str) -> dict[str, Any]:
         return {"bank": bank_id, "neighbors": self.neighbors, "top_k": self.top_k, "clusters": self.clusters,
                 "seed": self.seed, "nprobe": self.nprobe, "ef_search": self.ef_search, "formula": self.formula,
-                "archive": self.archive, "vocabulary_top": self.vocabulary_top if self.archive != "neighbours" else None}
+                "archive": self.archive,
+                "vocabulary_top": self.vocabulary_top if self.archive != "neighbours" else None}
 
     def check(self) -> None:
         """Refuse settings that cannot run, in one line."""
         if self.neighbors < 1 or self.top_k < 0 or self.vocabulary_top < 1:
-            raise ValueError("--neighbors and --vocabulary-top must be at least 1, --top-k at least 0 (0: the whole archive)")
+            raise ValueError("--neighbors and --vocabulary-top must be at least 1, --top-k at least 0 "
+                             "(0: the whole archive)")
         if self.formula not in FORMULAS:
             raise ValueError(f"--formula {self.formula!r}: choose one of {', '.join(FORMULAS)}")
         if self.archive not in ARCHIVES:
@@ -166,8 +169,9 @@ def template_note(manifest: dict[str, Any], formula: str) -> str | None:
     template = (manifest.get("prompt_template"), manifest.get("prompt_articles", True))
     if formula != "release" or template == TEMPLATES["release"]:
         return None
-    return (f"note: the bank's concept prompts are {template[0]!r}{' with articles fixed' if template[1] else ''}, not the "
-            f"release's {TEMPLATES['release'][0]!r}; build the bank with --template release to rank exactly as the release")
+    articles = " with articles fixed" if template[1] else ""
+    return (f"note: the bank's concept prompts are {template[0]!r}{articles}, not the release's "
+            f"{TEMPLATES['release'][0]!r}; build the bank with --template release to rank exactly as the release")
 
 
 def _check_distinct_targets(tasks: list[ShardTask]) -> None:

@@ -170,7 +170,8 @@ def anchor_first(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
 
 
 def rank(anchors: np.ndarray, neighbours: np.ndarray, extra: Ragged, bank_concepts: Ragged, bank_sims: np.ndarray,
-         text: np.ndarray, top_k: int | None, self_ids: np.ndarray | None = None, floor: float | None = None) -> Ranking:
+         text: np.ndarray, top_k: int | None, self_ids: np.ndarray | None = None,
+         floor: float | None = None) -> Ranking:
     """Rank every anchor's archive.
 
     anchors: (B, D) normalized image embeddings; neighbours: (B, L) index ids, -1 for none;

@@ -4,7 +4,8 @@ Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train
 ``cocu-curate build-bank`` / ``enrich``, ``cocu-train fit``, ``cocu-eval seg``), in this order:
 
     world -> teacher CLIP -> bank (x2: cocu's and the release's concept prompts) -> enrich (cocu, release,
-    hybrid archive) -> curation quality -> GroupViT x (caption | cocu-cluster | cocu-top | oracle | release) -> eval -> report
+    hybrid archive) -> curation quality -> GroupViT x (caption | cocu-cluster | cocu-top | oracle | release)
+    -> eval -> report
 
 The ``release`` run trains on the top-3 of the authors' formula (``--formula release`` on the bank with their
 prompts); the others on cocu's curation. ``--curation-only`` stops after the curation-quality stage.
@@ -235,7 +236,8 @@ def _tool(name: str) -> str:
     return str(BIN / name)
 
 
-def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False, curation_only: bool = False) -> Path:
+def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False,
+                  curation_only: bool = False) -> Path:
     from cocu.evaluation.report import write_report
 
     out = out.resolve()
@@ -269,7 +271,8 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
                         "--pretrained", weights, "--out", str(bank)],
                bank_params, items=w.train)
 
-    release_bank, curated_release, curated_hybrid = out / "bank-release", out / "curated-release", out / "curated-hybrid"
+    release_bank, curated_release = out / "bank-release", out / "curated-release"
+    curated_hybrid = out / "curated-hybrid"
     release_bank_params = {"teacher": teacher_params, "template": "release"}
     runner.run("bank-release", [_tool("cocu-curate"), "build-bank", "--shards", str(world / "train"), "--model", model,
                                 "--pretrained", weights, "--out", str(release_bank), "--template", "release"],
@@ -278,8 +281,8 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
     def enrich(name: str, on_bank: Path, target: Path, params: dict[str, Any], *options: str) -> dict[str, Any]:
         params = {"bank": params, "neighbors": cfg.neighbors, "options": list(options)}
         runner.run(name, [_tool("cocu-curate"), "enrich", "--bank", str(on_bank), "--shards", str(world / "train"),
-                          "--out", str(target), "--neighbors", str(cfg.neighbors), "--top-k", "0", "--seed", str(cfg.seed),
-                          *options], params, items=w.train)
+                          "--out", str(target), "--neighbors", str(cfg.neighbors), "--top-k", "0",
+                          "--seed", str(cfg.seed), *options], params, items=w.train)
         return params
 
     enrich_params = enrich("enrich", bank, curated, bank_params, "--clusters", "--formula", "cocu")
@@ -293,8 +296,8 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
         from cocu.evaluation.departures import measure_departures
 
         truth = world / "truth" / "train"
-        record = evaluate_curation(curated, truth, bank, cfg.neighbors, cfg.top_k, seed=cfg.seed, release=curated_release,
-                                   hybrid=curated_hybrid)
+        record = evaluate_curation(curated, truth, bank, cfg.neighbors, cfg.top_k, seed=cfg.seed,
+                                   release=curated_release, hybrid=curated_hybrid)
         record["departures"] = measure_departures(release_bank, bank, truth, cfg.neighbors, tuple(record["ks"]))
         atomic_write_json(out / "quality.json", record)
 

@@ -40,14 +40,14 @@ def rank_all(bank: Any, formula: Formula, neighbors: int, batch_size: int = 1024
     out: list[list[str]] = []
     for start in range(0, len(bank.embeddings), batch_size):
         ids = np.arange(start, min(start + batch_size, len(bank.embeddings)))
-        curated = curate(bank, np.asarray(bank.embeddings[ids], np.float32), ids, bank.image_concepts.take(ids), ids, config,
-                         formula)
+        anchors = np.asarray(bank.embeddings[ids], np.float32)
+        curated = curate(bank, anchors, ids, bank.image_concepts.take(ids), ids, config, formula)
         out += [names[row].tolist() for row in curated.concepts.tolist()]
     return out
 
 
 def kmeans_inertia_ratio(bank: Any, neighbors: int, archives: int = 400, seed: int = 0) -> dict[str, float] | None:
-    """Mean inertia of enrich's clusters over scikit-learn ``KMeans(n_init=10)`` on the first whole archives of the bank."""
+    """Mean inertia of enrich's clusters over scikit-learn ``KMeans(n_init=10)`` on the bank's first whole archives."""
     try:
         from sklearn.cluster import KMeans
     except ImportError:  # scikit-learn is in the test extra only
@@ -94,5 +94,7 @@ def measure_departures(release_bank: str | os.PathLike, cocu_bank: str | os.Path
     rows.append({"name": "+ prompt template", "what": "embeds concepts as \"a photo of a/an {}.\"",
                  "why": "grammatical prompts, as CLIP saw in training",
                  "ranking": score(rank_all(cocu, base, neighbors))})
-    rows.append({"name": "cocu", "what": "all of the above", "why": "", "ranking": score(rank_all(cocu, FORMULAS["cocu"], neighbors))})
-    return {"ks": list(ks), "rows": rows, "local_floor": cocu.local_floor, "kmeans": kmeans_inertia_ratio(cocu, neighbors)}
+    rows.append({"name": "cocu", "what": "all of the above", "why": "",
+                 "ranking": score(rank_all(cocu, FORMULAS["cocu"], neighbors))})
+    return {"ks": list(ks), "rows": rows, "local_floor": cocu.local_floor,
+            "kmeans": kmeans_inertia_ratio(cocu, neighbors)}

@@ -157,11 +157,12 @@ def curation_tables(quality: dict[str, Any]) -> list[str]:
 
 
 def departures_table(departures: dict[str, Any]) -> list[str]:
-    """``release`` plus one of cocu's departures at a time, then ``cocu``: recall of omitted concepts (and its change)."""
+    """``release``, plus one of cocu's departures at a time, then ``cocu``: recall of omitted concepts (its change)."""
     ks = departures["ks"]
     rows = departures["rows"]
     base = {r["k"]: r["recall"] for r in rows[0]["ranking"]}
-    lines = ["| formula | what changes | " + " | ".join(f"R@{k} (change)" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    lines = ["| formula | what changes | " + " | ".join(f"R@{k} (change)" for k in ks) + " |",
+             "|---|---|" + "---|" * len(ks)]
     for row in rows:
         cells = [f"{_pct(r['recall'])} ({100 * (r['recall'] - base[r['k']]):+.1f})" for r in row["ranking"]]
         lines.append(f"| `{row['name']}` | {row['what']} | " + " | ".join(cells) + " |")
@@ -170,8 +171,8 @@ def departures_table(departures: dict[str, Any]) -> list[str]:
     if floor is not None:
         lines += ["", f"Local-term floor of this bank (5th percentile of its named pairs' t_c·v): {floor:.4f}."]
     if kmeans:
-        lines.append(f"k-means inertia against scikit-learn `KMeans(n_init=10)` on {kmeans['archives']} whole archives: "
-                     f"{kmeans['ratio']:.4f}x.")
+        lines.append(f"k-means inertia against scikit-learn `KMeans(n_init=10)` on {kmeans['archives']} whole "
+                     f"archives: {kmeans['ratio']:.4f}x.")
     return lines
 
 

@@ -21,9 +21,9 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     assert re.search(r"\| caption \(GroupViT baseline\) \| `caption` \| \*\*\d+\.\d\*\*", segmentation)
     assert "`cocu-cluster`" in segmentation and "`oracle`" not in segmentation
     curation = text.split("## Curation quality")[1].split("## Teacher")[0]
-    for row in ("release (the authors' formula)", "cocu (expansion + ranking)", "cocu, hybrid archive (+ vocabulary top-M)",
-                "neighbours' captions, most frequent", "teacher CLIP over the whole vocabulary", "release top-3",
-                "cocu-top (cocu formula, top-3)", "cocu-cluster (cluster-guided)", "oracle (true concepts)"):
+    for row in ("release (the authors' formula)", "cocu (expansion + ranking)",
+                "cocu, hybrid archive (+ vocabulary top-M)", "neighbours' captions, most frequent",
+                "teacher CLIP over the whole vocabulary", "release top-3", "cocu-top (cocu formula, top-3)", "cocu-cluster (cluster-guided)", "oracle (true concepts)"):
         assert f"| {row} |" in curation, row
     for row in ("`release`", "`+ exclude_anchor`", "`+ anchor_once`", "`+ floor_local`", "`+ own_concepts`",
                 "`+ prompt template`", "`cocu`"):
@@ -38,7 +38,7 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     again = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    assert printed.count("done in an earlier run") == 12  # synth, teacher, 2 banks, 3 enrich, quality, 2 x (train, eval)
+    assert printed.count("done in an earlier run") == 12  # synth, teacher, 2 banks, 3 enrich, quality, 2 x train+eval
     assert "report:" in printed
 
 

@@ -176,7 +176,8 @@ def test_enrich_output_schema_rows_and_readers(curated):
         for row in rows:
             assert row["caption_concepts"] == vocabulary.match(row["caption"])
             assert row["cocu_error"] is None
-            assert len(row["cocu_concepts"]) >= 1 and len(set(row["cocu_concepts"])) == len(row["cocu_concepts"])  # whole archive
+            assert len(row["cocu_concepts"]) >= 1  # the whole archive
+            assert len(set(row["cocu_concepts"])) == len(row["cocu_concepts"])
             assert len(row["cocu_scores"]) == len(row["cocu_concepts"]) == len(row["cocu_clusters"])
             assert row["cocu_scores"] == sorted(row["cocu_scores"], reverse=True)
             assert all(math.isfinite(s) for s in row["cocu_scores"])

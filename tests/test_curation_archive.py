@@ -1,5 +1,5 @@
-"""The archive around the ranking: the release's hits, the hybrid vocabulary archive, the whole archive kept and clustered
-before any top-K cut, and k-means against scikit-learn's."""
+"""The archive around the ranking: the release's hits, the hybrid vocabulary archive, the whole archive kept and
+clustered before any top-K cut, and k-means against scikit-learn's."""
 from __future__ import annotations
 
 import math
@@ -44,7 +44,8 @@ def test_hybrid_archive_adds_the_vocabulary_top_m_and_ranks_it_by_the_same_formu
     queries, self_ids = embeddings[:40], np.arange(40)
     own = Ragged.from_lists([concepts[i] for i in range(40)])
     m = 5
-    both = curate(bank, queries, self_ids, own, np.arange(40), EnrichConfig(archive="both", vocabulary_top=m, clusters=False))
+    both = curate(bank, queries, self_ids, own, np.arange(40),
+                  EnrichConfig(archive="both", vocabulary_top=m, clusters=False))
     alone = curate(bank, queries, self_ids, own, np.arange(40), EnrichConfig(archive="vocabulary", vocabulary_top=m,
                                                                             clusters=False))
     plain = curate(bank, queries, self_ids, own, np.arange(40), EnrichConfig(clusters=False))
@@ -53,10 +54,11 @@ def test_hybrid_archive_adds_the_vocabulary_top_m_and_ranks_it_by_the_same_formu
         top = np.argsort(-(text @ queries[i]), kind="stable")[:m].tolist()
         assert set(top) <= set(vocabulary) and set(vocabulary) == set(top) | set(concepts[i])
         assert set(got) == set(neighbours) | set(top)
-        best, scores = reference_rank(queries[i], i, concepts[i] + top, bank.searcher.search, concepts, embeddings, text,
-                                      8, 0, bank.local_floor)
+        best, scores = reference_rank(queries[i], i, concepts[i] + top, bank.searcher.search, concepts, embeddings,
+                                      text, 8, 0, bank.local_floor)
         assert got == best
-        np.testing.assert_allclose(both.scores[both.concepts.offsets[i]:both.concepts.offsets[i + 1]], scores, rtol=1e-5)
+        span = slice(both.concepts.offsets[i], both.concepts.offsets[i + 1])
+        np.testing.assert_allclose(both.scores[span], scores, rtol=1e-5)
 
 
 def test_top_k_cuts_the_stored_list_after_clustering_the_whole_archive(world):
@@ -78,14 +80,15 @@ def test_kmeans_mean_inertia_within_two_percent_of_scikit_learn():
     from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(4)
-    stretch = np.diag(np.linspace(0.2, 2.0, 48))  # anisotropic, correlated points: where one k-means++ start falls short
+    stretch = np.diag(np.linspace(0.2, 2.0, 48))  # anisotropic, correlated points: one k-means++ start falls short
     text = normalized(3.0 + rng.standard_normal((200, 48)) @ stretch)
     lists = [sorted(rng.choice(200, size=rng.integers(3, 30), replace=False).tolist()) for _ in range(120)]
     archive = Ragged.from_lists(lists)
     ours, single, theirs = [], [], []
     labels = cluster_archives(archive, ConceptGram(text), row_seeds(0, np.arange(len(lists))))
     one_start = cluster_archives(archive, ConceptGram(text), row_seeds(0, np.arange(len(lists))), max_iter=30, n_init=1)
-    for concepts, row, first in zip(lists, np.split(labels, archive.offsets[1:-1]), np.split(one_start, archive.offsets[1:-1])):
+    split = archive.offsets[1:-1]
+    for concepts, row, first in zip(lists, np.split(labels, split), np.split(one_start, split)):
         points = text[concepts].astype(np.float64)
         ours.append(sum(((points[row == c] - points[row == c].mean(0)) ** 2).sum() for c in set(row.tolist())))
         single.append(sum(((points[first == c] - points[first == c].mean(0)) ** 2).sum() for c in set(first.tolist())))

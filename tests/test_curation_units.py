@@ -88,12 +88,14 @@ def test_guards_keep_scores_finite_and_empty_archives_empty():
     assert (text @ image.T < 0).all()  # M <= 0 and every mean <= 0: the release divides by zero or flips signs here
     lists = Ragged.from_lists([[0, 1], [], [3], []])
     sims = np.einsum("ij,ij->i", text[lists.values], image[lists.owners()], dtype=np.float64)
-    ranking = rank(image[:2], np.array([[1, 2], [3, -1]]), Ragged.from_lists([[0], []]), lists, sims, text, top_k=4, floor=0.1)
+    hits, own = np.array([[1, 2], [3, -1]]), Ragged.from_lists([[0], []])
+    ranking = rank(image[:2], hits, own, lists, sims, text, top_k=4, floor=0.1)
     assert ranking.archive.lengths.tolist() == [2, 0]  # anchor 1's only neighbour (3) names nothing, nor does its caption
     g = np.sort(text[[0, 3]] @ image[0])[::-1]
-    np.testing.assert_allclose(ranking.scores, g + g / 0.1, rtol=1e-6)  # M <= 0: g unscaled; every mean < 0: the floor divides
-    release = rank(image[:2], np.array([[1, 2], [3, -1]]), Ragged.from_lists([[0], []]), lists, sims, text, top_k=4)
-    assert np.isfinite(release.scores).all() and (release.scores > g.max()).all()  # the raw mean flips the sign: a negative g ranks up
+    np.testing.assert_allclose(ranking.scores, g + g / 0.1, rtol=1e-6)  # M <= 0: g unscaled; means < 0: floor
+    release = rank(image[:2], hits, own, lists, sims, text, top_k=4)
+    assert np.isfinite(release.scores).all()
+    assert (release.scores > g.max()).all()  # the raw mean flips the sign: a negative g ranks up
     bank = memory_bank(image, [[], [], [], []], text)
     empty = curate(bank, image, np.arange(4), Ragged.from_lists([[], [], [], []]), np.arange(4), EnrichConfig())
     assert empty.concepts.lengths.tolist() == [0, 0, 0, 0] and len(empty.clusters) == 0

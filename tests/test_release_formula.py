@@ -55,12 +55,13 @@ def release_run(tmp_path_factory):
     generate_world(root / "world", WorldConfig(train=IMAGES, teacher=0, val=0, shard_size=SHARD), progress=False)
     checkpoint = save_tiny_clip(root / "ckpt", seed=2)
     runner = CliRunner()
-    built = runner.invoke(app, ["build-bank", "--shards", str(root / "world" / "train"), "--model", MODEL, "--pretrained",
-                                str(checkpoint), "--out", str(root / "bank"), "--template", "release", "--min-count", "2",
-                                "--decode-workers", "1"])
+    built = runner.invoke(app, ["build-bank", "--shards", str(root / "world" / "train"), "--model", MODEL,
+                                "--pretrained", str(checkpoint), "--out", str(root / "bank"), "--template", "release",
+                                "--min-count", "2", "--decode-workers", "1"])
     assert built.exit_code == 0, built.output
     curated = runner.invoke(app, ["enrich", "--bank", str(root / "bank"), "--shards", str(root / "world" / "train"),
-                                  "--out", str(root / "out"), "--formula", "release", "--no-clusters", "--batch-size", "64"])
+                                  "--out", str(root / "out"), "--formula", "release", "--no-clusters",
+                                  "--batch-size", "64"])
     assert curated.exit_code == 0, curated.output
     return root
 
