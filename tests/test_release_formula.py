@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import faiss
 import numpy as np
@@ -99,16 +100,23 @@ def test_release_formula_equals_the_ported_release_on_every_bank_image(release_r
     assert large > 0  # the near-zero means the release divides by are exercised, not avoided
 
 
-def test_enrich_says_when_the_bank_prompts_are_not_the_release(release_run, tmp_path):
-    bank = release_run / "bank"
+def test_enrich_says_in_one_line_when_the_bank_prompts_are_not_the_release(release_run, tmp_path):
+    bank = tmp_path / "bank"
+    shutil.copytree(release_run / "bank", bank)
     manifest = json.loads((bank / "manifest.json").read_text())
     manifest.update(prompt_template="a photo of a {}.", prompt_articles=True)
-    from cocu.curation.enrich import template_note
-
-    note = template_note(manifest, "release")
-    assert note is not None and "\n" not in note and "--template release" in note
-    assert template_note(manifest, "cocu") is None
-    assert template_note(json.loads((bank / "manifest.json").read_text()), "release") is None
+    (bank / "manifest.json").write_text(json.dumps(manifest))
+    shard = sorted((release_run / "world" / "train").glob("*.parquet"))[0]
+    runner = CliRunner()
+    for formula, expected in (("release", 1), ("cocu", 0)):
+        result = runner.invoke(app, ["enrich", "--bank", str(bank), "--shards", str(shard), "--out",
+                                     str(tmp_path / formula), "--formula", formula, "--no-clusters"])
+        assert result.exit_code == 0, result.output
+        notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+        assert len(notes) == expected and all("--template release" in line for line in notes)
+    same = runner.invoke(app, ["enrich", "--bank", str(release_run / "bank"), "--shards", str(shard), "--out",
+                               str(tmp_path / "same"), "--formula", "release", "--no-clusters"])
+    assert same.exit_code == 0 and "note: " not in same.output
 
 
 def test_release_formula_equals_the_port_for_images_outside_the_bank_too():
