@@ -195,7 +195,7 @@ def findings(runs: dict[str, dict[str, Any]], quality: dict[str, Any], world: di
     out = []
     base = runs.get("caption", {}).get("miou")
     oracle = runs.get("oracle", {}).get("miou")
-    for mode in ("cocu-cluster", "cocu-top"):
+    for mode in ("cocu-cluster", "cocu-top", "release"):
         if mode not in runs or base is None:
             continue
         value = runs[mode]["miou"]
