@@ -86,10 +86,11 @@ def thumbnail(data: bytes | None, size: int) -> tuple[bytes, str] | None:
         return None
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG":
+            small = max(image.size) <= size and image.format in WEB_FORMATS
+            if image.format == "JPEG" and not small:
                 image.draft("RGB", (size, size))  # decode at a reduced scale: big JPEGs load several times faster
-            image.load()
-            if max(image.size) <= size and image.format in WEB_FORMATS:
+            image.load()  # a truncated or corrupt image fails here, not as a broken picture in the page
+            if small:
                 return data, WEB_FORMATS[image.format]
             image.thumbnail((size, size))
             buffer = io.BytesIO()
