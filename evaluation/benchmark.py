@@ -3,7 +3,8 @@
 Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train clip``,
 ``cocu-curate build-bank`` / ``enrich``, ``cocu-train fit``, ``cocu-eval seg``), in this order:
 
-    world -> teacher CLIP -> bank -> enrich -> GroupViT x (caption | cocu-cluster | cocu-top | oracle) -> eval -> report
+    world -> teacher CLIP -> bank -> enrich -> gallery -> GroupViT x (caption | cocu-cluster | cocu-top | oracle)
+          -> eval -> report
 
 The GroupViT runs train two at a time (``parallel_runs``), one torch thread each, their output in
 ``OUT/logs/`` and their progress echoed every 30 s. Each finished stage leaves a record under
@@ -231,6 +232,7 @@ def _tool(name: str) -> str:
 
 
 def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False) -> Path:
+    from cocu.evaluation.eval_page import write_eval_page
     from cocu.evaluation.report import write_report
 
     out = out.resolve()
@@ -277,6 +279,9 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
                                                                   cfg.top_k, seed=cfg.seed))
 
     runner.run("quality", quality, {"enrich": enrich_params}, items=w.train)
+    runner.run("gallery", [_tool("cocu-curate"), "show", "--curated", str(curated), "--out", str(out / "gallery"),
+                           "--truth", str(world / "truth" / "train")],
+               {"enrich": enrich_params}, items=w.train, unit="row")
 
     lanes = cfg.parallel_runs
     eval_threads = threads if lanes == 1 else "1"
@@ -305,6 +310,8 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
               flush=True)
     runner.side_by_side(train_and_evaluate, cfg.runs, lanes)
 
+    for mode in cfg.runs:  # one page per evaluation, beside its metrics.json and overlays
+        write_eval_page(out / "runs" / mode / "eval")
     examples = predict_examples(world, checkpoints, cfg.save_images)
     report = write_report(out, cfg, preset, runner.stages, time.perf_counter() - started, examples)
     print(f"report: {report}")

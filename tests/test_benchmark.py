@@ -28,12 +28,18 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     for stage in ("synth", "teacher", "bank", "enrich", "quality", "train-caption", "eval-caption", "train-cocu-cluster"):
         assert f"| {stage} |" in throughput, stage
     assert "- `cocu-cluster` scores" in text
+    pages = text.split("## Pages to look at")[1].split("##")[0]
+    links = re.findall(r"\]\(([^)]+\.html)\)", pages)
+    assert links == ["gallery/index.html", "gallery/summary.html", "runs/caption/eval/index.html",
+                     "runs/cocu-cluster/eval/index.html"]
+    assert all((out / link).is_file() for link in links)
+    assert "| gallery | 400 |" in throughput
     capsys.readouterr()
 
     again = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    assert printed.count("done in an earlier run") == 9  # synth, teacher, bank, enrich, quality, 2 x (train, eval)
+    assert printed.count("done in an earlier run") == 10  # synth, teacher, bank, enrich, quality, gallery, 2 x (train, eval)
     assert "report:" in printed
 
 
