@@ -104,7 +104,7 @@ def enrich(
 
 @app.command()
 def show(
-    curated: list[str] = typer.Option(..., "--curated", help="Curated shards: a glob, folder or file (repeat for more)."),
+    curated: list[str] = typer.Option(..., "--curated", help="Curated shards: glob, folder or file (repeat for more)."),
     out: Path = typer.Option(..., help="Gallery folder to write (replaced whole; open OUT/index.html)."),
     truth: Path = typer.Option(None, help="Truth sidecars of the synthetic world (WORLD/truth/train): mark each "
                                           "added concept right or wrong."),
@@ -117,7 +117,8 @@ def show(
     from cocu.evaluation.gallery import GalleryConfig, write_gallery
 
     try:
-        summary = write_gallery(curated, out, truth, GalleryConfig(limit=limit, thumb_size=thumb_size, page_size=page_size))
+        config = GalleryConfig(limit=limit, thumb_size=thumb_size, page_size=page_size)
+        summary = write_gallery(curated, out, truth, config)
     except (ShardError, ValueError, FileNotFoundError, FileExistsError, OSError) as err:
         _fail(err)
     typer.echo(summary.line())

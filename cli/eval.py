@@ -35,7 +35,7 @@ def seg(
     device: str = typer.Option("auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice); "
                                        "1 is faster on a busy shared CPU."),
-    html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU bars, overlays."),
+    html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU, overlays."),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
     from cocu.evaluation.datasets import DatasetError, open_dataset

@@ -22,8 +22,8 @@ def _value(percent: float | None) -> str:
 def class_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-class IoU and accuracy in label-id order; a class absent from labels and predictions has no bar."""
     accuracy = record.get("per_class_accuracy", {})
-    return [{"name": name.strip() or repr(name), "iou": _value(iou), "width": 0.0 if iou is None else max(0.0, min(iou, 100.0)),
-             "absent": iou is None, "accuracy": _value(accuracy.get(name))}
+    return [{"name": name.strip() or repr(name), "iou": _value(iou), "absent": iou is None,
+             "width": 0.0 if iou is None else max(0.0, min(iou, 100.0)), "accuracy": _value(accuracy.get(name))}
             for name, iou in record["per_class_iou"].items()]
 
 

@@ -140,7 +140,8 @@ def _check_row(path: Path, row: dict[str, Any], number: int, truth: dict[str, fr
     if len(scores) != len(concepts):
         raise ShardError(path, f"cocu_scores has {len(scores)} values for {len(concepts)} cocu_concepts", row=number)
     if clusters and len(clusters) != len(concepts):
-        raise ShardError(path, f"cocu_clusters has {len(clusters)} values for {len(concepts)} cocu_concepts", row=number)
+        raise ShardError(path, f"cocu_clusters has {len(clusters)} values for {len(concepts)} cocu_concepts",
+                         row=number)
     if truth is not None and row["key"] not in truth:
         raise ShardError(path, f"key '{row['key']}' has no row in the truth folder", row=number)
 
@@ -177,8 +178,9 @@ def write_gallery(curated: str | os.PathLike | Sequence[str | os.PathLike], out:
         context = {"source": source, "rows": tally.rows, "cards": len(cards.rows), "truth": answers is not None}
         write_page(work / "index.html", "gallery.html.j2", **context)
         write_summary(work, tally, config.top_concepts, **context)
-        seconds = time.perf_counter() - started
-        record = {"tool": "cocu-curate show", "shards": [str(p) for p in shards], "truth": str(truth) if truth else None,
-                  "rows": tally.rows, "cards": len(cards.rows), "config": asdict(config), "seconds": round(seconds, 3)}
+        record = {"tool": "cocu-curate show", "shards": [str(p) for p in shards],
+                  "truth": str(truth) if truth else None, "rows": tally.rows, "cards": len(cards.rows),
+                  "config": asdict(config)}
         (work / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-    return GallerySummary(Path(out), tally.rows, len(cards.rows), len(shards), tally.errors, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return GallerySummary(Path(out), tally.rows, len(cards.rows), len(shards), tally.errors, seconds)

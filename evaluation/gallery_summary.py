@@ -136,7 +136,8 @@ def plot_scores(tally: CurationTally, path: Path) -> None:
     colours = {"named": NAMED, "added": "#e08e0b", "added, right": RIGHT, "added, wrong": WRONG}
     for kind, kept in tally.scores.items():
         if kept:
-            ax.hist(kept, bins=bins, histtype="step", linewidth=1.6, color=colours[kind], label=f"{kind} ({len(kept):,})")
+            ax.hist(kept, bins=bins, histtype="step", linewidth=1.6, color=colours[kind],
+                    label=f"{kind} ({len(kept):,})")
     ax.set_xlabel("cocu score")
     ax.set_ylabel("concepts")
     ax.set_title("Scores of curated concepts", fontsize=10)

@@ -217,8 +217,8 @@ def page_links(out: Path, modes: Sequence[str]) -> list[str]:
     """Links to the HTML pages of this run that exist: the curation gallery and one page per evaluation."""
     lines = []
     if (out / "gallery" / "index.html").exists():
-        lines.append("- Curation: [gallery of the curated shards](gallery/index.html) (filter by concept, added or named, "
-                     "right or wrong) and its [summary](gallery/summary.html).")
+        lines.append("- Curation: [gallery of the curated shards](gallery/index.html) (filter by concept, added or "
+                     "named, right or wrong) and its [summary](gallery/summary.html).")
     evaluations = [f"[{RUN_TITLES.get(m, m)}](runs/{m}/eval/index.html)" for m in modes
                    if (out / "runs" / m / "eval" / "index.html").exists()]
     if evaluations:

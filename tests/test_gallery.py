@@ -25,7 +25,7 @@ ROWS = 2 * 150 + 12
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Two world shards curated by a tiny random CLIP, plus a shard with a corrupt and a missing image; truth for all."""
+    """Two world shards curated by a tiny random CLIP, plus one with a corrupt and a missing image; truth for all."""
     from cocu.evaluation.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("gallery")
@@ -57,7 +57,8 @@ def read_data(gallery: Path) -> dict:
 
 
 def curated_rows(folder: Path) -> list[dict]:
-    return [row for path in sorted(folder.glob("*.parquet")) for row in pq.read_table(path).drop_columns(["jpg"]).to_pylist()]
+    return [row for path in sorted(folder.glob("*.parquet"))
+            for row in pq.read_table(path).drop_columns(["jpg"]).to_pylist()]
 
 
 def truth_of(folder: Path) -> dict[str, set[str]]:
@@ -77,7 +78,8 @@ def test_show_writes_every_card_as_curated_with_truth_marks(corpus, tmp_path):
     data = read_data(out)
     names = data["concepts"]
     rows, truth = curated_rows(corpus["curated"]), truth_of(corpus["truth"])
-    assert len(data["rows"]) == ROWS and data["truth"] and data["shards"] == ["00000.parquet", "00001.parquet", "odd.parquet"]
+    assert len(data["rows"]) == ROWS and data["truth"]
+    assert data["shards"] == ["00000.parquet", "00001.parquet", "odd.parquet"]
     for card, row in zip(data["rows"], rows, strict=True):
         key, caption, thumb, named, curated, scores, clusters, error, right, missed, _, _ = card
         assert key == row["key"] and caption == row["caption"] and error == row["cocu_error"]
@@ -169,7 +171,8 @@ def test_a_crash_keeps_the_previous_gallery_and_a_rerun_is_one_clean_run(corpus,
     assert len(read_data(out)["rows"]) == ROWS and not list(tmp_path.glob(".gallery.*"))
 
 
-def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, small_world, fitted_checkpoint):  # noqa: F811
+def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, small_world,
+                                                                  fitted_checkpoint):  # noqa: F811
     world, record = small_world
     out = tmp_path / "eval"
     result = runner.invoke(eval_app, ["seg", "--checkpoint", str(fitted_checkpoint), "--dataset", "synthetic", "--root",

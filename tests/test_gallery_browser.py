@@ -26,7 +26,8 @@ def chromium_path() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (it is in the test extra)")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (it is in the test extra)")
     executable = chromium_path()
     if executable is None:
         pytest.skip("no Chromium: install Debian's chromium (make test does, as root) or set COCU_CHROMIUM")
@@ -115,5 +116,6 @@ def test_summary_links_open_the_gallery_filtered(corpus, page, tmp_path):  # noq
     page.wait_for_selector("#grid .card")
     assert page.input_value("#concept") == concept and page.input_value("#origin") == "added"
     rows = curated_rows(corpus["curated"])
-    assert shown_count(page) == sum(concept in r["cocu_concepts"] and concept not in r["caption_concepts"] for r in rows)
+    added = [r for r in rows if concept in r["cocu_concepts"] and concept not in r["caption_concepts"]]
+    assert shown_count(page) == len(added)
     assert not page.locator(".chip.focus.named").count()

@@ -6,7 +6,8 @@
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
   const names = data.concepts;
   const ids = new Map(names.map((name, i) => [name, i]));
-  const controls = ["concept", "origin", "truth", "error", "sort"].map((id) => document.getElementById(id)).filter(Boolean);
+  const controls = ["concept", "origin", "truth", "error", "sort"]
+    .map((id) => document.getElementById(id)).filter(Boolean);
   const grid = document.getElementById("grid");
   let page = 0;
 
