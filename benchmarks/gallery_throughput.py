@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cocu.curation.shards import expand_shards, iter_batches
+from cocu.curation.shards import count_rows, expand_shards, iter_batches
 from cocu.evaluation.gallery import CURATED_COLUMNS, GalleryConfig, write_gallery
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,7 +33,20 @@ def read_only(curated: Path, batch_size: int) -> tuple[int, float]:
     return rows, time.perf_counter() - started
 
 
+def create_files(folder: Path, count: int, size: int) -> tuple[int, float]:
+    """What creating as many small files as a gallery's thumbnails costs on this file system right now."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    payload = os.urandom(size)
+    started = time.perf_counter()
+    for number in range(count):
+        (folder / f"{number:06d}.jpg").write_bytes(payload)
+    return count, time.perf_counter() - started
+
+
 def gallery(curated: Path, truth: Path | None, out: Path, config: GalleryConfig) -> tuple[int, float]:
+    """A fresh gallery: replacing one also deletes the old thumbnails, a cost of the file system, not measured here."""
+    shutil.rmtree(out, ignore_errors=True)
     summary = write_gallery(curated, out, truth, config)
     return summary.rows, summary.seconds
 
@@ -69,26 +82,33 @@ def main() -> None:
     parser.add_argument("--truth", type=Path)
     parser.add_argument("--limit", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per measurement")
+    parser.add_argument("--threads", type=int, default=GalleryConfig.threads, help="thumbnail writers")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} at the start")
     work = Path(tempfile.mkdtemp(prefix="cocu-gallery-bench-"))
     try:
         results: dict[str, tuple[int, float]] = {}
+        total = sum(count_rows(path) for path in expand_shards(args.curated))
+        plans = {
+            "read the shards (floor)": lambda: read_only(args.curated, 1024),
+            "create one 2.5 kB file per row (floor)": lambda: create_files(work / "files", total, 2500),
+            "cocu-curate show, 1 thumbnail thread": lambda: gallery(args.curated, args.truth, work / "g1",
+                                                                     GalleryConfig(limit=args.limit, threads=1)),
+            f"cocu-curate show, {args.threads} thumbnail threads": lambda: gallery(
+                args.curated, args.truth, work / "g", GalleryConfig(limit=args.limit, threads=args.threads)),
+            f"... thumbnails re-encoded (32 px), {args.threads} threads": lambda: gallery(
+                args.curated, args.truth, work / "g32", GalleryConfig(limit=args.limit, thumb_size=32,
+                                                                      threads=args.threads)),
+        }
         for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
-            for name, run in {
-                "read the shards (floor)": lambda: read_only(args.curated, 1024),
-                "cocu-curate show": lambda: gallery(args.curated, args.truth, work / "g",
-                                                    GalleryConfig(limit=args.limit)),
-                "cocu-curate show, thumbnails re-encoded": lambda: gallery(
-                    args.curated, args.truth, work / "g32", GalleryConfig(limit=args.limit, thumb_size=32)),
-            }.items():
+            for name, run in plans.items():
                 rows, seconds = run()
                 if name not in results or seconds < results[name][1]:
                     results[name] = (rows, seconds)
         floor = results["read the shards (floor)"][1]
-        print(f"{'measurement':45s} {'rows':>7s} {'s':>7s} {'rows/s':>8s} {'x floor time':>12s}")
+        print(f"{'measurement':48s} {'rows':>7s} {'s':>7s} {'rows/s':>8s} {'x read time':>11s}")
         for name, (rows, seconds) in results.items():
-            print(f"{name:45s} {rows:7d} {seconds:7.2f} {rows / seconds:8.0f} {seconds / floor:12.1f}")
+            print(f"{name:48s} {rows:7d} {seconds:7.2f} {rows / seconds:8.0f} {seconds / floor:11.1f}")
         size = sum(p.stat().st_size for p in (work / "g").rglob("*") if p.is_file())
         data = (work / "g" / "data.js").stat().st_size
         print(f"gallery folder: {size / 2**20:.1f} MiB, data.js {data / 2**20:.1f} MiB")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ class GalleryConfig:
     thumb_size: int = 128  # longest side of a thumbnail in pixels
     page_size: int = 60  # cards per page in the browser
     batch_size: int = 1024
+    threads: int = 4  # thumbnail writers
     top_concepts: int = 30  # concepts in the summary's "added most" chart and table
 
 
@@ -101,25 +104,38 @@ def thumbnail(data: bytes | None, size: int) -> tuple[bytes, str] | None:
 
 
 class Cards:
-    """The card data of the page: concepts as indices into one list, scores rounded, thumbnails on disk."""
+    """The card data of the page: concepts as indices into one list, scores rounded, thumbnails on disk.
 
-    def __init__(self, folder: Path, thumb_size: int, truth: dict[str, frozenset[str]] | None):
-        self.folder, self.thumb_size, self.truth = folder, thumb_size, truth
+    Thumbnails are made and written by a thread pool: decoding and file creation release the GIL, and on a
+    busy file system creating thousands of small files is what takes the time.
+    """
+
+    def __init__(self, folder: Path, thumb_size: int, truth: dict[str, frozenset[str]] | None, pool: Executor):
+        self.folder, self.thumb_size, self.truth, self.pool = folder, thumb_size, truth, pool
         self.concepts: dict[str, int] = {}
         self.rows: list[list[Any]] = []
 
     def _ids(self, names: Sequence[str]) -> list[int]:
         return [self.concepts.setdefault(name, len(self.concepts)) for name in names]
 
-    def add(self, row: dict[str, Any], shard: int, index: int) -> None:
-        number = len(self.rows)
-        thumb = thumbnail(row["jpg"], self.thumb_size)
-        path = None
-        if thumb is not None:
-            path = f"thumbs/{number // ROWS_PER_FOLDER:03d}/{number:06d}.{thumb[1]}"
-            target = self.folder / path
-            target.parent.mkdir(exist_ok=True)
-            target.write_bytes(thumb[0])
+    def _save_thumbnail(self, number: int, data: bytes | None) -> str | None:
+        thumb = thumbnail(data, self.thumb_size)
+        if thumb is None:
+            return None
+        path = f"thumbs/{number // ROWS_PER_FOLDER:03d}/{number:06d}.{thumb[1]}"
+        target = self.folder / path
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(thumb[0])
+        return path
+
+    def add(self, rows: Sequence[dict[str, Any]], shard: int, first: int) -> None:
+        """Cards for consecutive rows of one shard, the first of them at row ``first``."""
+        start = len(self.rows)
+        paths = self.pool.map(self._save_thumbnail, range(start, start + len(rows)), [row["jpg"] for row in rows])
+        for offset, (row, path) in enumerate(zip(rows, paths)):
+            self._add(row, path, shard, first + offset)
+
+    def _add(self, row: dict[str, Any], path: str | None, shard: int, index: int) -> None:
         named, curated = row["caption_concepts"] or [], row["cocu_concepts"] or []
         right = missed = None
         if self.truth is not None:
@@ -154,23 +170,23 @@ def write_gallery(curated: str | os.PathLike | Sequence[str | os.PathLike], out:
     for path in shards:  # every schema checked before anything is written
         check_schema(path, open_parquet(path).schema_arrow, CURATED_COLUMNS)
     answers = read_truth(truth) if truth is not None else None
-    limit = config.limit if config.limit is not None else float("inf")
-    with page_folder(out) as work:
+    limit = config.limit if config.limit is not None else sys.maxsize
+    with page_folder(out) as work, ThreadPoolExecutor(config.threads) as pool:
         (work / "thumbs").mkdir()
-        cards = Cards(work, config.thumb_size, answers)
+        cards = Cards(work, config.thumb_size, answers, pool)
         tally = CurationTally(answers is not None)
         for shard_number, path in enumerate(shards):
             columns = list(CURATED_COLUMNS) if len(cards.rows) < limit else [c for c in CURATED_COLUMNS if c != "jpg"]
             required = {name: CURATED_COLUMNS[name] for name in columns}
             number = 0
             for batch in iter_batches(path, config.batch_size, columns=columns, required=required):
-                for row in batch.to_pylist():
-                    _check_row(path, row, number, answers)
-                    present = answers[row["key"]] if answers is not None else None
-                    tally.update(row, present)
-                    if len(cards.rows) < limit:
-                        cards.add(row, shard_number, number)
-                    number += 1
+                rows = batch.to_pylist()
+                for offset, row in enumerate(rows):
+                    _check_row(path, row, number + offset, answers)
+                    tally.update(row, answers[row["key"]] if answers is not None else None)
+                if len(cards.rows) < limit:
+                    cards.add(rows[:limit - len(cards.rows)], shard_number, number)
+                number += len(rows)
         names = [path.name for path in shards]
         payload = cards.payload(config.page_size, names)
         (work / "data.js").write_text("window.COCU_GALLERY = " + json.dumps(payload, separators=(",", ":")) + ";\n")
