@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .html import write_page  # noqa: E402
 
@@ -123,6 +124,7 @@ def plot_per_image(tally: CurationTally, path: Path) -> None:
     for i, kind in enumerate(kinds):
         ax.bar(x + (i - (len(kinds) - 1) / 2) * width, [tally.per_image[kind][k] for k in x], width, label=kind)
     ax.set_xlabel("concepts per image")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("images")
     ax.set_title("Curated, added and caption concepts per image", fontsize=10)
     ax.legend(fontsize=8)
@@ -131,17 +133,20 @@ def plot_per_image(tally: CurationTally, path: Path) -> None:
 
 def plot_scores(tally: CurationTally, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
-    values = [v for kind in tally.scores.values() for v in kind]
-    bins = np.histogram_bin_edges(values, bins=40) if values else np.linspace(0, 1, 41)
+    values = np.array([v for kind in tally.scores.values() for v in kind])
+    # a near-zero mean similarity makes a few scores huge: the plot spans the 1st-99th percentile
+    low, high = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
+    high = max(high, low + 1e-3)
+    bins = np.linspace(low, high, 41)
     colours = {"named": NAMED, "added": "#e08e0b", "added, right": RIGHT, "added, wrong": WRONG}
     for kind, kept in tally.scores.items():
         if kept:
-            ax.hist(kept, bins=bins, histtype="step", linewidth=1.6, color=colours[kind],
+            ax.hist(np.clip(kept, low, high), bins=bins, histtype="step", linewidth=1.6, color=colours[kind],
                     label=f"{kind} ({len(kept):,})")
-    ax.set_xlabel("cocu score")
+    ax.set_xlabel("cocu score (1st to 99th percentile; the rest in the end bins)")
     ax.set_ylabel("concepts")
     ax.set_title("Scores of curated concepts", fontsize=10)
-    if values:
+    if len(values):
         ax.legend(fontsize=8)
     _save(fig, path)
 
