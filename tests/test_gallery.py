@@ -196,3 +196,15 @@ def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, smal
     assert shown.exit_code == 0 and (out / "index.html").read_text() == page
     missing = runner.invoke(eval_app, ["show", "--out", str(tmp_path / "nothing")])
     _one_line_error(missing, "metrics.json: no such file")
+
+
+def test_a_shard_whose_every_row_failed_still_gets_its_pages(corpus, tmp_path):
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    table = pq.read_table(corpus["curated"] / "odd.parquet")
+    pq.write_table(table.take([3, 7]), failed / "f.parquet")
+    result = show("--curated", str(failed), "--out", str(tmp_path / "gallery"))
+    assert result.exit_code == 0, result.output
+    assert "2 cards of 2 rows from 1 shard(s), 2 with cocu_error" in result.output
+    summary = (tmp_path / "gallery" / "summary.html").read_text()
+    assert "100.0% (2 of 2)" in summary and (tmp_path / "gallery" / "plots" / "scores.png").is_file()
