@@ -117,6 +117,28 @@ def enrich(
 
 
 @app.command()
+def show(
+    curated: list[str] = typer.Option(..., "--curated", help="Curated shards: glob, folder or file (repeat for more)."),
+    out: Path = typer.Option(..., help="Gallery folder to write (replaced whole; open OUT/index.html)."),
+    truth: Path = typer.Option(None, help="Truth sidecars of the synthetic world (WORLD/truth/train): mark each "
+                                          "added concept right or wrong."),
+    limit: int = typer.Option(50_000, min=1, help="Rows with a card (the summary counts every row)."),
+    thumb_size: int = typer.Option(128, min=16, help="Longest side of a thumbnail in pixels."),
+    page_size: int = typer.Option(60, min=1, help="Cards per page."),
+) -> None:
+    """Write a static HTML gallery of curated shards: thumbnails, captions, curated concepts, and a summary page."""
+    from cocu.curation.shards import ShardError
+    from cocu.evaluation.gallery import GalleryConfig, write_gallery
+
+    try:
+        config = GalleryConfig(limit=limit, thumb_size=thumb_size, page_size=page_size)
+        summary = write_gallery(curated, out, truth, config)
+    except (ShardError, ValueError, FileNotFoundError, FileExistsError, OSError) as err:
+        _fail(err)
+    typer.echo(summary.line())
+
+
+@app.command()
 def status(out: Path = typer.Option(..., help="An enrich output folder or a bank directory.")) -> None:
     """Say what is done in OUT: finished shards and their counts (from the per-shard manifests)."""
     folders = [out / "parts", out] if (out / "parts").is_dir() else [out]

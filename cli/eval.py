@@ -35,6 +35,7 @@ def seg(
     device: str = typer.Option("auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice); "
                                        "1 is faster on a busy shared CPU."),
+    html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU, overlays."),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
     from cocu.evaluation.datasets import DatasetError, open_dataset
@@ -70,10 +71,28 @@ def seg(
     record = {"checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
                              "model": getattr(config, "name", None)}, **record}
     metrics_path, table_path = write_report(record, out)
+    page = ""
+    if html:
+        from cocu.evaluation.eval_page import write_eval_page
+
+        page = f" | {write_eval_page(out)}"
     typer.echo(f"{data.name} [{settings.name}] {record['images']}/{record['split_size']} images: "
                f"mIoU {record['miou']}, pixel acc. {record['pixel_accuracy']}, {record['classes_counted']} classes counted, "
                f"{record['images_per_second']} images/s on {record['device']}, {record['overlays']} overlays | "
-               f"{metrics_path} | {table_path}")
+               f"{metrics_path} | {table_path}{page}")
+
+
+@app.command()
+def show(out: Path = typer.Option(..., help="A folder written by `cocu-eval seg` (metrics.json, overlays/).")) -> None:
+    """Write OUT/index.html from an evaluation's metrics.json and overlays: open it in a browser."""
+    from cocu.evaluation.eval_page import write_eval_page
+
+    try:
+        page = write_eval_page(out)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"evaluation page: {page}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train
 ``cocu-curate build-bank`` / ``enrich``, ``cocu-train fit``, ``cocu-eval seg``), in this order:
 
     world -> teacher CLIP -> bank (x2: cocu's and the release's concept prompts) -> enrich (cocu, release,
-    hybrid archive) -> curation quality -> GroupViT x (caption | cocu-cluster | cocu-top | oracle | release)
-    -> eval -> report
+    hybrid archive) -> curation quality -> gallery -> GroupViT x (caption | cocu-cluster | cocu-top | oracle |
+    release) -> eval -> report
 
 The ``release`` run trains on the top-3 of the authors' formula (``--formula release`` on the bank with their
-prompts); the others on cocu's curation. ``--curation-only`` stops after the curation-quality stage.
+prompts); the others on cocu's curation. ``--curation-only`` stops before the GroupViT trainings.
 
 The GroupViT runs train two at a time (``parallel_runs``), one torch thread each, their output in
 ``OUT/logs/`` and their progress echoed every 30 s. Each finished stage leaves a record under
@@ -238,6 +238,7 @@ def _tool(name: str) -> str:
 
 def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False,
                   curation_only: bool = False) -> Path:
+    from cocu.evaluation.eval_page import write_eval_page
     from cocu.evaluation.report import write_report
 
     out = out.resolve()
@@ -303,6 +304,9 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
 
     runner.run("quality", quality, {"enrich": enrich_params, "release": release_params, "hybrid": hybrid_params},
                items=w.train)
+    runner.run("gallery", [_tool("cocu-curate"), "show", "--curated", str(curated), "--out", str(out / "gallery"),
+                           "--truth", str(world / "truth" / "train")],
+               {"enrich": enrich_params}, items=w.train, unit="row")
     if curation_only:
         print(f"curation quality: {out / 'quality.json'}")
         return out / "quality.json"
@@ -337,6 +341,8 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
               flush=True)
     runner.side_by_side(train_and_evaluate, cfg.runs, lanes)
 
+    for mode in cfg.runs:  # one page per evaluation, beside its metrics.json and overlays
+        write_eval_page(out / "runs" / mode / "eval")
     examples = predict_examples(world, checkpoints, cfg.save_images)
     report = write_report(out, cfg, preset, runner.stages, time.perf_counter() - started, examples)
     print(f"report: {report}")
@@ -369,7 +375,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
     parser.add_argument("--curation-only", action="store_true",
-                        help="stop after the curation-quality stage (no GroupViT training, no report)")
+                        help="stop before the GroupViT trainings (curation, quality and gallery only; no report)")
     parser.add_argument("--in-process", action="store_true",
                         help="call each command's entry point in this interpreter instead of a new process (tests)")
     args = parser.parse_args(argv)

@@ -236,6 +236,19 @@ def _group_findings(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -> l
     return out
 
 
+def page_links(out: Path, modes: Sequence[str]) -> list[str]:
+    """Links to the HTML pages of this run that exist: the curation gallery and one page per evaluation."""
+    lines = []
+    if (out / "gallery" / "index.html").exists():
+        lines.append("- Curation: [gallery of the curated shards](gallery/index.html) (filter by concept, added or "
+                     "named, right or wrong) and its [summary](gallery/summary.html).")
+    evaluations = [f"[{RUN_TITLES.get(m, m)}](runs/{m}/eval/index.html)" for m in modes
+                   if (out / "runs" / m / "eval" / "index.html").exists()]
+    if evaluations:
+        lines.append(f"- Evaluation pages (metrics, per-class IoU, overlays): {', '.join(evaluations)}.")
+    return lines
+
+
 def write_report(out: Path, cfg: Any, preset: str, stages: Sequence[Any], total_seconds: float,
                  examples: dict[str, Any] | None = None) -> Path:
     world = _load(out / "world" / "world.json")
@@ -260,6 +273,10 @@ def write_report(out: Path, cfg: Any, preset: str, stages: Sequence[Any], total_
         "## Findings",
         "",
         *findings(runs, quality, world, zs),
+        "",
+        "## Pages to look at",
+        "",
+        *page_links(out, cfg.runs),
         "",
         "## Segmentation (zero-shot, synthetic val split)",
         "",

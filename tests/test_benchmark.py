@@ -33,12 +33,18 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
                   "train-caption", "eval-caption", "train-cocu-cluster"):
         assert f"| {stage} |" in throughput, stage
     assert "- `cocu-cluster` scores" in text
+    pages = text.split("## Pages to look at")[1].split("##")[0]
+    links = re.findall(r"\]\(([^)]+\.html)\)", pages)
+    assert links == ["gallery/index.html", "gallery/summary.html", "runs/caption/eval/index.html",
+                     "runs/cocu-cluster/eval/index.html"]
+    assert all((out / link).is_file() for link in links)
+    assert "| gallery | 400 |" in throughput
     capsys.readouterr()
 
     again = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    assert printed.count("done in an earlier run") == 12  # synth, teacher, 2 banks, 3 enrich, quality, 2 x train+eval
+    assert printed.count("done in an earlier run") == 13  # synth, teacher, 2 banks, 3 enrich, quality, gallery, 2 x 2
     assert "report:" in printed
 
 
