@@ -3,7 +3,7 @@
 Starting from ``release`` on a bank with the release's concept prompts, one departure is switched on at a time and
 the ranked lists are scored like every curator of the benchmark (``ranking_quality``); the last row is ``cocu``
 with all of them. The prompt template is a property of the bank, so its row ranks with the release formula on a
-bank built with cocu's template. The k-means departure (five greedy starts instead of one plain start, where the
+bank built with cocu's template. The k-means departure (ten greedy starts instead of one plain start, where the
 release called scikit-learn) is measured by its inertia against scikit-learn's on the same archives.
 """
 from __future__ import annotations
