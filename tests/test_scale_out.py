@@ -130,16 +130,6 @@ def test_array_tasks_then_finalize_equal_one_plain_run(reference, tmp_path):
 # ------------------------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local 2-CPU Ray cluster for the whole session (starting one costs seconds)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024 * 1024)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's stage functions travel by value
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_run_is_byte_identical_to_the_local_run(reference, ray_cluster, tmp_path):
     from cocu.curation.ray_executor import RayExecutor
@@ -171,6 +161,8 @@ def flaky(task: ShardTask, params, progress) -> dict[str, int]:
 
 def test_ray_retries_a_dead_actor_and_reports_what_keeps_failing(ray_cluster, tmp_path):
     from cocu.curation.ray_executor import RayExecutor
+
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's stage function travels by value
 
     names = ["die0", "ok1", "bad2", "ok3"]
     for name in names:
