@@ -11,6 +11,7 @@ Layout of ``BANK/``::
     index.faiss           inner-product FAISS index over the embeddings
     clip/<model>.json     the custom open_clip config, when the model used one
     parts/                per-shard embeddings (key, caption, embedding): the resumable embed stage
+    index_parts/          an IVF index while it is built (``index_build``): trained quantizer, filled parts
     build.json            digests of the finished assembly steps, so a rerun resumes where it stopped
 
 Building runs the per-shard embed stage through ``run_stage`` (skips finished shards), then the
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 from .clustering import ConceptGram
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
 from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
+from .index_build import build_index_in_parts, is_ivf
 from .placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from .ranking import Ragged, offsets_from_lengths, pair_similarities
 from .shards import ShardError, atomic_path, atomic_write_json, expand_shards, iter_batches, sha256_file, write_table
@@ -47,7 +49,7 @@ from .stage import ShardTask, StageSummary, is_done, params_digest, read_manifes
 BANK_FORMAT = 1
 MANIFEST, BUILD, VOCABULARY = "manifest.json", "build.json", "vocabulary.json"
 CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "embeddings.npy", "index.faiss"
-PARTS, CLIP_DIR = "parts", "clip"
+PARTS, CLIP_DIR, INDEX_PARTS = "parts", "clip", "index_parts"
 
 
 class BankError(ValueError):
@@ -254,8 +256,8 @@ class _Assembly:
         images_digest = self._step("images", {"concepts": concepts_digest, "parts": [s["part_sha256"] for s in self.sources]},
                                    self._images, [IMAGES, EMBEDDINGS])
         factory = self.config.factory or choose_factory(self._rows(), self._dim(), gpu=gpu_available())
-        index_digest = self._step("index", {"images": images_digest, "factory": factory, "seed": self.config.seed},
-                                  lambda: self._index(factory), [INDEX])
+        index_inputs = {"images": images_digest, "factory": factory, "seed": self.config.seed}
+        index_digest = self._step("index", index_inputs, lambda: self._index(factory, params_digest(index_inputs)), [INDEX])
         manifest = self._manifest(factory, index_digest)
         if _read_json(self.out / MANIFEST) != manifest:
             atomic_write_json(self.out / MANIFEST, manifest)
@@ -344,17 +346,23 @@ class _Assembly:
             _check_unique_keys(keys, self.sources)
         bar.close()
 
-    def _index(self, factory: str) -> None:
+    def _index(self, factory: str, digest: str) -> None:
+        """Flat in one go; IVF trained once and filled part by part in ``index_parts/``, so a crash resumes."""
         vectors = np.load(self.out / EMBEDDINGS, mmap_mode="r")
         bar = tqdm(total=len(vectors), unit="vec", unit_scale=True, desc=f"index {factory}", disable=not self.progress, dynamic_ncols=True)
         try:
-            index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
+            if is_ivf(factory):
+                index = build_index_in_parts(vectors, factory, self.out / INDEX_PARTS, digest, seed=self.config.seed,
+                                             progress=bar.update)
+            else:
+                index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
         except RuntimeError as err:
             raise BankError(f"index factory '{factory}' failed for {len(vectors)} x {vectors.shape[1]} vectors: "
                             f"{_last_line(err)}") from None
         finally:
             bar.close()
         write_index(index, self.out / INDEX)
+        shutil.rmtree(self.out / INDEX_PARTS, ignore_errors=True)
 
     def _rows(self) -> int:
         return sum(s["embedded"] for s in self.sources)

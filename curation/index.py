@@ -87,9 +87,8 @@ def training_size(factory: str, rows: int) -> int:
     return min(rows, max(64 * int(match.group(1)) if match else 0, 100_000))
 
 
-def build_index(vectors: np.ndarray, factory: str, seed: int = 0, chunk: int = 65536, use_gpu: bool | None = None,
-                progress: Callable[[int], None] | None = None) -> faiss.Index:
-    """Train (on a seeded sample) and fill an inner-product index from float16/float32 rows, a chunk at a time."""
+def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: bool | None = None) -> faiss.Index:
+    """An empty index of ``factory``, trained on a seeded sample of ``vectors``; IVF k-means on the GPUs when present."""
     rows, dim = vectors.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
@@ -98,9 +97,21 @@ def build_index(vectors: np.ndarray, factory: str, seed: int = 0, chunk: int = 6
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
+        clustering = None  # held here: SWIG does not keep the Python object alive through the attribute
         if (gpu_available() if use_gpu is None else use_gpu) and ivf is not None:
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+            clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+            ivf.clustering_index = clustering
         index.train(train)
+        if clustering is not None:
+            ivf.clustering_index = None
+    return index
+
+
+def build_index(vectors: np.ndarray, factory: str, seed: int = 0, chunk: int = 65536, use_gpu: bool | None = None,
+                progress: Callable[[int], None] | None = None) -> faiss.Index:
+    """Train (on a seeded sample) and fill an inner-product index from float16/float32 rows, a chunk at a time."""
+    rows = len(vectors)
+    index = trained_index(vectors, factory, seed, use_gpu)
     for start in range(0, rows, chunk):
         index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
         if progress is not None:
