@@ -93,7 +93,9 @@ def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: boo
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         sample = np.sort(np.random.default_rng(seed).choice(rows, size=training_size(factory, rows), replace=False))
-        train = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+        train = np.empty((len(sample), dim), np.float32)  # filled a chunk at a time: no float16 copy of the sample
+        for start in range(0, len(sample), 65536):
+            train[start:start + 65536] = vectors[sample[start:start + 65536]]
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
