@@ -119,8 +119,8 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
     text = rng.standard_normal((args.vocab, vectors.shape[1]), dtype=np.float32)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     concepts = synthetic_concepts(rng, len(vectors), args.vocab, 3.0)
-    sims = np.concatenate([pair_similarities(concepts.take(np.arange(s, min(s + CHUNK, len(vectors)))),
-                                             np.asarray(vectors[s:s + CHUNK]), text) for s in range(0, len(vectors), CHUNK)])
+    chunks = [np.arange(s, min(s + CHUNK, len(vectors))) for s in range(0, len(vectors), CHUNK)]
+    sims = np.concatenate([pair_similarities(concepts.take(c), np.asarray(vectors[c[0]:c[-1] + 1]), text) for c in chunks])
     names = pa.array([f"concept{i:05d}" for i in range(args.vocab)])
     bank = Bank(folder, {"bank_id": "bench"}, None, names, text, concepts, sims, pa.array([], pa.string()), vectors,
                 searcher)
@@ -195,8 +195,9 @@ def table(records: list[dict]) -> str:
              f"recall@{records[0].get('k', 8)} | exact search s | enrich img/s | IVF search img/s | enrich / search | "
              "query peak RSS GiB |", "|" + "---|" * 14]
     for r in records:
-        lines.append(f"| {r['rows']:,} | `{r['factory']}` | {r['train_s']:.0f} | {r['add_parts_s']:.0f} | {r['merge_s']:.1f} | "
-                     f"{r['write_s']:.1f} | {r['build_peak_rss_gib']:.2f} | {r['index_gib']:.2f} | {r['recall_at_k']:.3f} | "
+        lines.append(f"| {r['rows']:,} | `{r['factory']}` | {r['train_s']:.0f} | {r['add_parts_s']:.0f} | "
+                     f"{r['merge_s']:.1f} | {r['write_s']:.1f} | {r['build_peak_rss_gib']:.2f} | {r['index_gib']:.2f} | "
+                     f"{r['recall_at_k']:.3f} | "
                      f"{r['exact_s']:.0f} | {r['enrich_img_s']:.0f} | {r['search_img_s']:.0f} | "
                      f"{r['enrich_over_search']:.2f} | {r['query_peak_rss_gib']:.2f} |")
     return "\n".join(lines)
@@ -213,7 +214,7 @@ def main() -> None:
     parser.add_argument("--anchors", type=int, default=4096, help="corpus rows curated for the enrich/search ratio")
     parser.add_argument("--vocab", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None, help="where the vectors and indexes go (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where vectors and indexes go (default: a temp dir)")
     parser.add_argument("--phase", choices=["generate", "build", "query"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)

@@ -177,7 +177,8 @@ def main() -> None:
             print(f"no GPU was seen (torch.cuda.is_available() is False); {os.cpu_count()} CPU cores: "
                   "measuring the CPU-safe parts, and the GPU rows once with tiny configs as a CPU smoke", flush=True)
             shard = synthetic_shard(Path(root) / "images.parquet", 128, 256)
-            rows += clip_rows(shard, 128, 32, min(2, args.workers), "cpu", "ViT-B-16", "CPU: CLIP ViT-B-16 224 px", decode_only=True)
+            rows += clip_rows(shard, 128, 32, min(2, args.workers), "cpu", "ViT-B-16", "CPU: CLIP ViT-B-16 224 px",
+                              decode_only=True)
             smoke = synthetic_shard(Path(root) / "smoke.parquet", 16, 256)
             rows += clip_rows(smoke, 16, 8, 1, "cpu", "ViT-B-16", "CPU smoke: CLIP ViT-B-16")[1:]
             rows.append(faiss_row(100_000, 1000, gpu=False))

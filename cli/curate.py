@@ -63,11 +63,12 @@ def build_bank(
     workers: int = typer.Option(None, min=1, help="Shards embedded in parallel, each worker with a model and its own "
                                 "GPU (default: one per visible GPU, else 1; with Ray: per GPU, else per CPU)."),
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-    executor: Executor = typer.Option(Executor.local, help="local: processes on this machine; ray: actors on a Ray cluster."),
+    executor: Executor = typer.Option(Executor.local, help="local: processes here; ray: actors on a Ray cluster."),
     ray_address: str = typer.Option(None, help="Ray cluster to join (auto or HOST:PORT; default: start a local one)."),
     shard_index: int = typer.Option(None, min=0, help="Array task: embed only shards index, index+n, ... "
                                     "(default: $SLURM_ARRAY_TASK_ID when set)."),
-    num_shards: int = typer.Option(None, min=1, help="Array task: the number n of tasks (default: $SLURM_ARRAY_TASK_COUNT)."),
+    num_shards: int = typer.Option(None, min=1, help="Array task: the number n of tasks "
+                                   "(default: $SLURM_ARRAY_TASK_COUNT)."),
     finalize: bool = typer.Option(False, help="Embed nothing: build the bank from the parts the array tasks wrote."),
 ) -> None:
     """Embed the images of SHARDS with a CLIP, mine their caption concepts and build the FAISS bank in OUT."""
@@ -113,11 +114,12 @@ def enrich(
     workers: int = typer.Option(None, min=1, help="Shards curated in parallel, each worker on its own GPU "
                                 "(default: one per visible GPU, else 1; with Ray: per GPU, else per CPU)."),
     device: str = typer.Option(None, help="cuda or cpu for embedding images not in the bank."),
-    executor: Executor = typer.Option(Executor.local, help="local: processes on this machine; ray: actors on a Ray cluster."),
+    executor: Executor = typer.Option(Executor.local, help="local: processes here; ray: actors on a Ray cluster."),
     ray_address: str = typer.Option(None, help="Ray cluster to join (auto or HOST:PORT; default: start a local one)."),
     shard_index: int = typer.Option(None, min=0, help="Array task: curate only shards index, index+n, ... "
                                     "(default: $SLURM_ARRAY_TASK_ID when set)."),
-    num_shards: int = typer.Option(None, min=1, help="Array task: the number n of tasks (default: $SLURM_ARRAY_TASK_COUNT)."),
+    num_shards: int = typer.Option(None, min=1, help="Array task: the number n of tasks "
+                                   "(default: $SLURM_ARRAY_TASK_COUNT)."),
 ) -> None:
     """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
     from cocu.curation.bank import BankError

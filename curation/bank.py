@@ -44,7 +44,8 @@ from .index_build import build_index_in_parts, is_ivf
 from .placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from .ranking import Ragged, offsets_from_lengths, pair_similarities
 from .shards import ShardError, atomic_path, atomic_write_json, expand_shards, iter_batches, sha256_file, write_table
-from .stage import ShardTask, StageSummary, is_done, params_digest, read_manifest, run_stage, tool_version, worker_threads
+from .stage import (ShardTask, StageSummary, is_done, params_digest, read_manifest, run_stage, tool_version,
+                    worker_threads)
 
 BANK_FORMAT = 1
 MANIFEST, BUILD, VOCABULARY = "manifest.json", "build.json", "vocabulary.json"
@@ -257,7 +258,8 @@ class _Assembly:
                                    self._images, [IMAGES, EMBEDDINGS])
         factory = self.config.factory or choose_factory(self._rows(), self._dim(), gpu=gpu_available())
         index_inputs = {"images": images_digest, "factory": factory, "seed": self.config.seed}
-        index_digest = self._step("index", index_inputs, lambda: self._index(factory, params_digest(index_inputs)), [INDEX])
+        index_digest = self._step("index", index_inputs, lambda: self._index(factory, params_digest(index_inputs)),
+                                  [INDEX])
         manifest = self._manifest(factory, index_digest)
         if _read_json(self.out / MANIFEST) != manifest:
             atomic_write_json(self.out / MANIFEST, manifest)

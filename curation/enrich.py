@@ -137,9 +137,10 @@ def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | o
     workers = default_workers(config.device) if workers is None else workers
     if executor is not None and not wants_gpu(config.device):
         executor = replace(executor, num_gpus=0.0)
-    return run_stage("enrich", part.take(tasks), enrich_shard, config.output_params(manifest["bank_id"]), workers=workers,
-                     progress=progress, initializer=_init_worker, initargs=(str(bank_path), config, workers),
-                     devices=worker_devices(workers, config.device), executor=executor)
+    return run_stage("enrich", part.take(tasks), enrich_shard, config.output_params(manifest["bank_id"]),
+                     workers=workers, progress=progress, initializer=_init_worker,
+                     initargs=(str(bank_path), config, workers), devices=worker_devices(workers, config.device),
+                     executor=executor)
 
 
 def _check_distinct_targets(tasks: list[ShardTask]) -> None:

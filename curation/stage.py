@@ -199,7 +199,8 @@ def _timed(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progre
 _progress_queue: Any = None
 
 
-def _worker_init(progress_queue: Any, initializer: Callable[..., None] | None, initargs: tuple, device_queue: Any) -> None:
+def _worker_init(progress_queue: Any, initializer: Callable[..., None] | None, initargs: tuple,
+                 device_queue: Any) -> None:
     global _progress_queue
     _progress_queue = progress_queue
     if device_queue is not None:  # before the initializer loads a model: it must see only its own GPU

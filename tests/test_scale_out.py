@@ -96,7 +96,7 @@ def reference(tmp_path_factory):
     config = BankConfig(model=MODEL, pretrained=str(checkpoint), batch_size=32, decode_workers=0, min_count=3)
     assert build_bank(root / "world" / "train", root / "bank", config, progress=False).ok
     assert enrich(root / "bank", root / "world" / "train", root / "out", EnrichConfig(batch_size=16), progress=False).ok
-    return {"root": root, "shards": root / "world" / "train", "config": config, "bank": root / "bank", "out": root / "out"}
+    return {"shards": root / "world" / "train", "config": config, "bank": root / "bank", "out": root / "out"}
 
 
 def same_files(a: Path, b: Path, names) -> None:
@@ -135,7 +135,8 @@ def test_ray_run_is_byte_identical_to_the_local_run(reference, ray_cluster, tmp_
     from cocu.curation.ray_executor import RayExecutor
 
     bank, out = tmp_path / "bank", tmp_path / "out"
-    summary = build_bank(reference["shards"], bank, reference["config"], progress=False, executor=RayExecutor(workers=2))
+    summary = build_bank(reference["shards"], bank, reference["config"], progress=False,
+                         executor=RayExecutor(workers=2))
     assert summary.ok and summary.embed.done == SHARDS
     same_files(bank, reference["bank"], BANK_FILES)
     same_files(bank / "parts", reference["bank"] / "parts", data_files(reference["bank"] / "parts"))
@@ -162,7 +163,7 @@ def flaky(task: ShardTask, params, progress) -> dict[str, int]:
 def test_ray_retries_a_dead_actor_and_reports_what_keeps_failing(ray_cluster, tmp_path):
     from cocu.curation.ray_executor import RayExecutor
 
-    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's stage function travels by value
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # its stage function travels by value
 
     names = ["die0", "ok1", "bad2", "ok3"]
     for name in names:
