@@ -87,12 +87,17 @@ def training_size(factory: str, rows: int) -> int:
     return min(rows, max(64 * int(match.group(1)) if match else 0, 100_000))
 
 
-def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: bool | None = None) -> faiss.Index:
-    """An empty index of ``factory``, trained on a seeded sample of ``vectors``; IVF k-means on the GPUs when present."""
+def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: bool | None = None,
+                  train_rows: int | None = None) -> faiss.Index:
+    """An empty index of ``factory``, trained on a seeded sample of ``vectors``; IVF k-means on the GPUs when present.
+
+    ``train_rows`` overrides the sample size (``training_size``), e.g. to bound k-means time on a CPU.
+    """
     rows, dim = vectors.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        sample = np.sort(np.random.default_rng(seed).choice(rows, size=training_size(factory, rows), replace=False))
+        size = training_size(factory, rows) if train_rows is None else min(rows, train_rows)
+        sample = np.sort(np.random.default_rng(seed).choice(rows, size=size, replace=False))
         train = np.empty((len(sample), dim), np.float32)  # filled a chunk at a time: no float16 copy of the sample
         for start in range(0, len(sample), 65536):
             train[start:start + 65536] = vectors[sample[start:start + 65536]]

@@ -39,7 +39,7 @@ def is_ivf(factory: str) -> bool:
 
 
 def build_index_in_parts(vectors: np.ndarray, factory: str, workdir: str | Path, digest: str, seed: int = 0,
-                         part_rows: int = PART_ROWS, use_gpu: bool | None = None,
+                         part_rows: int = PART_ROWS, use_gpu: bool | None = None, train_rows: int | None = None,
                          progress: Callable[[int], None] | None = None) -> faiss.Index:
     """The IVF index of ``vectors`` (float16/float32 rows, e.g. a memmap), resuming from ``workdir``.
 
@@ -48,10 +48,10 @@ def build_index_in_parts(vectors: np.ndarray, factory: str, workdir: str | Path,
     """
     workdir = Path(workdir)
     _start_or_resume(workdir, {"digest": digest, "factory": factory, "seed": seed, "part_rows": part_rows,
-                               "rows": len(vectors)})
+                               "rows": len(vectors), "train_rows": train_rows})
     trained_file = workdir / "trained.faiss"
     if not trained_file.exists():
-        write_index(trained_index(vectors, factory, seed, use_gpu), trained_file)
+        write_index(trained_index(vectors, factory, seed, use_gpu, train_rows), trained_file)
     starts = range(0, len(vectors), part_rows)
     for number, start in enumerate(starts):
         part_file = workdir / f"part-{number:05d}.faiss"
