@@ -91,8 +91,9 @@ class RayExecutor:
                     actor = actor_class.remote(initializer, initargs)
                 if retry:
                     queue.append(task)
-                else:
-                    finish(task, cause)
+                else:  # one line for the summary, however long Ray's own message is
+                    finish(task, cause if isinstance(cause, ShardError) else
+                           RuntimeError(f"failed {attempts[task]} time(s), last: {_first_line(cause)}"))
             else:
                 finish(task, outcome)
                 _report_rows(task, progress)

@@ -172,7 +172,8 @@ def test_ray_retries_a_dead_actor_and_reports_what_keeps_failing(ray_cluster, tm
     tasks = [ShardTask(tmp_path / f"{n}.src", tmp_path / "out" / f"{n}.txt") for n in names]
     summary = run_stage("flaky", tasks, flaky, {}, progress=False, executor=RayExecutor(workers=2, max_retries=2))
     assert summary.done == 3 and len(summary.failures) == 1
-    assert "bad2.src" in summary.failures[0] and "the disk said no" in summary.failures[0]
+    assert "bad2.src" in summary.failures[0] and "failed 3 time(s), last: the disk said no" in summary.failures[0]
+    assert "\n" not in summary.failures[0]
     tries = {n: int((tmp_path / "out" / f"{n}.tries").read_text()) for n in names}
     assert tries == {"die0": 2, "ok1": 1, "bad2": 3, "ok3": 1}
     assert (tmp_path / "out" / "die0.txt").read_text() == "die0"
