@@ -57,7 +57,7 @@ def build(folder: Path, factory: str, seed: int, part_rows: int, max_train_rows:
     """``index_build`` as build-bank runs it; train time is until the first rows are added (one chunk of 65k late).
 
     The k-means sample is the bank's (64 per list) capped at ``max_train_rows``: on 2 CPU cores k-means is
-    the one step whose cost grows with lists x sample, and the cap keeps a 4 M run within an hour.
+    the one step whose cost grows with lists x sample; the cap (2^18 by default) keeps a 4 M run within half an hour.
     """
     from cocu.curation.index import training_size, write_index
     from cocu.curation.index_build import build_index_in_parts
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--part-rows", type=int, default=1 << 20)
-    parser.add_argument("--max-train-rows", type=int, default=1 << 20, help="cap on the k-means sample")
+    parser.add_argument("--max-train-rows", type=int, default=1 << 18, help="cap on the k-means sample")
     parser.add_argument("--queries", type=int, default=1000, help="fresh queries for recall against exact search")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--anchors", type=int, default=4096, help="corpus rows curated for the enrich/search ratio")
