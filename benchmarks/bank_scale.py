@@ -119,6 +119,15 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
     exact_s = time.perf_counter() - started
     _, found = searcher.search(fresh, args.k)
     recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(found.tolist(), exact.tolist())]))
+    sweep = {}
+    for nprobe in (256, 1024):  # what more probing buys, and costs, on this index
+        wider = Searcher(read_index(folder / "index.faiss"), SearchParams(nprobe=nprobe))
+        t = time.perf_counter()
+        _, found = wider.search(fresh, args.k)
+        sweep[f"recall_at_k_nprobe{nprobe}"] = float(np.mean([len(set(a) & set(b)) / args.k
+                                                              for a, b in zip(found.tolist(), exact.tolist())]))
+        sweep[f"queries_s_nprobe{nprobe}"] = args.queries / (time.perf_counter() - t)
+        del wider
 
     started = time.perf_counter()
     text = rng.standard_normal((args.vocab, vectors.shape[1]), dtype=np.float32)
@@ -158,7 +167,7 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
                 search_rate = max(search_rate, rate)
             else:
                 enrich_rate = max(enrich_rate, rate)
-    return {"recall_at_k": recall, "exact_s": exact_s, "bank_tables_s": tables_s, "search_img_s": search_rate,
+    return {"recall_at_k": recall, **sweep, "exact_s": exact_s, "bank_tables_s": tables_s, "search_img_s": search_rate,
             "enrich_img_s": enrich_rate, "enrich_over_search": enrich_rate / search_rate,
             "nprobe": default_nprobe(args.factory)}
 
