@@ -20,7 +20,7 @@ def serialized(index: faiss.Index) -> bytes:
 
 
 @pytest.mark.parametrize("factory, rows", [("IVF32,SQ8", 12000), ("IVF32_HNSW32,Flat", 12000),
-                                           ("OPQ4_16,IVF16,PQ4x4", 3000)])  # OPQ's own training is slow: fewer rows
+                                           pytest.param("OPQ4_16,IVF16,PQ4x4", 3000, marks=pytest.mark.slow)])
 def test_parts_merged_are_the_index_of_one_add(vectors, factory, rows, tmp_path):
     one = build_index(vectors[:rows], factory, seed=5)
     parts = build_index_in_parts(vectors[:rows], factory, tmp_path / "work", "digest", seed=5, part_rows=rows // 3 + 1)
