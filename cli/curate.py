@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -20,6 +21,26 @@ app = typer.Typer(help="Concept curation (CoCu): build-bank embeds and indexes a
 def _fail(err: Exception) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(1)
+
+
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def _executor(kind: Executor, address: str | None, workers: int | None):
+    """None for the local process pool; a RayExecutor (the ``ray`` extra) for a Ray cluster."""
+    if kind is Executor.local:
+        if address is not None:
+            raise typer.BadParameter("--ray-address needs --executor ray")
+        return None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise typer.BadParameter("--executor ray needs Ray: pip install 'cocu[ray]'") from None
+    from cocu.curation.ray_executor import RayExecutor
+
+    return RayExecutor(address=address, workers=workers)
 
 
 @app.command("build-bank")
@@ -41,12 +62,21 @@ def build_bank(
     ef_search: int = typer.Option(None, help="Default HNSW efSearch at search time (stored in the manifest)."),
     batch_size: int = typer.Option(256, min=1, help="Images per model batch."),
     decode_workers: int = typer.Option(None, min=0, help="Image decoding processes per worker (default: spare cores)."),
-    workers: int = typer.Option(1, min=1, help="Shards embedded in parallel (processes, each with a model)."),
+    workers: int = typer.Option(None, min=1, help="Shards embedded in parallel, each worker with a model and its own "
+                                "GPU (default: one per visible GPU, else 1; with Ray: per GPU, else per CPU)."),
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    executor: Executor = typer.Option(Executor.local, help="local: processes here; ray: actors on a Ray cluster."),
+    ray_address: str = typer.Option(None, help="Ray cluster to join (auto or HOST:PORT; default: start a local one)."),
+    shard_index: int = typer.Option(None, min=0, help="Array task: embed only shards index, index+n, ... "
+                                    "(default: $SLURM_ARRAY_TASK_ID when set)."),
+    num_shards: int = typer.Option(None, min=1, help="Array task: the number n of tasks "
+                                   "(default: $SLURM_ARRAY_TASK_COUNT)."),
+    finalize: bool = typer.Option(False, help="Embed nothing: build the bank from the parts the array tasks wrote."),
 ) -> None:
     """Embed the images of SHARDS with a CLIP, mine their caption concepts and build the FAISS bank in OUT."""
     from cocu.curation.bank import BankConfig, BankError
     from cocu.curation.bank import build_bank as build
+    from cocu.curation.placement import ShardSlice, shard_slice
     from cocu.curation.shards import ShardError
 
     try:
@@ -55,7 +85,9 @@ def build_bank(
                             vocabulary=str(vocabulary) if vocabulary else None, min_count=min_count, max_words=max_words,
                             user_concepts=user, template=template, factory=index_factory, nprobe=nprobe, ef_search=ef_search,
                             batch_size=batch_size, decode_workers=decode_workers, device=device)
-        summary = build(shards, out, config, workers=workers)
+        part = ShardSlice() if finalize else shard_slice(shard_index, num_shards)
+        summary = build(shards, out, config, workers=workers, executor=_executor(executor, ray_address, workers),
+                        part=part, finalize=finalize)
     except (ShardError, BankError, ValueError, FileNotFoundError, OSError) as err:
         _fail(err)
     for failure in summary.embed.failures:
@@ -88,14 +120,22 @@ def enrich(
     batch_size: int = typer.Option(1024, min=1, help="Images per search/ranking batch."),
     embed_batch_size: int = typer.Option(256, min=1, help="Images per model batch (images not in the bank)."),
     decode_workers: int = typer.Option(None, min=0, help="Image decoding processes per worker (default: spare cores)."),
-    workers: int = typer.Option(1, min=1, help="Shards curated in parallel (processes)."),
+    workers: int = typer.Option(None, min=1, help="Shards curated in parallel, each worker on its own GPU "
+                                "(default: one per visible GPU, else 1; with Ray: per GPU, else per CPU)."),
     device: str = typer.Option(None, help="cuda or cpu for embedding images not in the bank."),
+    executor: Executor = typer.Option(Executor.local, help="local: processes here; ray: actors on a Ray cluster."),
+    ray_address: str = typer.Option(None, help="Ray cluster to join (auto or HOST:PORT; default: start a local one)."),
+    shard_index: int = typer.Option(None, min=0, help="Array task: curate only shards index, index+n, ... "
+                                    "(default: $SLURM_ARRAY_TASK_ID when set)."),
+    num_shards: int = typer.Option(None, min=1, help="Array task: the number n of tasks "
+                                   "(default: $SLURM_ARRAY_TASK_COUNT)."),
 ) -> None:
     """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
     from cocu.curation.bank import BankError
     from cocu.curation.bank import read_bank_manifest
     from cocu.curation.enrich import EnrichConfig, summary_line, template_note
     from cocu.curation.enrich import enrich as run
+    from cocu.curation.placement import shard_slice
     from cocu.curation.shards import ShardError
 
     config = EnrichConfig(neighbors=neighbors, top_k=top_k, clusters=clusters, seed=seed, nprobe=nprobe, ef_search=ef_search,
@@ -106,7 +146,8 @@ def enrich(
         note = template_note(read_bank_manifest(bank), formula)
         if note:
             typer.echo(note, err=True)
-        summary = run(bank, shards, out, config, workers=workers)
+        summary = run(bank, shards, out, config, workers=workers, executor=_executor(executor, ray_address, workers),
+                      part=shard_slice(shard_index, num_shards))
     except (ShardError, BankError, ValueError, FileNotFoundError, OSError) as err:
         _fail(err)
     for failure in summary.failures:

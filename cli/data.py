@@ -72,6 +72,12 @@ class Preset(str, Enum):
     cc12m = "cc12m"
 
 
+class Distributor(str, Enum):
+    multiprocessing = "multiprocessing"
+    pyspark = "pyspark"
+    ray = "ray"
+
+
 @app.command()
 def download(
     url_list: Path = typer.Argument(..., help="URL + caption list: a tsv/csv/parquet/jsonl/json file (optionally .gz) or a folder of them."),
@@ -91,6 +97,10 @@ def download(
     timeout: int = typer.Option(10, min=1, help="Seconds before a URL counts as failed."),
     retries: int = typer.Option(0, min=0, help="Extra tries per failed URL."),
     overwrite: bool = typer.Option(False, help="Delete OUT first instead of resuming after its finished shards."),
+    distributor: Distributor = typer.Option(Distributor.multiprocessing, help="How img2dataset spreads shards: "
+                                            "processes here, a pyspark session, or a Ray cluster."),
+    ray_address: Optional[str] = typer.Option(None, help="With --distributor ray: the cluster (auto or HOST:PORT; "
+                                              "default: a local one)."),
 ) -> None:
     """Download images with img2dataset into Parquet shards; rerun the same command to resume."""
     from cocu.curation.ingest import PRESETS, DownloadConfig, DownloadInterrupted, IngestError
@@ -107,7 +117,7 @@ def download(
                          extra_columns=tuple(extra_col), image_size=image_size, resize_mode=resize_mode,
                          resize_only_if_bigger=resize_only_if_bigger, processes_count=processes_count,
                          thread_count=thread_count, number_sample_per_shard=shard_size, timeout=timeout,
-                         retries=retries, overwrite=overwrite)
+                         retries=retries, overwrite=overwrite, distributor=distributor.value, ray_address=ray_address)
     try:
         summary = run_download(url_list, out, cfg)
     except (ShardError, IngestError) as err:

@@ -11,6 +11,7 @@ Layout of ``BANK/``::
     index.faiss           inner-product FAISS index over the embeddings
     clip/<model>.json     the custom open_clip config, when the model used one
     parts/                per-shard embeddings (key, caption, embedding): the resumable embed stage
+    index_parts/          an IVF index while it is built (``index_build``): trained quantizer, filled parts
     build.json            digests of the finished assembly steps, so a rerun resumes where it stopped
 
 Building runs the per-shard embed stage through ``run_stage`` (skips finished shards), then the
@@ -26,7 +27,7 @@ import shutil
 import time
 from functools import cached_property
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,17 @@ from tqdm.auto import tqdm
 from .clustering import ConceptGram
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
 from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
+from .index_build import build_index_in_parts, is_ivf
+from .placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from .ranking import Ragged, local_floor, offsets_from_lengths, pair_similarities
 from .shards import ShardError, atomic_path, atomic_write_json, expand_shards, iter_batches, sha256_file, write_table
-from .stage import ShardTask, StageSummary, params_digest, read_manifest, run_stage, tool_version, worker_threads
+from .stage import (ShardTask, StageSummary, is_done, params_digest, read_manifest, run_stage, tool_version,
+                    worker_threads)
 
 BANK_FORMAT = 1
 MANIFEST, BUILD, VOCABULARY = "manifest.json", "build.json", "vocabulary.json"
 CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "embeddings.npy", "index.faiss"
-PARTS, CLIP_DIR = "parts", "clip"
+PARTS, CLIP_DIR, INDEX_PARTS = "parts", "clip", "index_parts"
 
 
 class BankError(ValueError):
@@ -84,6 +88,7 @@ class BankSummary:
     factory: str = ""
     steps_run: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    part: ShardSlice = ShardSlice()
 
     @property
     def ok(self) -> bool:
@@ -92,6 +97,9 @@ class BankSummary:
     def line(self) -> str:
         if not self.ok:
             return f"bank {self.path}: NOT built, {len(self.embed.failures)} shard(s) failed; fix them and rerun (finished shards are kept)"
+        if not self.part.whole:
+            return (f"bank {self.path}: {self.part.describe()} embedded; when every task is done, run build-bank "
+                    f"--finalize to build the bank")
         steps = ", ".join(self.steps_run) if self.steps_run else "none (up to date)"
         return (f"bank {self.path}: {self.rows} images indexed ({self.undecodable} rows with a missing or undecodable image left out), "
                 f"{self.concepts} concepts, index {self.factory}; steps run: {steps}; {self.seconds:.1f}s")
@@ -162,8 +170,14 @@ def part_name(source: Path) -> str:
 # ---------------------------------------------------------------------------------------------- build
 
 def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, config: BankConfig,
-               workers: int = 1, progress: bool = True) -> BankSummary:
-    """Embed the shards, mine the vocabulary, embed the concept prompts, assemble the tables and the index."""
+               workers: int | None = None, progress: bool = True, executor: Any = None,
+               part: ShardSlice = ShardSlice(), finalize: bool = False) -> BankSummary:
+    """Embed the shards, mine the vocabulary, embed the concept prompts, assemble the tables and the index.
+
+    ``workers`` None is one per visible GPU (one without). ``executor`` runs the embed stage elsewhere
+    (``RayExecutor``). A ``part`` of an array job embeds its slice of the shards only; ``finalize`` then
+    embeds nothing and runs the global steps once every shard's part is there.
+    """
     from .concepts import resolve_template
 
     started = time.perf_counter()
@@ -174,11 +188,19 @@ def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str
     tasks = [ShardTask(src, out / PARTS / part_name(src)) for src in sources]
     settings = {"model": config.model, "pretrained": config.pretrained, "model_config": config.model_config,
                 "device": config.device, "batch_size": config.batch_size, "decode_workers": config.decode_workers}
-    cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here, once
-    embed = run_stage("embed", tasks, _embed_part, {"model": spec.to_dict()}, workers=workers, progress=progress,
-                      initializer=_init_embed_worker, initargs=(settings, workers))
-    summary = BankSummary(out, embed)
-    if not embed.ok:
+    embed_params = {"model": spec.to_dict()}
+    if finalize:
+        embed = _check_parts_done(tasks, embed_params)
+    else:
+        cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here, once
+        workers = default_workers(config.device) if workers is None else workers
+        if executor is not None and not wants_gpu(config.device):
+            executor = replace(executor, num_gpus=0.0)
+        embed = run_stage("embed", part.take(tasks), _embed_part, embed_params, workers=workers, progress=progress,
+                          initializer=_init_embed_worker, initargs=(settings, workers),
+                          devices=worker_devices(workers, config.device), executor=executor)
+    summary = BankSummary(out, embed, part=part)
+    if not embed.ok or not part.whole:
         return summary
     _init_embed_worker(settings, 1)
     builder = _Assembly(out, config, spec, tasks, progress)
@@ -187,6 +209,18 @@ def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str
     summary.rows, summary.undecodable = manifest["rows"], manifest["undecodable"]
     summary.concepts, summary.factory = manifest["vocabulary"]["size"], manifest["index"]["factory"]
     summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _check_parts_done(tasks: list[ShardTask], params: dict[str, Any]) -> StageSummary:
+    """The embed stage as the array tasks left it: every part must be there, made from its shard as it is now."""
+    summary = StageSummary("embed")
+    digest = params_digest({"stage": "embed", **params})
+    missing = [task for task in tasks if not is_done(task, digest)]
+    if missing:
+        raise BankError(f"{missing[0].source}: not embedded yet ({len(missing)} of {len(tasks)} shard(s) missing or "
+                        f"changed); run the array tasks (or build-bank without --finalize) first")
+    summary.skipped = len(tasks)
     return summary
 
 
@@ -226,8 +260,9 @@ class _Assembly:
         images_digest = self._step("images", {"concepts": concepts_digest, "parts": [s["part_sha256"] for s in self.sources]},
                                    self._images, [IMAGES, EMBEDDINGS])
         factory = self.config.factory or choose_factory(self._rows(), self._dim(), gpu=gpu_available())
-        index_digest = self._step("index", {"images": images_digest, "factory": factory, "seed": self.config.seed},
-                                  lambda: self._index(factory), [INDEX])
+        index_inputs = {"images": images_digest, "factory": factory, "seed": self.config.seed}
+        index_digest = self._step("index", index_inputs, lambda: self._index(factory, params_digest(index_inputs)),
+                                  [INDEX])
         manifest = self._manifest(factory, index_digest)
         if _read_json(self.out / MANIFEST) != manifest:
             atomic_write_json(self.out / MANIFEST, manifest)
@@ -317,17 +352,23 @@ class _Assembly:
             _check_unique_keys(keys, self.sources)
         bar.close()
 
-    def _index(self, factory: str) -> None:
+    def _index(self, factory: str, digest: str) -> None:
+        """Flat in one go; IVF trained once and filled part by part in ``index_parts/``, so a crash resumes."""
         vectors = np.load(self.out / EMBEDDINGS, mmap_mode="r")
         bar = tqdm(total=len(vectors), unit="vec", unit_scale=True, desc=f"index {factory}", disable=not self.progress, dynamic_ncols=True)
         try:
-            index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
+            if is_ivf(factory):
+                index = build_index_in_parts(vectors, factory, self.out / INDEX_PARTS, digest, seed=self.config.seed,
+                                             progress=bar.update)
+            else:
+                index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
         except RuntimeError as err:
             raise BankError(f"index factory '{factory}' failed for {len(vectors)} x {vectors.shape[1]} vectors: "
                             f"{_last_line(err)}") from None
         finally:
             bar.close()
         write_index(index, self.out / INDEX)
+        shutil.rmtree(self.out / INDEX_PARTS, ignore_errors=True)
 
     def _template(self) -> tuple[str, bool]:
         from .concepts import resolve_template

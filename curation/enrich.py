@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .bank import Bank, check_bank_model, read_bank_manifest, set_worker_threads
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
 from .concepts import TEMPLATES
+from .placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from .ranking import FORMULAS, Formula, Ragged, anchor_first, exclude_self, offsets_from_lengths, rank
 from .shards import ShardError, ShardWriter, expand_shards, iter_batches, open_parquet
 from .stage import ShardTask, StageSummary, run_stage
@@ -151,8 +152,13 @@ def _bank() -> Bank:
 
 
 def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
-           config: EnrichConfig = EnrichConfig(), workers: int = 1, progress: bool = True) -> StageSummary:
-    """Curate every shard into ``out/<shard name>`` (skipping shards already done with this bank and parameters)."""
+           config: EnrichConfig = EnrichConfig(), workers: int | None = None, progress: bool = True,
+           executor: Any = None, part: ShardSlice = ShardSlice()) -> StageSummary:
+    """Curate every shard into ``out/<shard name>`` (skipping shards already done with this bank and parameters).
+
+    ``workers`` None is one per visible GPU (one without), each pinned to its own; ``executor`` runs the
+    shards elsewhere (``RayExecutor``); ``part`` is an array task's slice of the shards.
+    """
     bank_path = Path(bank)
     manifest = read_bank_manifest(bank_path)
     check_bank_model(bank_path, manifest, config.model, config.pretrained)
@@ -160,8 +166,13 @@ def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | o
     sources = expand_shards(shards)
     tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
     _check_distinct_targets(tasks)
-    return run_stage("enrich", tasks, enrich_shard, config.output_params(manifest["bank_id"]), workers=workers,
-                     progress=progress, initializer=_init_worker, initargs=(str(bank_path), config, workers))
+    workers = default_workers(config.device) if workers is None else workers
+    if executor is not None and not wants_gpu(config.device):
+        executor = replace(executor, num_gpus=0.0)
+    return run_stage("enrich", part.take(tasks), enrich_shard, config.output_params(manifest["bank_id"]),
+                     workers=workers, progress=progress, initializer=_init_worker,
+                     initargs=(str(bank_path), config, workers), devices=worker_devices(workers, config.device),
+                     executor=executor)
 
 
 def template_note(manifest: dict[str, Any], formula: str) -> str | None:

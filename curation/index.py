@@ -87,20 +87,38 @@ def training_size(factory: str, rows: int) -> int:
     return min(rows, max(64 * int(match.group(1)) if match else 0, 100_000))
 
 
-def build_index(vectors: np.ndarray, factory: str, seed: int = 0, chunk: int = 65536, use_gpu: bool | None = None,
-                progress: Callable[[int], None] | None = None) -> faiss.Index:
-    """Train (on a seeded sample) and fill an inner-product index from float16/float32 rows, a chunk at a time."""
+def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: bool | None = None,
+                  train_rows: int | None = None) -> faiss.Index:
+    """An empty index of ``factory``, trained on a seeded sample of ``vectors``; IVF k-means on the GPUs when present.
+
+    ``train_rows`` overrides the sample size (``training_size``), e.g. to bound k-means time on a CPU.
+    """
     rows, dim = vectors.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        sample = np.sort(np.random.default_rng(seed).choice(rows, size=training_size(factory, rows), replace=False))
-        train = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+        size = training_size(factory, rows) if train_rows is None else min(rows, train_rows)
+        sample = np.sort(np.random.default_rng(seed).choice(rows, size=size, replace=False))
+        train = np.empty((len(sample), dim), np.float32)  # filled a chunk at a time: no float16 copy of the sample
+        for start in range(0, len(sample), 65536):
+            train[start:start + 65536] = vectors[sample[start:start + 65536]]
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
+        clustering = None  # held here: SWIG does not keep the Python object alive through the attribute
         if (gpu_available() if use_gpu is None else use_gpu) and ivf is not None:
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+            clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+            ivf.clustering_index = clustering
         index.train(train)
+        if clustering is not None:
+            ivf.clustering_index = None
+    return index
+
+
+def build_index(vectors: np.ndarray, factory: str, seed: int = 0, chunk: int = 65536, use_gpu: bool | None = None,
+                progress: Callable[[int], None] | None = None) -> faiss.Index:
+    """Train (on a seeded sample) and fill an inner-product index from float16/float32 rows, a chunk at a time."""
+    rows = len(vectors)
+    index = trained_index(vectors, factory, seed, use_gpu)
     for start in range(0, rows, chunk):
         index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
         if progress is not None:

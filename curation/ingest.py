@@ -38,6 +38,7 @@ from .stage import Progress, ShardTask, StageSummary, run_stage
 # Column order of the official header-less TSVs (groupvit.md §7.4, img2dataset's dataset_examples).
 PRESETS: dict[str, tuple[str, ...]] = {"cc3m": ("caption", "url"), "cc12m": ("url", "caption")}
 LIST_FORMATS = ("csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet")
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")  # img2dataset's ways of spreading shards over workers
 # img2dataset arguments that cocu fixes: changing them would break the data contract or the resume.
 OWN_ARGUMENTS = ("url_list", "output_folder", "output_format", "encode_format", "incremental_mode")
 INPUT_DIR = "_input"  # header-bearing copies of header-less lists; a subfolder, so img2dataset's *.json glob ignores it
@@ -64,6 +65,8 @@ class DownloadConfig:
     retries: int = 0
     extra_columns: tuple[str, ...] = ()  # input columns carried into the shards (img2dataset's save_additional_columns)
     overwrite: bool = False  # start from an empty output folder instead of resuming
+    distributor: str = "multiprocessing"  # img2dataset's: multiprocessing, pyspark (a session is made if none) or ray
+    ray_address: str | None = None  # with distributor "ray": the cluster to join (None: the running one, else a local one)
     disallowed_header_directives: list[str] | None = None  # None: img2dataset's opt-out default; [] turns it off
     img2dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # any other img2dataset.download argument
 
@@ -125,6 +128,8 @@ def download(url_list: str | os.PathLike, out: str | os.PathLike, config: Downlo
     clash = sorted(set(cfg.img2dataset_kwargs) & set(OWN_ARGUMENTS))
     if clash:
         raise ValueError(f"img2dataset_kwargs may not set {', '.join(clash)}: cocu fixes them to keep the data contract")
+    if cfg.distributor not in DISTRIBUTORS:
+        raise ValueError(f"distributor '{cfg.distributor}' is not one of {', '.join(DISTRIBUTORS)}")
     out = Path(out).absolute()
     source = Path(url_list).absolute()
     fmt = cfg.input_format or _infer_format(source)
@@ -139,19 +144,31 @@ def download(url_list: str | os.PathLike, out: str | os.PathLike, config: Downlo
     previous = _read_stats(out)
     started = time.perf_counter()
     if expected is None or not set(range(expected)) <= set(previous):  # else every shard is done: nothing to start
+        if cfg.distributor == "ray":
+            _connect_ray(cfg.ray_address)
         _run_img2dataset(dict(
             url_list=str(source), output_folder=str(out), output_format="parquet", input_format=fmt,
             url_col=cfg.url_col, caption_col=cfg.caption_col, save_additional_columns=list(cfg.extra_columns) or None,
             image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
             encode_format="jpg", encode_quality=cfg.encode_quality, processes_count=cfg.processes_count,
             thread_count=cfg.thread_count, number_sample_per_shard=cfg.number_sample_per_shard, timeout=cfg.timeout,
-            retries=cfg.retries, incremental_mode="incremental", enable_wandb=False,
+            retries=cfg.retries, incremental_mode="incremental", enable_wandb=False, distributor=cfg.distributor,
             disallowed_header_directives=cfg.disallowed_header_directives, **cfg.img2dataset_kwargs,
         ), _StatsWatcher(out, previous, total, progress))
     summary = summarize(out, set(previous))
     summary.shards_expected = expected
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _connect_ray(address: str | None) -> None:
+    """img2dataset's Ray distributor uses whatever cluster this process is connected to."""
+    try:
+        import ray
+    except ImportError:
+        raise IngestError("distributor 'ray' needs Ray: pip install 'cocu[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
 
 
 def _run_img2dataset(kwargs: dict[str, Any], watcher: "_StatsWatcher") -> None:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +161,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete temporaries left by a killed writer; returns how many were removed."""
+def remove_stale_temporaries(directory: str | os.PathLike, owners: Collection[str] | None = None) -> int:
+    """Delete temporaries left by a killed writer; returns how many were removed.
+
+    With ``owners`` (final file names), only their temporaries go: the array tasks of one job share an
+    output folder, and one task must not delete the files another is still writing.
+    """
     removed = 0
     for tmp in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        if owners is not None and tmp.name[1:].rsplit(".", 2)[0] not in owners:
+            continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed

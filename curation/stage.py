@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .placement import pin_to_device
 from .shards import ShardError, atomic_write_json, count_rows, manifest_path, remove_stale_temporaries, sha256_file
 
 Progress = Callable[[int], None]
@@ -131,18 +132,23 @@ def run_stage(
     progress: bool = True,
     initializer: Callable[..., None] | None = None,
     initargs: tuple = (),
+    devices: Sequence[str] | None = None,
+    executor: Any = None,
 ) -> StageSummary:
     """Run ``fn`` on every task not already done; a failing shard is reported, the others go on.
 
     ``fn`` must be a module-level function (it is sent to worker processes) that writes
     ``task.target`` atomically and returns counts; it calls ``progress(n)`` after each batch.
+    ``devices`` pins parallel worker ``i`` to GPU ``devices[i]`` (``placement.worker_devices``);
+    ``executor`` (e.g. ``ray_executor.RayExecutor``) runs the pending shards elsewhere instead of here.
     """
     started = time.perf_counter()
     digest = params_digest({"stage": stage, **params})
     summary = StageSummary(stage)
+    owners = {name for task in tasks for name in (task.target.name, task.manifest.name)}
     for directory in {task.target.parent for task in tasks}:
         if directory.exists():
-            remove_stale_temporaries(directory)
+            remove_stale_temporaries(directory, owners)  # this run's files only: other array tasks may be writing
     pending = []
     for task in tasks:
         if is_done(task, digest):
@@ -167,7 +173,9 @@ def run_stage(
         summary.counts.update(counts)
         bar.set_postfix_str(f"shards {summary.done + summary.skipped}/{len(tasks)}", refresh=False)
 
-    if workers <= 1 or len(pending) <= 1:
+    if executor is not None:
+        executor.run(pending, fn, params, bar.update, finish, initializer, initargs)
+    elif workers <= 1 or len(pending) <= 1:
         if initializer is not None:
             initializer(*initargs)
         for task in pending:
@@ -176,7 +184,7 @@ def run_stage(
             except Exception as err:  # one bad shard must not stop the others
                 finish(task, err)
     else:
-        _run_parallel(pending, fn, params, workers, bar, finish, initializer, initargs)
+        _run_parallel(pending, fn, params, workers, bar, finish, initializer, initargs, devices)
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -191,9 +199,12 @@ def _timed(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progre
 _progress_queue: Any = None
 
 
-def _worker_init(progress_queue: Any, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+def _worker_init(progress_queue: Any, initializer: Callable[..., None] | None, initargs: tuple,
+                 device_queue: Any) -> None:
     global _progress_queue
     _progress_queue = progress_queue
+    if device_queue is not None:  # before the initializer loads a model: it must see only its own GPU
+        pin_to_device(device_queue.get())
     if initializer is not None:
         initializer(*initargs)
 
@@ -202,12 +213,18 @@ def _worker_run(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any]) -
     return _timed(fn, task, params, _progress_queue.put)
 
 
-def _run_parallel(pending, fn, params, workers, bar, finish, initializer, initargs) -> None:
+def _run_parallel(pending, fn, params, workers, bar, finish, initializer, initargs, devices=None) -> None:
     context = mp.get_context("spawn")  # fork after torch/faiss threads have started can deadlock
+    workers = min(workers, len(pending))
     with context.Manager() as manager:
         progress_queue = manager.Queue()
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
-                                 initializer=_worker_init, initargs=(progress_queue, initializer, initargs)) as pool:
+        device_queue = None
+        if devices:
+            device_queue = manager.Queue()
+            for slot in range(workers):  # one per worker process, each started once
+                device_queue.put(devices[slot % len(devices)])
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                                 initargs=(progress_queue, initializer, initargs, device_queue)) as pool:
             futures: dict[Future, ShardTask] = {pool.submit(_worker_run, fn, task, params): task for task in pending}
             while futures:
                 finished, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)

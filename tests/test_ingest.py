@@ -192,6 +192,20 @@ def test_list_with_header_passes_through_with_extra_columns(server, tmp_path):
     assert validate_shard(tmp_path / "out" / "00000.parquet") == 4
 
 
+def test_ray_distributor_downloads_the_same_shards(server, ray_cluster, tmp_path):
+    rows = [(f"{server.url}/img/{i}.jpg", f"caption {i}") for i in range(6)]
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,caption\n" + "".join(f"{u},{c}\n" for u, c in rows))
+    config = DownloadConfig(processes_count=2, thread_count=4, timeout=TIMEOUT, image_size=16, number_sample_per_shard=3,
+                            distributor="ray")
+    summary = download(urls, tmp_path / "out", config, progress=False)
+    assert (summary.successes, summary.shards, summary.shards_expected, summary.shards_failed) == (6, 2, 2, 0)
+    table = pq.read_table([tmp_path / "out" / "00000.parquet", tmp_path / "out" / "00001.parquet"])
+    assert sorted(zip(table["url"].to_pylist(), table["caption"].to_pylist())) == sorted(rows)
+    with pytest.raises(ValueError, match="distributor 'dask' is not one of multiprocessing, pyspark, ray"):
+        download(urls, tmp_path / "other", DownloadConfig(distributor="dask"), progress=False)
+
+
 @pytest.mark.parametrize("content, message", [
     ("link\tcaption\nhttp://x/1.jpg\tone\n", "missing column 'url' (has: link, caption)"),
     ("http://x/1.jpg\tone\n", "header-less list needs --preset"),
