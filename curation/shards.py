@@ -11,7 +11,7 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,33 @@ def _check_keys(path, keys: list[str | None], start: int, seen: set[str]) -> Non
         seen.add(key)
 
 
+def decode_text(column: pa.Array | pa.ChunkedArray) -> tuple[list[str | None], list[int]]:
+    """A string column as Python strings; values that are not valid UTF-8 become None and their positions are returned.
+
+    Parquet readers do not check UTF-8, so one bad caption would otherwise fail a whole shard at ``to_pylist``.
+    """
+    try:
+        return column.to_pylist(), []
+    except UnicodeDecodeError:
+        pass
+    values: list[str | None] = []
+    bad: list[int] = []
+    for position, raw in enumerate(column.cast(pa.binary()).to_pylist()):
+        try:
+            values.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            values.append(None)
+            bad.append(position)
+    return values, bad
+
+
 def validate_shard(path: str | os.PathLike, batch_size: int = 4096) -> int:
-    """Read a whole shard once (keys and schema only) and return its row count."""
+    """Read a whole shard once and return its row count: schema, keys (unique, non-empty) and captions (UTF-8)."""
     rows = 0
-    for batch in iter_batches(path, batch_size=batch_size, columns=["key"]):
+    for batch in iter_batches(path, batch_size=batch_size, columns=["key", "caption"]):
+        _, bad = decode_text(batch.column("caption"))
+        if bad:
+            raise ShardError(path, "caption is not valid UTF-8", row=rows + bad[0])
         rows += batch.num_rows
     return rows
 
@@ -139,9 +162,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block completes."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(target)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -150,6 +171,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _create_temporary(target: Path) -> Path:
+    """An empty new file beside ``target``, created with mode 0666 so the umask decides who may read the output
+    (``tempfile.mkstemp`` would make every output 0600)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
