@@ -92,6 +92,8 @@ class GroupViTCLI(LightningCLI):
         parser.add_lightning_class_args(GroupViTCheckpoint, "checkpoint")
         # A fresh run in a used folder replaces last.ckpt (Lightning would write last-v1.ckpt beside the old
         # one, and `--ckpt_path last` or an evaluation would then pick up the stale run).
+        # checkpoints renamed into place from beside their target, loaded as plain data (see AtomicCheckpointIO)
+        parser.set_defaults({"trainer.plugins": {"class_path": f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"}})
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
                              "checkpoint.every_n_train_steps": 500, "checkpoint.enable_version_counter": False})
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     # args=None lets LightningCLI read sys.argv itself (passing both makes it warn)
     try:
         GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
-                    trainer_defaults={"callbacks": [FitSummary()], "plugins": [AtomicCheckpointIO()]},
+                    trainer_defaults={"callbacks": [FitSummary()]},
                     parser_kwargs={"description": __doc__})
     except (ShardError, CheckpointError) as err:  # bad input: one line naming the file, no traceback
         print(f"error: {err}", file=sys.stderr)

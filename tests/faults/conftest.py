@@ -1,0 +1,39 @@
+"""Fixtures of the hardening and fault-injection tests: a small world, a tiny CLIP, a bank built from them."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from faultkit import MODEL, SHARD_ROWS, SHARDS, add_curated_columns, save_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def faults_world(tmp_path_factory) -> dict[str, Path]:
+    """A 3 x 40-row world, a tiny CLIP, a bank built from the world, and a curated copy for fit."""
+    from cocu.curation.bank import BankConfig, build_bank
+    from cocu.evaluation.synthetic import WorldConfig, generate_world
+
+    root = tmp_path_factory.mktemp("faults")
+    generate_world(root / "world", WorldConfig(train=SHARDS * SHARD_ROWS, teacher=0, val=0, shard_size=SHARD_ROWS),
+                   progress=False)
+    checkpoint = save_tiny_clip(root / "ckpt")
+    summary = build_bank(root / "world" / "train", root / "bank",
+                         BankConfig(model=MODEL, pretrained=str(checkpoint), min_count=2, batch_size=16, decode_workers=0),
+                         progress=False)
+    assert summary.ok, summary.embed.failures
+    curated = root / "curated"
+    curated.mkdir()
+    for path in sorted((root / "world" / "train").glob("*.parquet")):
+        add_curated_columns(path, curated / path.name)
+    return {"root": root, "world": root / "world", "train": root / "world" / "train", "bank": root / "bank",
+            "checkpoint": checkpoint, "curated": curated}
+
+
+@pytest.fixture
+def bank_copy(faults_world, tmp_path) -> Path:
+    """A private copy of the bank that a test may damage."""
+    return Path(shutil.copytree(faults_world["bank"], tmp_path / "bank"))
+
+
