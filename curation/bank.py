@@ -45,7 +45,8 @@ from .clip import ClipModel, ModelSpec, load_clip, model_spec
 from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
 from .ranking import Ragged, offsets_from_lengths, pair_similarities
 from .locking import folder_lock
-from .shards import ShardError, atomic_path, atomic_write_json, decode_text, expand_shards, iter_batches, sha256_file, write_table
+from .shards import (ShardError, atomic_path, atomic_write_json, check_keys_across_shards, decode_text, expand_shards,
+                     iter_batches, sha256_file, write_table)
 from .stage import ShardTask, StageSummary, params_digest, read_manifest, run_stage, tool_version, worker_threads
 
 BANK_FORMAT = 2  # 2: images.parquet holds each image's sha256, so enrich reuses an embedding only for the same image
@@ -392,32 +393,6 @@ def _beside_checkpoint(config: BankConfig) -> Path | None:
         candidate = Path(config.pretrained).parent / f"{config.model}.json"
         return candidate if candidate.is_file() else None
     return None
-
-
-def check_keys_across_shards(sources: Sequence[Path]) -> None:
-    """Refuse a corpus whose shards share a key, reading only the key columns.
-
-    A shard that cannot be read is skipped here; the embed stage reports it with the others.
-    """
-    keys: list[pa.Array] = []
-    readable: list[Path] = []
-    for source in sources:
-        try:
-            keys.append(pa.concat_arrays([b.column("key") for b in iter_batches(source, 65536, ["key"], check_keys=False)]
-                                         or [pa.array([], pa.string())]).cast(pa.string()))
-            readable.append(source)
-        except ShardError:
-            continue
-    everything = pa.chunked_array(keys, pa.string())
-    if len(everything) == 0 or pc.count_distinct(everything).as_py() == len(everything):
-        return
-    counts = pc.value_counts(everything)
-    duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-    where = [(path, pc.index(k, duplicate).as_py()) for path, k in zip(readable, keys) if pc.any(pc.equal(k, duplicate)).as_py()]
-    if len(where) < 2:
-        return  # a duplicate inside one shard: the embed stage names it with its row
-    (first, _), (second, row) = where[0], where[1]
-    raise ShardError(second, f"key '{duplicate}' is also in {first}; keys must be unique across the corpus", row=row)
 
 
 def _file_record(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 REQUIRED_COLUMNS: dict[str, tuple[pa.DataType, ...]] = {
@@ -147,6 +148,32 @@ def validate_shard(path: str | os.PathLike, batch_size: int = 4096) -> int:
             raise ShardError(path, "caption is not valid UTF-8", row=rows + bad[0])
         rows += batch.num_rows
     return rows
+
+
+def check_keys_across_shards(sources: Sequence[Path]) -> None:
+    """Refuse a corpus whose shards share a key, reading only the key columns.
+
+    A shard that cannot be read is skipped here; the embed stage reports it with the others.
+    """
+    keys: list[pa.Array] = []
+    readable: list[Path] = []
+    for source in sources:
+        try:
+            keys.append(pa.concat_arrays([b.column("key") for b in iter_batches(source, 65536, ["key"], check_keys=False)]
+                                         or [pa.array([], pa.string())]).cast(pa.string()))
+            readable.append(source)
+        except ShardError:
+            continue
+    everything = pa.chunked_array(keys, pa.string())
+    if len(everything) == 0 or pc.count_distinct(everything).as_py() == len(everything):
+        return
+    counts = pc.value_counts(everything)
+    duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    where = [(path, pc.index(k, duplicate).as_py()) for path, k in zip(readable, keys) if pc.any(pc.equal(k, duplicate)).as_py()]
+    if len(where) < 2:
+        return  # a duplicate inside one shard: the embed stage names it with its row
+    (first, _), (second, row) = where[0], where[1]
+    raise ShardError(second, f"key '{duplicate}' is also in {first}; keys must be unique across the corpus", row=row)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

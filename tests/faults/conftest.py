@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import MODEL, SHARD_ROWS, SHARDS, add_curated_columns, save_tiny_clip
+from faultkit import MODEL, SHARD_ROWS, SHARDS, TRIAL_RESULTS, add_curated_columns, save_tiny_clip, trial_table
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After the kill trials: the table of trials per stage (identical / differing reruns)."""
+    results = config.stash.get(TRIAL_RESULTS, [])
+    if results:
+        terminalreporter.section("kill trials (SIGKILL of the process group, then a rerun)")
+        for line in trial_table(results):
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

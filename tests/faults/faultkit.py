@@ -5,10 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 MODEL = "cocu-faults-tiny"
 TINY = {"embed_dim": 32,
@@ -90,3 +92,27 @@ def data_files(folder: Path) -> dict[str, bytes]:
 
 def temporaries(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*.tmp"))
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One kill trial: where the kill landed, whether the process was still running, what differed after the rerun."""
+
+    stage: str
+    trial: int
+    moment: float
+    killed: bool
+    differences: list[str] = field(default_factory=list)
+
+
+TRIAL_RESULTS = pytest.StashKey[list]()
+
+
+def trial_table(results: list[TrialResult]) -> list[str]:
+    """The closing table: per stage, trials run, how many kills landed mid-run, identical and differing reruns."""
+    lines = [f"{'stage':<24} {'trials':>6} {'killed':>6} {'identical':>9} {'differing':>9}"]
+    for stage in dict.fromkeys(r.stage for r in results):
+        rows = [r for r in results if r.stage == stage]
+        same = sum(not r.differences for r in rows)
+        lines.append(f"{stage:<24} {len(rows):>6} {sum(r.killed for r in rows):>6} {same:>9} {len(rows) - same:>9}")
+    return lines
