@@ -6,15 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import MODEL, SHARD_ROWS, SHARDS, TRIAL_RESULTS, add_curated_columns, save_tiny_clip, trial_table
+from faultkit import (MATRIX_RESULTS, MODEL, SHARD_ROWS, SHARDS, TRIAL_RESULTS, add_curated_columns, matrix_table,
+                      save_tiny_clip, trial_table)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """After the kill trials: the table of trials per stage (identical / differing reruns)."""
+    """The table of kill trials per stage (identical / differing reruns) and the bad-input matrix."""
     results = config.stash.get(TRIAL_RESULTS, [])
     if results:
         terminalreporter.section("kill trials (SIGKILL of the process group, then a rerun)")
         for line in trial_table(results):
+            terminalreporter.write_line(line)
+    cells = config.stash.get(MATRIX_RESULTS, [])
+    if cells:
+        terminalreporter.section("bad-input matrix (case, stage, exit code, first error line or summary)")
+        for line in matrix_table(cells):
             terminalreporter.write_line(line)
 
 

@@ -116,3 +116,20 @@ def trial_table(results: list[TrialResult]) -> list[str]:
         same = sum(not r.differences for r in rows)
         lines.append(f"{stage:<24} {len(rows):>6} {sum(r.killed for r in rows):>6} {same:>9} {len(rows) - same:>9}")
     return lines
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    """One cell of the bad-input matrix: what a stage answered to a damaged input."""
+
+    case: str
+    stage: str
+    exit_code: int
+    message: str
+
+
+MATRIX_RESULTS = pytest.StashKey[list]()
+
+
+def matrix_table(results: list[MatrixResult]) -> list[str]:
+    return [f"{r.case:<30} {r.stage:<10} exit {r.exit_code}  {r.message[:150]}" for r in results]

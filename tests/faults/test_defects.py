@@ -23,7 +23,7 @@ from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.shards import ShardError, write_table
 from cocu.evaluation.synthetic import WorldConfig, generate_world
 
-from faultkit import MODEL, add_curated_columns, cli_env, data_files, fit_args
+from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, cli_env, data_files, fit_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,7 +97,7 @@ def test_7_fit_says_one_line_for_a_bad_shard(faults_world, tmp_path, argv, capsy
         "caption_concepts, cocu_scores, cocu_clusters, cocu_error)"]
 
 
-def test_7_fit_says_one_line_for_a_corrupt_last_checkpoint(faults_world, tmp_path, argv, capsys):
+def test_7_fit_says_one_line_for_a_corrupt_last_checkpoint(faults_world, tmp_path, argv, capsys, request):
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 half a zip")
@@ -105,6 +105,7 @@ def test_7_fit_says_one_line_for_a_corrupt_last_checkpoint(faults_world, tmp_pat
         train_main(fit_args(faults_world["curated"], tmp_path, 2, "--ckpt_path", "last"))
     assert exit_.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
+    request.config.stash.setdefault(MATRIX_RESULTS, []).append(MatrixResult("corrupt last.ckpt", "fit", 1, lines[0]))
     assert len(lines) == 1 and lines[0].startswith(f"error: {last}: not a loadable checkpoint")
 
 
@@ -234,7 +235,7 @@ def add_curated_columns_raw(source: Path, target: Path) -> None:
 # ------------------------------------------------------------------------------------------- 8, 9, 10
 
 
-def test_8_a_second_run_on_the_same_output_folder_is_refused_in_one_line(faults_world, tmp_path):
+def test_8_a_second_run_on_the_same_output_folder_is_refused_in_one_line(faults_world, tmp_path, request):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cocu.curation.locking import folder_lock\n"
                                f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
@@ -246,6 +247,8 @@ def test_8_a_second_run_on_the_same_output_folder_is_refused_in_one_line(faults_
     finally:
         holder.kill()
         holder.wait()
+    request.config.stash.setdefault(MATRIX_RESULTS, []).append(
+        MatrixResult("two runs, one --out", "enrich", result.exit_code, result.stderr.strip()))
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {out}: in use by another cocu run (pid {holder.pid}); wait for it to finish or choose another output folder"]
