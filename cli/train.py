@@ -90,10 +90,10 @@ class GroupViTCLI(LightningCLI):
                             help="Intra-op CPU threads for the training process (default: torch's choice). On a small "
                                  "CPU shared with loader workers, fewer threads than cores avoids OpenMP spin-waits.")
         parser.add_lightning_class_args(GroupViTCheckpoint, "checkpoint")
-        # A fresh run in a used folder replaces last.ckpt (Lightning would write last-v1.ckpt beside the old
-        # one, and `--ckpt_path last` or an evaluation would then pick up the stale run).
         # checkpoints renamed into place from beside their target, loaded as plain data (see AtomicCheckpointIO)
         parser.set_defaults({"trainer.plugins": {"class_path": f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"}})
+        # A fresh run in a used folder replaces last.ckpt (Lightning would write last-v1.ckpt beside the old
+        # one, and `--ckpt_path last` or an evaluation would then pick up the stale run).
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
                              "checkpoint.every_n_train_steps": 500, "checkpoint.enable_version_counter": False})
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
@@ -136,9 +136,21 @@ def main(argv: list[str] | None = None) -> None:
         GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
                     trainer_defaults={"callbacks": [FitSummary()]},
                     parser_kwargs={"description": __doc__})
-    except (ShardError, CheckpointError) as err:  # bad input: one line naming the file, no traceback
-        print(f"error: {err}", file=sys.stderr)
+    except (ShardError, CheckpointError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
+        line = str(err) if not isinstance(err, RuntimeError) else _loader_shard_error(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _loader_shard_error(err: RuntimeError) -> str | None:
+    """The one line of a ShardError raised in a DataLoader worker: torch re-raises it as a RuntimeError holding the
+    worker's whole traceback, whose last line is ``cocu.curation.shards.ShardError: FILE: ...``."""
+    text = str(err).strip()
+    if not text.startswith("Caught ShardError"):
+        return None
+    return text.splitlines()[-1].partition("ShardError: ")[2] or None
 
 
 if __name__ == "__main__":

@@ -97,6 +97,25 @@ def test_7_fit_says_one_line_for_a_bad_shard(faults_world, tmp_path, argv, capsy
         "caption_concepts, cocu_scores, cocu_clusters, cocu_error)"]
 
 
+def test_7_fit_says_one_line_for_a_shard_that_breaks_in_a_loader_worker(faults_world, tmp_path, argv, capsys):
+    """Damage inside a data page (the footer intact) is met by a loader worker, not by the up-front check."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pq.read_table(next(faults_world["curated"].glob("*.parquet"))), shards / "a.parquet", row_group_size=8)
+    column = pq.read_metadata(shards / "a.parquet").row_group(2).column(1)  # the jpg column of rows 16..23
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray((shards / "a.parquet").read_bytes())
+    data[start:start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
+    (shards / "a.parquet").write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exit_:
+        train_main(fit_args(shards, tmp_path / "run", 2, "--data.num_workers", "1", "--data.batch_size", "4"))
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(lines) == 1  # (a library's warning may come first: Python's warnings go there)
+    assert lines[0].startswith(f"error: {shards / 'a.parquet'}: unreadable data after row "), lines
+
+
 def test_7_fit_says_one_line_for_a_corrupt_last_checkpoint(faults_world, tmp_path, argv, capsys, request):
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
