@@ -259,8 +259,9 @@ class _Assembly:
     def _step(self, name: str, inputs: dict[str, Any], fn, outputs: list[str]) -> str:
         digest = params_digest({"step": name, **inputs})
         entry = self.record.get(name)
-        if isinstance(entry, dict) and entry.get("digest") == digest and _files_intact(self.out, entry.get("files", {}), outputs):
-            return digest
+        if isinstance(entry, dict) and entry.get("digest") == digest:
+            if _files_intact(self.out, entry.get("files", {}), outputs):
+                return digest
         (self.out / MANIFEST).unlink(missing_ok=True)  # the bank is incomplete until the manifest is rewritten
         fn()
         self.record[name] = {"digest": digest, "files": {o: _file_record(self.out / o) for o in outputs}}
@@ -493,8 +494,9 @@ class Bank:
             raise BankError(f"{path}: index ({index.ntotal}), embeddings ({len(embeddings)}) and images.parquet ({images.num_rows}) disagree; rebuild the bank")
         params = SearchParams(manifest["index"].get("nprobe") if nprobe is None else nprobe,
                               manifest["index"].get("ef_search") if ef_search is None else ef_search)
-        return cls(path, manifest, vocabulary, concept_names, text, image_concepts, sims, images.column("key").combine_chunks(),
-                   images.column("sha256").combine_chunks(), embeddings, Searcher(index, params, use_gpu))
+        return cls(path, manifest, vocabulary, concept_names, text, image_concepts, sims,
+                   images.column("key").combine_chunks(), images.column("sha256").combine_chunks(), embeddings,
+                   Searcher(index, params, use_gpu))
 
     def lookup(self, keys: pa.Array | Sequence[str], digests: Sequence[bytes | None] | None = None) -> np.ndarray:
         """FAISS ids of the given keys, -1 for keys not in the bank.
@@ -540,7 +542,8 @@ def _bank_file(path: Path):
     except BankError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, EOFError, pa.ArrowException) as err:
-        raise BankError(f"{path}: unreadable bank file ({_last_line(err)}); rerun cocu-curate build-bank to repair it") from None
+        raise BankError(f"{path}: unreadable bank file ({_last_line(err)}); "
+                        "rerun cocu-curate build-bank to repair it") from None
 
 
 def bank_spec(manifest: dict[str, Any]) -> ModelSpec:

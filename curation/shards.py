@@ -159,8 +159,9 @@ def check_keys_across_shards(sources: Sequence[Path]) -> None:
     readable: list[Path] = []
     for source in sources:
         try:
-            keys.append(pa.concat_arrays([b.column("key") for b in iter_batches(source, 65536, ["key"], check_keys=False)]
-                                         or [pa.array([], pa.string())]).cast(pa.string()))
+            batches = iter_batches(source, 65536, ["key"], check_keys=False)
+            chunks = [b.column("key").cast(pa.string()) for b in batches]
+            keys.append(pa.concat_arrays(chunks) if chunks else pa.array([], pa.string()))
             readable.append(source)
         except ShardError:
             continue
@@ -169,7 +170,8 @@ def check_keys_across_shards(sources: Sequence[Path]) -> None:
         return
     counts = pc.value_counts(everything)
     duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-    where = [(path, pc.index(k, duplicate).as_py()) for path, k in zip(readable, keys) if pc.any(pc.equal(k, duplicate)).as_py()]
+    where = [(path, pc.index(k, duplicate).as_py()) for path, k in zip(readable, keys)
+             if pc.any(pc.equal(k, duplicate)).as_py()]
     if len(where) < 2:
         return  # a duplicate inside one shard: the embed stage names it with its row
     (first, _), (second, row) = where[0], where[1]

@@ -34,9 +34,8 @@ def faults_world(tmp_path_factory) -> dict[str, Path]:
     generate_world(root / "world", WorldConfig(train=SHARDS * SHARD_ROWS, teacher=0, val=0, shard_size=SHARD_ROWS),
                    progress=False)
     checkpoint = save_tiny_clip(root / "ckpt")
-    summary = build_bank(root / "world" / "train", root / "bank",
-                         BankConfig(model=MODEL, pretrained=str(checkpoint), min_count=2, batch_size=16, decode_workers=0),
-                         progress=False)
+    config = BankConfig(model=MODEL, pretrained=str(checkpoint), min_count=2, batch_size=16, decode_workers=0)
+    summary = build_bank(root / "world" / "train", root / "bank", config, progress=False)
     assert summary.ok, summary.embed.failures
     curated = root / "curated"
     curated.mkdir()

@@ -72,7 +72,8 @@ def _not_utf8(table: pa.Table) -> pa.Table:
 
 # name -> (make the bad table from a good one, the row error enrich writes (None: the row is curated))
 ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], str | None]] = {
-    "undecodable image": (lambda t: _set(t, "jpg", {BAD_ROW: b"this is not an image"}, pa.binary()), "undecodable image"),
+    "undecodable image": (lambda t: _set(t, "jpg", {BAD_ROW: b"this is not an image"}, pa.binary()),
+                          "undecodable image"),
     "truncated image": (lambda t: _set(t, "jpg", {BAD_ROW: t.column("jpg")[BAD_ROW].as_py()[:300]}, pa.binary()),
                         "undecodable image"),
     "bomb image": (lambda t: _set(t, "jpg", {BAD_ROW: _bomb()}, pa.binary()), "undecodable image"),
@@ -89,10 +90,12 @@ def _duplicate_within(table: pa.Table) -> pa.Table:
 
 # name -> (write the bad shard beside the good one a.parquet, the expected message with its row if any)
 FILE_CASES: dict[str, tuple[Callable[[pa.Table, Path], None], str]] = {
-    "missing column": (lambda t, p: pq.write_table(t.drop_columns(["caption"]), p), "missing required column 'caption'"),
+    "missing column": (lambda t, p: pq.write_table(t.drop_columns(["caption"]), p),
+                       "missing required column 'caption'"),
     "mistyped column": (lambda t, p: pq.write_table(t.set_column(2, "caption", pa.array(range(t.num_rows))), p),
                         "column 'caption' has type int64"),
-    "duplicate key within a shard": (lambda t, p: pq.write_table(_duplicate_within(t), p), "row 3: duplicate key 'b-000000000'"),
+    "duplicate key within a shard": (lambda t, p: pq.write_table(_duplicate_within(t), p),
+                                     "row 3: duplicate key 'b-000000000'"),
     "duplicate key across shards": (lambda t, p: pq.write_table(t, p), "row 0: key '000000000' is also in"),
     "truncated Parquet": (lambda t, p: p.write_bytes(_parquet_bytes(t)[:-200]), "not a readable Parquet file"),
     "zero-byte Parquet": (lambda t, p: p.write_bytes(b""), "not a readable Parquet file"),

@@ -34,10 +34,18 @@ def argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cocu-train"])
 
 
+def _bank_config(faults_world) -> BankConfig:
+    """The settings the faults bank was built with."""
+    return BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"]), min_count=2, batch_size=16,
+                      decode_workers=0)
+
+
 def _invalid_utf8(table: pa.Table, rows: list[int]) -> pa.Table:
     """The table with the captions of ``rows`` replaced by bytes that are not UTF-8 (as a broken scraper writes)."""
-    raw = [b"caf\xe9 \xff broken" if i in rows else c.encode() for i, c in enumerate(table.column("caption").to_pylist())]
-    return table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(raw, pa.binary()).view(pa.string()))
+    captions = table.column("caption").to_pylist()
+    raw = [b"caf\xe9 \xff broken" if i in rows else c.encode() for i, c in enumerate(captions)]
+    column = pa.array(raw, pa.binary()).view(pa.string())
+    return table.set_column(table.schema.get_field_index("caption"), "caption", column)
 
 
 # ------------------------------------------------------------------------------------------- 1, 2, 7: fit
@@ -93,15 +101,16 @@ def test_7_fit_says_one_line_for_a_bad_shard(faults_world, tmp_path, argv, capsy
         train_main(fit_args(shards, tmp_path / "run", 2))
     assert exit_.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {shards / 'b.parquet'}: missing required column 'cocu_concepts' (has: key, jpg, caption, width, height, "
-        "caption_concepts, cocu_scores, cocu_clusters, cocu_error)"]
+        f"error: {shards / 'b.parquet'}: missing required column 'cocu_concepts' (has: key, jpg, caption, width, "
+        "height, caption_concepts, cocu_scores, cocu_clusters, cocu_error)"]
 
 
 def test_7_fit_says_one_line_for_a_shard_that_breaks_in_a_loader_worker(faults_world, tmp_path, argv, capsys):
     """Damage inside a data page (the footer intact) is met by a loader worker, not by the up-front check."""
     shards = tmp_path / "shards"
     shards.mkdir()
-    pq.write_table(pq.read_table(next(faults_world["curated"].glob("*.parquet"))), shards / "a.parquet", row_group_size=8)
+    source = next(faults_world["curated"].glob("*.parquet"))
+    pq.write_table(pq.read_table(source), shards / "a.parquet", row_group_size=8)
     column = pq.read_metadata(shards / "a.parquet").row_group(2).column(1)  # the jpg column of rows 16..23
     start = column.dictionary_page_offset or column.data_page_offset
     data = bytearray((shards / "a.parquet").read_bytes())
@@ -112,7 +121,7 @@ def test_7_fit_says_one_line_for_a_shard_that_breaks_in_a_loader_worker(faults_w
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in err and len(lines) == 1  # (a library's warning may come first: Python's warnings go there)
+    assert "Traceback" not in err and len(lines) == 1  # a library's warning may come first: warnings go there
     assert lines[0].startswith(f"error: {shards / 'a.parquet'}: unreadable data after row "), lines
 
 
@@ -159,7 +168,8 @@ def test_3_enrich_reuses_an_embedding_only_for_the_same_image(faults_world, tmp_
     assert pq.read_table(tmp_path / "out" / "00000.parquet", columns=columns).equals(
         pq.read_table(tmp_path / "out-renamed" / "00000.parquet", columns=columns))
     # and a shard of the bank's own corpus still reuses every stored embedding
-    own = enrich(faults_world["bank"], next(faults_world["train"].glob("*.parquet")), tmp_path / "own", config, progress=False)
+    own_shard = next(faults_world["train"].glob("*.parquet"))
+    own = enrich(faults_world["bank"], own_shard, tmp_path / "own", config, progress=False)
     assert own.counts["reused"] == 40 and own.counts["embedded"] == 0
 
 
@@ -168,8 +178,7 @@ def test_4_build_bank_repairs_a_damaged_file(faults_world, bank_copy, damaged):
     clean = data_files(faults_world["bank"])
     path = bank_copy / damaged
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    summary = build_bank(faults_world["train"], bank_copy, BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"]),
-                         min_count=2, batch_size=16, decode_workers=0), progress=False)
+    summary = build_bank(faults_world["train"], bank_copy, _bank_config(faults_world), progress=False)
     assert summary.ok and summary.steps_run and "manifest" in summary.steps_run
     assert data_files(bank_copy) == clean
     Bank.open(bank_copy)
@@ -180,8 +189,7 @@ def test_4_a_same_size_rewrite_is_found_by_its_checksum(faults_world, bank_copy)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    summary = build_bank(faults_world["train"], bank_copy, BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"]),
-                         min_count=2, batch_size=16, decode_workers=0), progress=False)
+    summary = build_bank(faults_world["train"], bank_copy, _bank_config(faults_world), progress=False)
     assert summary.steps_run == ["index", "manifest"]
     assert path.read_bytes() == (faults_world["bank"] / "index.faiss").read_bytes()
 
@@ -224,8 +232,7 @@ def test_6_invalid_utf8_captions_join_the_bank_and_are_skipped_by_fit(faults_wor
     shards.mkdir()
     for path in sorted(faults_world["train"].glob("*.parquet")):
         pq.write_table(_invalid_utf8(pq.read_table(path), [5]), shards / path.name)
-    summary = build_bank(shards, tmp_path / "bank", BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"]),
-                         min_count=2, batch_size=16, decode_workers=0), progress=False)
+    summary = build_bank(shards, tmp_path / "bank", _bank_config(faults_world), progress=False)
     assert summary.ok and summary.rows == 120 and summary.embed.counts["bad_caption"] == 3
 
     curated = tmp_path / "curated"
@@ -242,7 +249,8 @@ def add_curated_columns_raw(source: Path, target: Path) -> None:
     """``add_curated_columns`` for a shard whose captions may not be UTF-8 (their bytes are carried as they are)."""
     table = pq.read_table(source)
     raw = table.column("caption").cast(pa.binary())
-    readable = table.set_column(2, "caption", pa.array([b.decode("utf-8", "replace") for b in raw.to_pylist()], pa.string()))
+    decoded = [b.decode("utf-8", "replace") for b in raw.to_pylist()]
+    readable = table.set_column(2, "caption", pa.array(decoded, pa.string()))
     tmp = target.with_name("tmp-" + target.name)
     pq.write_table(readable, tmp)
     add_curated_columns(tmp, target)
@@ -270,7 +278,8 @@ def test_8_a_second_run_on_the_same_output_folder_is_refused_in_one_line(faults_
         MatrixResult("two runs, one --out", "enrich", result.exit_code, result.stderr.strip()))
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: {out}: in use by another cocu run (pid {holder.pid}); wait for it to finish or choose another output folder"]
+        f"error: {out}: in use by another cocu run (pid {holder.pid}); wait for it to finish or choose another "
+        "output folder"]
     assert not list(out.glob("*.parquet"))
     # the holder died by SIGKILL: its lock went with it
     assert CliRunner().invoke(curate_app, ["enrich", "--bank", str(faults_world["bank"]), "--shards",
@@ -293,7 +302,8 @@ def test_10_synth_rerun_removes_what_a_killed_run_left(tmp_path):
     config = WorldConfig(train=20, teacher=0, val=4, shard_size=10)
     generate_world(tmp_path, config, progress=False)
     clean = data_files(tmp_path)
-    left = [tmp_path / "train" / ".00001.parquet.1a2b3c4d.tmp", tmp_path / "val" / "images" / ".000003.jpg.5e6f7a8b.tmp"]
+    left = [tmp_path / "train" / ".00001.parquet.1a2b3c4d.tmp",
+            tmp_path / "val" / "images" / ".000003.jpg.5e6f7a8b.tmp"]
     for path in left:
         path.write_bytes(b"half")
     (tmp_path / "world.json").unlink()  # the kill came before the world was finished

@@ -110,7 +110,8 @@ def bank_clean(faults_world, tmp_path_factory) -> CleanRun:
     """The clean build; its milestone is the end of the embedding stage (every part's manifest written)."""
     out = tmp_path_factory.mktemp("bank-clean") / "bank"
     shards = len(list(faults_world["train"].glob("*.parquet")))
-    return clean_run(curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"])), out, out.exists,
+    command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
+    return clean_run(command, out, out.exists,
                      milestone=lambda: len(list((out / "parts").glob("*.manifest.json"))) == shards)
 
 
