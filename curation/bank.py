@@ -450,9 +450,9 @@ class Bank:
     image_concepts: Ragged
     image_sims: np.ndarray
     keys: pa.Array
-    digests: pa.Array
     embeddings: np.ndarray
     searcher: Searcher
+    digests: pa.Array | None = None  # sha256 of each image's bytes; None: no reuse can be verified
 
     @property
     def spec(self) -> ModelSpec:
@@ -495,8 +495,8 @@ class Bank:
         params = SearchParams(manifest["index"].get("nprobe") if nprobe is None else nprobe,
                               manifest["index"].get("ef_search") if ef_search is None else ef_search)
         return cls(path, manifest, vocabulary, concept_names, text, image_concepts, sims,
-                   images.column("key").combine_chunks(), images.column("sha256").combine_chunks(), embeddings,
-                   Searcher(index, params, use_gpu))
+                   images.column("key").combine_chunks(), embeddings, Searcher(index, params, use_gpu),
+                   images.column("sha256").combine_chunks())
 
     def lookup(self, keys: pa.Array | Sequence[str], digests: Sequence[bytes | None] | None = None) -> np.ndarray:
         """FAISS ids of the given keys, -1 for keys not in the bank.
@@ -508,7 +508,9 @@ class Bank:
         found = pc.index_in(pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys, value_set=self.keys)
         ids = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         known = np.nonzero(ids >= 0)[0]
-        if digests is not None and len(known):
+        if digests is not None and self.digests is None:
+            ids[:] = -1
+        elif digests is not None and len(known):
             stored = self.digests.take(pa.array(ids[known]))
             given = pa.array(digests, pa.binary(32)).take(pa.array(known))
             same = pc.fill_null(pc.equal(stored, given), False).to_numpy(zero_copy_only=False)
