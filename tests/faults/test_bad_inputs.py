@@ -229,3 +229,18 @@ def test_a_damaged_bank_file_stops_enrich_in_one_line(faults_world, bank_copy, t
     _record(request, f"damaged bank: {damaged}", "enrich", result.exit_code, lines[0] if lines else "")
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {path}: ")
     assert not _visible(tmp_path / "out")
+
+
+@pytest.mark.parametrize("stage", ["build-bank", "enrich"])
+def test_a_second_run_sharing_the_output_folder_stops_in_one_line(faults_world, tmp_path, stage, request):
+    from cocu.curation.locking import folder_lock
+
+    out = tmp_path / "out"
+    args = (_bank_cli(faults_world, faults_world["train"], out) if stage == "build-bank"
+            else _enrich_cli(faults_world, faults_world["train"], out))
+    with folder_lock(out):  # the first run, still going
+        result = CliRunner().invoke(curate_app, args)
+    lines = _errors(result.stderr)
+    _record(request, "two runs, one --out", stage, result.exit_code, lines[0] if lines else "")
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {out}: in use by another cocu run")
+    assert _visible(out) == []
