@@ -334,3 +334,16 @@ def test_duplicate_keys_across_shards_are_refused_before_embedding(faults_world,
     with pytest.raises(ShardError, match="row 9"):
         build_bank(shards, tmp_path / "bank", BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"])),
                    progress=False)
+
+
+def test_an_undecodable_image_gives_the_same_error_text_every_run():
+    """cocu_error is part of the output bytes: Pillow's message names the buffer's memory address, which a rerun
+    would not repeat, so a rerun after a kill would differ from a clean run for every shard with such a row."""
+    from cocu.curation.clip import decode_image
+
+    messages = set()
+    for _ in range(3):
+        with pytest.raises(ValueError) as err:
+            decode_image(bytes(b"not an image"))
+        messages.add(str(err.value))
+    assert messages == {"undecodable image (cannot identify image file)"}
