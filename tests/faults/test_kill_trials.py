@@ -150,8 +150,9 @@ def scratch_tmpdir(tmp_path: Path) -> str:
 @pytest.fixture(scope="module")
 def fit_clean(faults_world, tmp_path_factory) -> CleanRun:
     root = tmp_path_factory.mktemp("fit-clean")
-    return clean_run(fit_command(faults_world["curated"], root), root, (root / "logs").exists,
-                     TMPDIR=scratch_tmpdir(root))
+    tmpdir = scratch_tmpdir(root)
+    yield clean_run(fit_command(faults_world["curated"], root), root, (root / "logs").exists, TMPDIR=tmpdir)
+    shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- trials
