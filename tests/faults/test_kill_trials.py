@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +148,7 @@ def scratch_tmpdir(tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def fit_clean(faults_world, tmp_path_factory) -> CleanRun:
+def fit_clean(faults_world, tmp_path_factory) -> Iterator[CleanRun]:
     root = tmp_path_factory.mktemp("fit-clean")
     tmpdir = scratch_tmpdir(root)
     yield clean_run(fit_command(faults_world["curated"], root), root, (root / "logs").exists, TMPDIR=tmpdir)
