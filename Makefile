@@ -1,4 +1,5 @@
 # The two commands of the README: `make benchmark` and `make test`. Each builds .venv when it is missing.
+# Also: `make test-fast` (the quick tier, no `slow` tests) and `make lint` (ruff and mypy, as CI runs them).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test faults benchmark clean
+.PHONY: install test test-fast lint faults benchmark clean
 
 install: $(STAMP)
 
@@ -36,6 +37,14 @@ $(BROWSER): | $(STAMP)
 
 test: $(STAMP) $(BROWSER)
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # SIGKILL trials of every stage (synth, build-bank, enrich, fit), each rerun and compared with a clean run, and the
 # bad-input matrix. `make test` runs the same suite with one trial per stage.

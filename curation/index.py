@@ -2,7 +2,7 @@
 
 Inner product on L2-normalized vectors is cosine similarity. Exact ``Flat`` search is affordable up
 to about a million vectors; beyond that an IVF index with an HNSW coarse quantizer and compressed
-codes keeps memory and query time bounded (``shared/research/ecosystem.md`` §3.2).
+codes keeps memory and query time bounded (FAISS guidelines for choosing an index).
 """
 from __future__ import annotations
 

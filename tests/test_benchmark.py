@@ -7,6 +7,7 @@ import pytest
 from cocu.evaluation.benchmark import Runner, claim_run_dir, main
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     out = tmp_path / "bench"
     report = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])

@@ -27,6 +27,7 @@ def read_column(folder, column):
     return [value for path in sorted(folder.glob("*.parquet")) for value in pq.read_table(path, columns=[column]).column(column).to_pylist()]
 
 
+@pytest.mark.slow
 def test_synthetic_world_vocabulary_and_matching(small_world):
     """Mined from the web-style train captions, the vocabulary is exactly the world's 52 classes, and
     matching every caption gives exactly the concepts the truth sidecar says it names, in caption order."""

@@ -235,6 +235,7 @@ def test_ranking_equals_per_image_reference(curated):
     assert compared == 600
 
 
+@pytest.mark.slow
 def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
     """kill -9 mid-run, rerun: the output equals the uninterrupted run's, byte for byte, with no temporaries left."""
     killed = tmp_path / "killed"
@@ -257,6 +258,7 @@ def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_output(curated, tmp_path):
     summary = enrich(curated["bank"], curated["world"] / "train", tmp_path / "parallel", curated["config"], workers=2, progress=False)
     assert summary.ok and summary.done == 6 and summary.counts == curated["stage"].counts

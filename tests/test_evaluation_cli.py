@@ -51,6 +51,7 @@ def fitted_checkpoint(small_world, tmp_path_factory):
     return run / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_path, small_world, fitted_checkpoint):
     from cocu.curation.shards import sha256_file
 

@@ -70,6 +70,7 @@ def show(*args: str):
     return runner.invoke(curate_app, ["show", *args])
 
 
+@pytest.mark.slow
 def test_show_writes_every_card_as_curated_with_truth_marks(corpus, tmp_path):
     out = tmp_path / "gallery"
     result = show("--curated", str(corpus["curated"]), "--out", str(out), "--truth", str(corpus["truth"]))
@@ -107,6 +108,7 @@ def test_show_writes_every_card_as_curated_with_truth_marks(corpus, tmp_path):
     assert '<script src="data.js"></script>' in page and "http" not in page.replace("http-equiv", "")
 
 
+@pytest.mark.slow
 def test_cards_stop_at_the_limit_but_the_summary_counts_every_row(corpus, tmp_path):
     out = tmp_path / "gallery"
     result = show("--curated", str(corpus["curated"]), "--out", str(out), "--limit", "100", "--thumb-size", "32")
@@ -128,6 +130,7 @@ def _one_line_error(result, *parts: str) -> None:
         assert part in result.output, (part, result.output)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_naming_file_and_row_and_writes_nothing(corpus, tmp_path):
     out = tmp_path / "gallery"
     result = show("--curated", str(corpus["root"] / "in"), "--out", str(out))  # not curated
@@ -151,6 +154,7 @@ def test_bad_input_is_one_line_naming_file_and_row_and_writes_nothing(corpus, tm
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_a_crash_keeps_the_previous_gallery_and_a_rerun_is_one_clean_run(corpus, tmp_path, monkeypatch):
     from cocu.evaluation import gallery
 
@@ -171,6 +175,7 @@ def test_a_crash_keeps_the_previous_gallery_and_a_rerun_is_one_clean_run(corpus,
     assert len(read_data(out)["rows"]) == ROWS and not list(tmp_path.glob(".gallery.*"))
 
 
+@pytest.mark.slow
 def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, small_world,
                                                                   fitted_checkpoint):  # noqa: F811
     world, record = small_world
@@ -198,6 +203,7 @@ def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, smal
     _one_line_error(missing, "metrics.json: no such file")
 
 
+@pytest.mark.slow
 def test_a_shard_whose_every_row_failed_still_gets_its_pages(corpus, tmp_path):
     failed = tmp_path / "failed"
     failed.mkdir()

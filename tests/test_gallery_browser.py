@@ -61,6 +61,7 @@ def shown_count(page) -> int:
     return int(page.inner_text("#count").split(" of ")[0].replace(",", ""))
 
 
+@pytest.mark.slow
 def test_gallery_renders_thumbnails_and_filters_by_concept_origin_and_error(corpus, page, tmp_path):  # noqa: F811
     out = tmp_path / "gallery"
     write_gallery(corpus["curated"], out, corpus["truth"])
@@ -102,6 +103,7 @@ def test_gallery_renders_thumbnails_and_filters_by_concept_origin_and_error(corp
     assert all("image not decodable" in t and "cocu_error: " in t for t in cards.all_inner_texts())
 
 
+@pytest.mark.slow
 def test_summary_links_open_the_gallery_filtered(corpus, page, tmp_path):  # noqa: F811
     out = tmp_path / "gallery"
     write_gallery(corpus["curated"], out, corpus["truth"])

@@ -129,6 +129,7 @@ def downloaded(server, tmp_path_factory):
     return {"rows": rows, "list": urls, "out": out, "first": after_first, "second": second}
 
 
+@pytest.mark.slow
 def test_download_counts_add_up_and_shards_are_cocu_input(downloaded):
     rows, out, result = downloaded["rows"], downloaded["out"], downloaded["second"]
     assert result.exit_code == 0, result.output
@@ -159,6 +160,7 @@ def test_download_counts_add_up_and_shards_are_cocu_input(downloaded):
     assert not (out / "_tmp").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_download_resumes_without_refetching_finished_shards(downloaded, server):
     rows, out, first, second = downloaded["rows"], downloaded["out"], downloaded["first"], downloaded["second"]
     assert first["returncode"] == 130 and "run the same command again to resume" in first["output"]
@@ -179,6 +181,7 @@ def test_interrupted_download_resumes_without_refetching_finished_shards(downloa
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
 
 
+@pytest.mark.slow
 def test_list_with_header_passes_through_with_extra_columns(server, tmp_path):
     rows = [(f"{server.url}/img/{i}.jpg", f"caption {i}", f"cc-by-{i}") for i in range(4)]
     urls = tmp_path / "urls.csv"
@@ -192,6 +195,7 @@ def test_list_with_header_passes_through_with_extra_columns(server, tmp_path):
     assert validate_shard(tmp_path / "out" / "00000.parquet") == 4
 
 
+@pytest.mark.slow
 def test_ray_distributor_downloads_the_same_shards(server, ray_cluster, tmp_path):
     rows = [(f"{server.url}/img/{i}.jpg", f"caption {i}") for i in range(6)]
     urls = tmp_path / "urls.csv"
@@ -304,6 +308,7 @@ TINY_CLIP = {"embed_dim": 64,
              "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
 
 
+@pytest.mark.slow
 def test_downloaded_shards_feed_build_bank_and_enrich_as_they_are(downloaded, tmp_path):
     """The data contract end to end: img2dataset's folder goes to cocu-curate unchanged, failed rows included."""
     from cocu.cli.curate import app as curate

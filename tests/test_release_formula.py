@@ -77,6 +77,7 @@ def read_bank(bank):
     return embeddings, images, concepts, concept2idx, concept2emb, faiss.read_index(str(bank / "index.faiss"))
 
 
+@pytest.mark.slow
 def test_release_formula_equals_the_ported_release_on_every_bank_image(release_run):
     embeddings, images, concepts, concept2idx, concept2emb, index = read_bank(release_run / "bank")
     assert json.loads((release_run / "bank" / "manifest.json").read_text())["prompt_template"] == "a photo of a {}"
@@ -100,6 +101,7 @@ def test_release_formula_equals_the_ported_release_on_every_bank_image(release_r
     assert large > 0  # the near-zero means the release divides by are exercised, not avoided
 
 
+@pytest.mark.slow
 def test_enrich_says_in_one_line_when_the_bank_prompts_are_not_the_release(release_run, tmp_path):
     bank = tmp_path / "bank"
     shutil.copytree(release_run / "bank", bank)

@@ -53,6 +53,7 @@ def record_device(task: ShardTask, params, progress) -> dict[str, int]:
     return {"images": 1}
 
 
+@pytest.mark.slow
 def test_each_parallel_worker_sees_only_its_own_gpu(tmp_path):
     sources = []
     for i in range(6):
@@ -120,6 +121,7 @@ def data_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_array_tasks_then_finalize_equal_one_plain_run(reference, tmp_path):
     bank, out = tmp_path / "bank", tmp_path / "out"
     first = build_bank(reference["shards"], bank, reference["config"], progress=False, part=ShardSlice(0, 2))
@@ -172,6 +174,7 @@ def flaky(task: ShardTask, params, progress) -> dict[str, int]:
     return {"images": 1}
 
 
+@pytest.mark.slow
 def test_ray_retries_a_dead_actor_and_reports_what_keeps_failing(ray_cluster, tmp_path):
     from cocu.curation.ray_executor import RayExecutor
 

@@ -37,6 +37,7 @@ def test_gap_matches_the_flag(small_world):
     assert record["omission"]["measured_train"] == pytest.approx(1 - named / present, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("omit", [0.4, 0.55])
 def test_gap_follows_other_flag_values(tmp_path, omit):
     record = generate_world(tmp_path, WorldConfig(train=2000, teacher=0, val=0, omit=omit, shard_size=1000), progress=False)
@@ -108,6 +109,7 @@ def test_val_annotations_are_class_ids(small_world):
         assert image.size == (64, 64)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes(tmp_path):
     cfg = WorldConfig(train=300, teacher=100, val=10, shard_size=150)
     generate_world(tmp_path / "a", cfg, progress=False)

@@ -43,6 +43,7 @@ def trained(small_world, tiny_config, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_cli_writes_a_standard_open_clip_checkpoint(trained, small_world):
     names = {p.name for p in trained.iterdir()}
     assert {"cocu-teacher-tiny.json", "cocu-teacher-tiny.safetensors", "open_clip_config.json", "open_clip_model.safetensors",
@@ -55,6 +56,7 @@ def test_cli_writes_a_standard_open_clip_checkpoint(trained, small_world):
     assert record["model_config"] == TINY == json.loads((trained / "cocu-teacher-tiny.json").read_text())
 
 
+@pytest.mark.slow
 def test_fit_then_load_through_open_clip_gives_identical_embeddings(small_world, tiny_config, tmp_path):
     world, _ = small_world
     cfg = TeacherConfig(model_config=tiny_config, samples=64, batch_size=32, workers=0, progress=False)
@@ -79,6 +81,7 @@ def test_fit_then_load_through_open_clip_gives_identical_embeddings(small_world,
     assert not torch.allclose(expected[0][0], expected[0][1])  # a real image embedding, not a constant
 
 
+@pytest.mark.slow
 def test_saved_teacher_reproduces_its_recorded_zero_shot_scores(trained, small_world):
     world, record_world = small_world
     recorded = json.loads((trained / "teacher.json").read_text())["zero_shot"]
@@ -93,6 +96,7 @@ def test_saved_teacher_reproduces_its_recorded_zero_shot_scores(trained, small_w
     assert set(again["per_class_recall"]) <= set(record_world["classes"])
 
 
+@pytest.mark.slow
 def test_curation_loads_it_by_name_and_checkpoint_like_a_builtin(trained, tmp_path):
     """What `cocu-curate build-bank --model NAME --pretrained DIR/NAME.safetensors` does: NAME.json is found beside it."""
     shutil.copy(trained / "cocu-teacher-tiny.json", tmp_path / "cocu-teacher-copy.json")

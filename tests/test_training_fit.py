@@ -72,6 +72,7 @@ def _metrics(root: Path, version: int) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["caption", "cocu-top", "cocu-cluster", "oracle"])
 def test_fit_each_text_mode_writes_a_loadable_checkpoint(curated, tmp_path, mode):
     shards, truth = curated
@@ -98,6 +99,7 @@ def test_fit_each_text_mode_writes_a_loadable_checkpoint(curated, tmp_path, mode
     assert model.encode_text(tokenize(["a photo of a mug."], model.context_length)).shape == (1, config.embed_dim)
 
 
+@pytest.mark.slow
 def test_a_fresh_run_in_a_used_folder_replaces_last_ckpt(curated, tmp_path):
     shards, _ = curated
     main(_fit_args(shards, tmp_path, "--trainer.max_steps", "3"))
@@ -118,6 +120,7 @@ def test_load_groupvit_rejects_bad_files(tmp_path):
         load_groupvit(tmp_path / "missing.ckpt")
 
 
+@pytest.mark.slow
 def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path, capsys):
     shards, _ = curated
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -202,6 +205,7 @@ DDP_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_equals_one_process(tmp_path):
     """The loss and the (DDP-averaged) gradients of 2 ranks x 4 samples equal 1 rank x 8 samples.
 

@@ -5,7 +5,7 @@ grouping block merges the image (or segment) tokens into as many segments as the
 Gumbel-softmax assignment with straight-through gradients. Parameter names follow the reference (`NVlabs/GroupViT`
 `models/group_vit.py`) so its released weights load by state dict.
 
-Faithful details that matter (shared/research/groupvit.md §1.2-1.3, §1.7): no CLS token; the assignment softmax runs over
+Faithful details that matter (as in NVlabs/GroupViT): no CLS token; the assignment softmax runs over
 the *group* axis; Gumbel noise only in training, a noise-free hard argmax in eval; groups are divided by (count + assign_eps)
 with ``assign_eps = 1``; the cross-attention before assignment is post-norm; later stages' group tokens are zero-initialised
 and added to a token-mixing projection of the previous stage's group tokens; the image vector is the average of the final
