@@ -38,7 +38,6 @@ from cocu.curation.shards import atomic_write_json
 from cocu.curation.stage import params_digest
 from cocu.evaluation.synthetic import WorldConfig
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
 
@@ -55,7 +54,7 @@ class BenchConfig:
     neighbors: int = 8
     top_k: int = 16  # the largest k of the curation-quality table; enrich stores whole archives
     vocabulary_top: int = 16  # M of the hybrid archive
-    train_config: str = "configs/train/synthetic.yaml"
+    train_config: str = "synthetic"  # a shipped recipe name or a YAML file
     train_steps: int = 500
     train_batch: int = 64
     train_workers: int = 1
@@ -199,7 +198,7 @@ class Runner:
         print(f"[benchmark] {name}: {' '.join(command)}", flush=True)
         log = self.out / "logs" / f"{name}.log"
         with open(log, "wb") as handle:
-            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             assert process.stdout is not None
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
                 handle.write(chunk)
@@ -324,7 +323,7 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
         claim_run_dir(run_dir, train_params)
         shards, text_mode = (curated_release, "cocu-top") if mode == "release" else (curated, mode)
         runner.run(f"train-{mode}", [
-            _tool("cocu-train"), "fit", "--config", str(REPO / cfg.train_config),
+            _tool("cocu-train"), "fit", "--config", cfg.train_config,
             "--data.shards", str(shards), "--data.text_mode", text_mode, "--data.truth", str(world / "truth" / "train"),
             "--data.batch_size", str(cfg.train_batch), "--data.num_workers", str(cfg.train_workers),
             "--data.seed", str(cfg.seed), "--seed_everything", str(cfg.seed),
