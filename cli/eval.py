@@ -38,13 +38,14 @@ def seg(
     html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU, overlays."),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
-    from cocu.evaluation.datasets import DatasetError, open_dataset
+    from cocu.curation.errors import CocuError
+    from cocu.evaluation.datasets import open_dataset
     from cocu.evaluation.presets import get_preset
 
     try:
         settings = get_preset(preset.value, dataset.value)
         data = open_dataset(dataset.value, root)
-    except (DatasetError, KeyError) as err:
+    except (CocuError, KeyError) as err:
         typer.echo(f"error: {err.args[0]}", err=True)
         raise typer.Exit(2)
     import torch
@@ -65,8 +66,8 @@ def seg(
     try:
         record = evaluate(model, data, settings, batch_size=batch_size, workers=workers, limit=limit,
                           save_images=save_images, out_dir=out)
-    except DatasetError as err:  # from a DataLoader worker the message carries a traceback: keep its last line
-        typer.echo(f"error: {str(err).strip().splitlines()[-1]}", err=True)
+    except CocuError as err:
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     record = {"checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
                              "model": getattr(config, "name", None)}, **record}

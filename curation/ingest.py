@@ -32,6 +32,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .errors import CocuError
 from .shards import INPUT_SCHEMA, ShardError, ShardWriter, expand_shards, manifest_path
 from .stage import Progress, ShardTask, StageSummary, run_stage
 
@@ -113,7 +114,7 @@ class DownloadSummary:
         return text
 
 
-class IngestError(ValueError):
+class IngestError(CocuError):
     """A URL list that cannot be prepared; the message is one line naming the file."""
 
 
