@@ -14,7 +14,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test benchmark clean
+.PHONY: install test faults benchmark clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ $(BROWSER): | $(STAMP)
 
 test: $(STAMP) $(BROWSER)
 	$(PY) -m pytest -q tests
+
+# SIGKILL trials of every stage (synth, build-bank, enrich, fit), each rerun and compared with a clean run, and the
+# bad-input matrix. `make test` runs the same suite with one trial per stage.
+FAULT_TRIALS ?= 10
+faults: $(STAMP)
+	COCU_FAULT_TRIALS=$(FAULT_TRIALS) $(PY) -m pytest -q tests/faults
 
 benchmark: $(STAMP)
 	$(PY) -m cocu.evaluation.benchmark --preset $(BENCH) --out benchmark

@@ -49,7 +49,7 @@ def synth(
 @app.command()
 def validate(shards: list[str] = typer.Argument(..., help="Shard files, folders or globs.")) -> None:
     """Check shards against the data contract: one line per bad file, exit 1 if any."""
-    from cocu.curation.shards import ShardError, expand_shards, validate_shard
+    from cocu.curation.shards import ShardError, check_keys_across_shards, expand_shards, validate_shard
 
     try:
         paths = expand_shards(shards)
@@ -63,6 +63,11 @@ def validate(shards: list[str] = typer.Argument(..., help="Shard files, folders 
         except ShardError as err:
             bad += 1
             typer.echo(f"error: {err}", err=True)
+    try:
+        check_keys_across_shards(paths)
+    except ShardError as err:
+        bad += 1
+        typer.echo(f"error: {err}", err=True)
     typer.echo(f"{len(paths)} shard(s), {rows} rows, {bad} invalid")
     raise typer.Exit(1 if bad else 0)
 

@@ -23,7 +23,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from cocu.training.checkpoint import GroupViTCheckpoint
+from cocu.curation.shards import ShardError
+from cocu.training.checkpoint import AtomicCheckpointIO, CheckpointError, GroupViTCheckpoint
 from cocu.training.model import get_config
 from cocu.training.module import GroupViTModule, datamodule_batch_size
 from cocu.training.recipes import resolve_recipes
@@ -44,16 +45,22 @@ def _context_length(arch: str, overrides: dict[str, Any] | None) -> int:
 class FitSummary(Callback):
     """Ends a run with one line of counts: steps, samples, samples/s of the training loop, the checkpoint."""
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning skips the train hooks of a resumed run that has reached max_steps already: 0 steps, 0 s
+        self._start: tuple[float, int] | None = None
+        self._seconds = 0.0
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = (time.perf_counter(), trainer.global_step)  # after a resume: the restored step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._seconds = time.perf_counter() - self._start[0]
+        if self._start is not None:
+            self._seconds = time.perf_counter() - self._start[0]
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after every on_train_end, so the final checkpoint is written
-        steps = trainer.global_step - self._start[1]
+        steps = trainer.global_step - (self._start[1] if self._start is not None else trainer.global_step)
         batch = datamodule_batch_size(trainer.datamodule) or 0
         samples = steps * batch * trainer.world_size * trainer.accumulate_grad_batches
         checkpoint = trainer.checkpoint_callback
@@ -86,6 +93,8 @@ class GroupViTCLI(LightningCLI):
                             help="Intra-op CPU threads for the training process (default: torch's choice). On a small "
                                  "CPU shared with loader workers, fewer threads than cores avoids OpenMP spin-waits.")
         parser.add_lightning_class_args(GroupViTCheckpoint, "checkpoint")
+        # checkpoints renamed into place from beside their target, loaded as plain data (see AtomicCheckpointIO)
+        parser.set_defaults({"trainer.plugins": {"class_path": f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"}})
         # A fresh run in a used folder replaces last.ckpt (Lightning would write last-v1.ckpt beside the old
         # one, and `--ckpt_path last` or an evaluation would then pick up the stale run).
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
@@ -129,8 +138,25 @@ def main(argv: list[str] | None = None) -> None:
     if resolve_recipes(args) != args:
         argv = resolve_recipes(args)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
-                trainer_defaults={"callbacks": [FitSummary()]}, parser_kwargs={"description": __doc__})
+    try:
+        GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
+                    trainer_defaults={"callbacks": [FitSummary()]},
+                    parser_kwargs={"description": __doc__})
+    except (ShardError, CheckpointError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
+        line = str(err) if not isinstance(err, RuntimeError) else _loader_shard_error(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _loader_shard_error(err: RuntimeError) -> str | None:
+    """The one line of a ShardError raised in a DataLoader worker: torch re-raises it as a RuntimeError holding the
+    worker's whole traceback, whose last line is ``cocu.curation.shards.ShardError: FILE: ...``."""
+    text = str(err).strip()
+    if not text.startswith("Caught ShardError"):
+        return None
+    return text.splitlines()[-1].partition("ShardError: ")[2] or None
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ Layout of ``BANK/``::
                           source shards with sha256, tool version, prompt template (its presence = complete)
     vocabulary.json       the concept vocabulary (cocu.curation.concepts.Vocabulary)
     concepts.parquet      id, concept, count (captions naming it), prompt, embedding (float16, normalized)
-    images.parquet        id (= FAISS id), key, shard, caption_concepts, caption_concept_sims (t_c·v)
+    images.parquet        id (= FAISS id), key, sha256 (of the image bytes), shard, caption_concepts,
+                          caption_concept_sims (t_c·v)
     embeddings.npy        (rows, dim) float16 normalized image embeddings, opened memory-mapped
     index.faiss           inner-product FAISS index over the embeddings
     clip/<model>.json     the custom open_clip config, when the model used one
-    parts/                per-shard embeddings (key, caption, embedding): the resumable embed stage
+    parts/                per-shard embeddings (key, sha256, caption, embedding): the resumable embed stage
     index_parts/          an IVF index while it is built (``index_build``): trained quantizer, filled parts
-    build.json            digests of the finished assembly steps, so a rerun resumes where it stopped
+    build.json            digests of the finished assembly steps and their files' size and sha256, so a rerun
+                          resumes where it stopped and redoes a step whose file was damaged
 
 Building runs the per-shard embed stage through ``run_stage`` (skips finished shards), then the
 assembly steps, each skipped when its inputs are unchanged: vocabulary (mined from the captions),
@@ -20,6 +22,8 @@ concept prompts' text embeddings, the aligned image tables, the index, and the m
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -41,13 +45,16 @@ from .clustering import ConceptGram
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
 from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
 from .index_build import build_index_in_parts, is_ivf
+from .locking import folder_lock
 from .placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from .ranking import Ragged, local_floor, offsets_from_lengths, pair_similarities
-from .shards import ShardError, atomic_path, atomic_write_json, expand_shards, iter_batches, sha256_file, write_table
+from .shards import (ShardError, atomic_path, atomic_write_json, check_keys_across_shards, decode_text, expand_shards,
+                     iter_batches, sha256_file, write_table)
 from .stage import (ShardTask, StageSummary, is_done, params_digest, read_manifest, run_stage, tool_version,
                     worker_threads)
 
-BANK_FORMAT = 1
+BANK_FORMAT = 2  # 2: images.parquet holds each image's sha256, so enrich reuses an embedding only for the same image
+PART_FORMAT = 2  # 2: parts hold the sha256 of each image's bytes
 MANIFEST, BUILD, VOCABULARY = "manifest.json", "build.json", "vocabulary.json"
 CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "embeddings.npy", "index.faiss"
 PARTS, CLIP_DIR, INDEX_PARTS = "parts", "clip", "index_parts"
@@ -143,22 +150,32 @@ def _init_embed_worker(settings: dict[str, Any], workers: int) -> None:
 def _embed_part(task: ShardTask, params: dict[str, Any], progress) -> dict[str, int]:
     """Embed one shard's images into ``parts/<shard>.parquet`` (key, caption, embedding); failed images are left out."""
     s = _embed_settings
-    keys, captions = [], []
-    for batch in iter_batches(task.source, batch_size=8192, columns=["key", "caption"]):
+    keys, captions, digests, bad_captions = [], [], [], 0
+    for batch in iter_batches(task.source, batch_size=1024, columns=["key", "caption", "jpg"]):
         keys.extend(batch.column("key").to_pylist())
-        captions.extend(batch.column("caption").to_pylist())
+        text, bad = decode_text(batch.column("caption"))
+        captions.extend(text)  # a caption that is not UTF-8 counts as empty: the image still joins the bank
+        bad_captions += len(bad)
+        digests.extend(image_digests(batch.column("jpg")))
     clip = cached_clip(s["model"], s["pretrained"], s["model_config"], s["device"])
     result = clip.embed_shard(task.source, batch_size=s["batch_size"], num_workers=s["decode_workers"], progress=progress)
     ok = result.ok
     keep = np.nonzero(ok)[0]
     table = pa.table({
         "key": pa.array([keys[i] for i in keep], pa.string()),
+        "sha256": pa.array([digests[i] for i in keep], pa.binary(32)),
         "caption": pa.array([captions[i] or "" for i in keep], pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(result.vectors[keep].ravel()), clip.embed_dim),
     })
     write_table(task.target, table)
     missing = sum(1 for e in result.errors if e is not None and e.startswith("no image"))
-    return {"images": len(keys), "embedded": len(keep), "no_image": missing, "undecodable": int((~ok).sum()) - missing}
+    return {"images": len(keys), "embedded": len(keep), "no_image": missing, "undecodable": int((~ok).sum()) - missing,
+            "bad_caption": bad_captions}
+
+
+def image_digests(jpgs: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
+    """sha256 of each image's bytes (None for a null image): what makes a stored embedding reusable for a row."""
+    return [None if data is None else hashlib.sha256(data).digest() for data in jpgs.to_pylist()]
 
 
 def part_name(source: Path) -> str:
@@ -185,14 +202,22 @@ def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str
     out = Path(out)
     sources = expand_shards(shards)
     spec = model_spec(config.model, config.pretrained)
+    if not finalize:
+        cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here
+    check_keys_across_shards(sources)  # before hours of embedding, not after
+    with folder_lock(out, slot=None if part.whole else part.describe()):
+        return _build_locked(sources, out, config, spec, workers, progress, started, executor, part, finalize)
+
+
+def _build_locked(sources: list[Path], out: Path, config: BankConfig, spec: ModelSpec, workers: int | None,
+                  progress: bool, started: float, executor: Any, part: ShardSlice, finalize: bool) -> BankSummary:
     tasks = [ShardTask(src, out / PARTS / part_name(src)) for src in sources]
     settings = {"model": config.model, "pretrained": config.pretrained, "model_config": config.model_config,
                 "device": config.device, "batch_size": config.batch_size, "decode_workers": config.decode_workers}
-    embed_params = {"model": spec.to_dict()}
+    embed_params = {"model": spec.to_dict(), "part_format": PART_FORMAT}
     if finalize:
         embed = _check_parts_done(tasks, embed_params)
     else:
-        cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here, once
         workers = default_workers(config.device) if workers is None else workers
         if executor is not None and not wants_gpu(config.device):
             executor = replace(executor, num_gpus=0.0)
@@ -271,11 +296,13 @@ class _Assembly:
 
     def _step(self, name: str, inputs: dict[str, Any], fn, outputs: list[str]) -> str:
         digest = params_digest({"step": name, **inputs})
-        if self.record.get(name) == digest and all((self.out / o).exists() for o in outputs):
-            return digest
+        entry = self.record.get(name)
+        if isinstance(entry, dict) and entry.get("digest") == digest:
+            if _files_intact(self.out, entry.get("files", {}), outputs):
+                return digest
         (self.out / MANIFEST).unlink(missing_ok=True)  # the bank is incomplete until the manifest is rewritten
         fn()
-        self.record[name] = digest
+        self.record[name] = {"digest": digest, "files": {o: _file_record(self.out / o) for o in outputs}}
         atomic_write_json(self.out / BUILD, self.record)
         self.ran.append(name)
         return digest
@@ -319,15 +346,14 @@ class _Assembly:
         rows, dim = sum(s["embedded"] for s in self.sources), self._part_dim()
         text = load_concept_table(self.out)[1]
         concept_names = pa.array(self.vocabulary.concepts, pa.string())
-        schema = pa.schema([("id", pa.int64()), ("key", pa.string()), ("shard", pa.string()),
+        schema = pa.schema([("id", pa.int64()), ("key", pa.string()), ("sha256", pa.binary(32)), ("shard", pa.string()),
                             ("caption_concepts", pa.list_(pa.string())), ("caption_concept_sims", pa.list_(pa.float64()))])
-        keys: list[pa.Array] = []
         bar = tqdm(total=rows, unit="img", unit_scale=True, desc="bank tables", disable=not self.progress, dynamic_ncols=True)
         with atomic_path(self.out / EMBEDDINGS) as tmp_embeddings, atomic_path(self.out / IMAGES) as tmp_images:
             matrix = np.lib.format.open_memmap(tmp_embeddings, mode="w+", dtype=np.float16, shape=(rows, dim))
             writer = pq.ParquetWriter(tmp_images, schema, compression="zstd")
             start = 0
-            for source, table in self._parts(["key", "caption", "embedding"]):
+            for source, table in self._parts(["key", "sha256", "caption", "embedding"]):
                 n = table.num_rows
                 vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(n, dim)
                 matrix[start:start + n] = vectors
@@ -339,17 +365,16 @@ class _Assembly:
                 writer.write_table(pa.table({
                     "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
                     "key": table.column("key"),
+                    "sha256": table.column("sha256"),
                     "shard": pa.array([Path(source["path"]).name] * n, pa.string()),
                     "caption_concepts": lists,
                     "caption_concept_sims": pa.ListArray.from_arrays(pa.array(ids.offsets.astype(np.int32)), pa.array(sims)),
                 }, schema=schema), row_group_size=65536)
-                keys.append(table.column("key").combine_chunks())
                 start += n
                 bar.update(n)
             writer.close()
             matrix.flush()
             del matrix
-            _check_unique_keys(keys, self.sources)
         bar.close()
 
     def _index(self, factory: str, digest: str) -> None:
@@ -422,16 +447,23 @@ def _beside_checkpoint(config: BankConfig) -> Path | None:
     return None
 
 
-def _check_unique_keys(keys: list[pa.Array], sources: list[dict[str, Any]]) -> None:
-    if not keys:
-        return
-    everything = pa.chunked_array(keys)
-    if pc.count_distinct(everything).as_py() == len(everything):
-        return
-    counts = pc.value_counts(everything)
-    duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-    where = [s["path"] for s, k in zip(sources, keys) if pc.any(pc.equal(k, duplicate)).as_py()]
-    raise ShardError(where[0], f"key '{duplicate}' appears more than once in the corpus (also in {where[-1]}); keys must be unique")
+def _file_record(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
+
+
+def _files_intact(folder: Path, recorded: dict[str, Any], names: list[str]) -> bool:
+    """True when each file is as a finished step left it: same size, and same sha256 unless untouched since."""
+    for name in names:
+        path, entry = folder / name, recorded.get(name)
+        if entry is None or not path.is_file():
+            return False
+        stat = path.stat()
+        if stat.st_size != entry["size"]:
+            return False
+        if stat.st_mtime_ns != entry["mtime_ns"] and sha256_file(path) != entry["sha256"]:
+            return False
+    return True
 
 
 def _last_line(err: BaseException) -> str:
@@ -471,6 +503,7 @@ class Bank:
     keys: pa.Array
     embeddings: np.ndarray
     searcher: Searcher
+    digests: pa.Array | None = None  # sha256 of each image's bytes; None: no reuse can be verified
 
     @property
     def spec(self) -> ModelSpec:
@@ -505,29 +538,49 @@ class Bank:
 
         path = Path(path)
         manifest = read_bank_manifest(path)
-        vocabulary = Vocabulary.load(path / manifest["vocabulary"]["file"])
-        names, text = load_concept_table(path)
+        with _bank_file(path / manifest["vocabulary"]["file"]):
+            vocabulary = Vocabulary.load(path / manifest["vocabulary"]["file"])
+        with _bank_file(path / CONCEPTS):
+            names, text = load_concept_table(path)
         if tuple(names) != tuple(vocabulary.concepts):
             raise BankError(f"{path / CONCEPTS}: concept table does not match {manifest['vocabulary']['file']}; rebuild the bank")
         concept_names = pa.array(names, pa.string())
-        images = pq.read_table(path / IMAGES, columns=["key", "caption_concepts", "caption_concept_sims"])
+        with _bank_file(path / IMAGES):
+            images = pq.read_table(path / IMAGES, columns=["key", "sha256", "caption_concepts", "caption_concept_sims"])
         lists = images.column("caption_concepts").combine_chunks()
         ids = pc.index_in(lists.flatten(), value_set=concept_names).to_numpy(zero_copy_only=False).astype(np.int32)
         image_concepts = Ragged(offsets_from_lengths(pc.list_value_length(lists).to_numpy(zero_copy_only=False)), ids)
         sims = images.column("caption_concept_sims").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-        embeddings = np.load(path / EMBEDDINGS, mmap_mode="r")
-        index = read_index(path / INDEX)
+        with _bank_file(path / EMBEDDINGS):
+            embeddings = np.load(path / EMBEDDINGS, mmap_mode="r")
+        with _bank_file(path / INDEX):
+            index = read_index(path / INDEX)
         if index.ntotal != len(embeddings) or len(embeddings) != images.num_rows:
             raise BankError(f"{path}: index ({index.ntotal}), embeddings ({len(embeddings)}) and images.parquet ({images.num_rows}) disagree; rebuild the bank")
         params = SearchParams(manifest["index"].get("nprobe") if nprobe is None else nprobe,
                               manifest["index"].get("ef_search") if ef_search is None else ef_search)
         return cls(path, manifest, vocabulary, concept_names, text, image_concepts, sims,
-                   images.column("key").combine_chunks(), embeddings, Searcher(index, params, use_gpu))
+                   images.column("key").combine_chunks(), embeddings, Searcher(index, params, use_gpu),
+                   images.column("sha256").combine_chunks())
 
-    def lookup(self, keys: pa.Array | Sequence[str]) -> np.ndarray:
-        """FAISS ids of the given keys, -1 for keys not in the bank."""
+    def lookup(self, keys: pa.Array | Sequence[str], digests: Sequence[bytes | None] | None = None) -> np.ndarray:
+        """FAISS ids of the given keys, -1 for keys not in the bank.
+
+        With ``digests`` (``image_digests`` of the rows) a key counts only when its image bytes are the ones embedded
+        in the bank: keys alone would hand another picture's embedding, and so its concepts, to a shard from another
+        corpus whose keys happen to coincide. Leave it out only for rows known to come from the bank's own corpus.
+        """
         found = pc.index_in(pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys, value_set=self.keys)
-        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        known = np.nonzero(ids >= 0)[0]
+        if digests is not None and self.digests is None:
+            ids[:] = -1
+        elif digests is not None and len(known):
+            stored = self.digests.take(pa.array(ids[known]))
+            given = pa.array(digests, pa.binary(32)).take(pa.array(known))
+            same = pc.fill_null(pc.equal(stored, given), False).to_numpy(zero_copy_only=False)
+            ids[known[~same]] = -1
+        return ids
 
     def check_model(self, model: str | None, pretrained: str | None) -> None:
         check_bank_model(self.path, self.manifest, model, pretrained)
@@ -546,6 +599,18 @@ class Bank:
         if not clip.spec.same_model(spec):
             raise BankError(f"bank {self.path} was built with {spec.describe()}, but {clip.spec.describe()} was loaded")
         return clip
+
+
+@contextlib.contextmanager
+def _bank_file(path: Path):
+    """Turn a damaged bank file's loader error (FAISS, Arrow, NumPy, JSON) into one line naming the file."""
+    try:
+        yield
+    except BankError:
+        raise
+    except (RuntimeError, ValueError, OSError, KeyError, EOFError, pa.ArrowException) as err:
+        raise BankError(f"{path}: unreadable bank file ({_last_line(err)}); "
+                        "rerun cocu-curate build-bank to repair it") from None
 
 
 def bank_spec(manifest: dict[str, Any]) -> ModelSpec:

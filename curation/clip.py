@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,7 @@ def decode_image(data: bytes | None) -> Image.Image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = re.sub(r" <[^<>]* at 0x[0-9a-fA-F]+>", "", reason)  # Pillow names the buffer's address: not repeatable
         raise ValueError(f"undecodable image ({reason})") from None
 
 

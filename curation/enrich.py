@@ -21,13 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .bank import Bank, check_bank_model, read_bank_manifest, set_worker_threads
+from .bank import Bank, check_bank_model, image_digests, read_bank_manifest, set_worker_threads
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
 from .concepts import TEMPLATES
+from .locking import folder_lock
 from .placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from .ranking import FORMULAS, Formula, Ragged, anchor_first, exclude_self, offsets_from_lengths, rank
-from .shards import ShardError, ShardWriter, expand_shards, iter_batches, open_parquet
+from .shards import ShardError, ShardWriter, decode_text, expand_shards, iter_batches, open_parquet
 from .stage import ShardTask, StageSummary, run_stage
 
 CURATED_FIELDS = [
@@ -169,10 +170,15 @@ def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | o
     workers = default_workers(config.device) if workers is None else workers
     if executor is not None and not wants_gpu(config.device):
         executor = replace(executor, num_gpus=0.0)
-    return run_stage("enrich", part.take(tasks), enrich_shard, config.output_params(manifest["bank_id"]),
-                     workers=workers, progress=progress, initializer=_init_worker,
-                     initargs=(str(bank_path), config, workers), devices=worker_devices(workers, config.device),
-                     executor=executor)
+    opened = Bank.open(bank_path, config.nprobe, config.ef_search)  # a damaged bank: one error, not one per shard
+    if workers <= 1 and executor is None:
+        _banks[(bank_path.resolve(), manifest["bank_id"], config.nprobe, config.ef_search)] = opened
+    del opened
+    with folder_lock(out, slot=None if part.whole else part.describe()):
+        return run_stage("enrich", part.take(tasks), enrich_shard, config.output_params(manifest["bank_id"]),
+                         workers=workers, progress=progress, initializer=_init_worker,
+                         initargs=(str(bank_path), config, workers), devices=worker_devices(workers, config.device),
+                         executor=executor)
 
 
 def template_note(manifest: dict[str, Any], formula: str) -> str | None:
@@ -198,8 +204,12 @@ def enrich_shard(task: ShardTask, params: dict[str, Any], progress) -> dict[str,
     """Curate one shard (run through ``run_stage``; the output appears only when complete)."""
     bank, config = _bank(), _state["config"]
     schema = open_parquet(task.source).schema_arrow
-    keys = pa.chunked_array([b.column("key") for b in iter_batches(task.source, batch_size=65536, columns=["key"])], pa.string())
-    bank_ids = bank.lookup(keys.combine_chunks()) if len(keys) else np.zeros(0, np.int64)
+    keys, digests = [], []
+    for batch in iter_batches(task.source, batch_size=1024, columns=["key", "jpg"]):
+        keys.append(batch.column("key"))
+        digests.extend(image_digests(batch.column("jpg")))
+    keys = pa.chunked_array(keys, pa.string())
+    bank_ids = bank.lookup(keys.combine_chunks(), digests) if len(keys) else np.zeros(0, np.int64)
     fresh = _FreshEmbeddings(bank, task.source, np.nonzero(bank_ids < 0)[0], config, _state["decode_workers"])
     counts = dict.fromkeys(["images", "curated", "errors", "empty_archives", "concepts", "archive", "reused", "embedded"], 0)
     with ShardWriter(task.target, output_schema(schema)) as writer:
@@ -253,9 +263,14 @@ def _curate_batch(bank: Bank, config: EnrichConfig, batch: pa.RecordBatch, rows:
     for place, error in zip(new, embedded.errors):
         errors[place] = error
     valid = np.array([e is None for e in errors], dtype=bool)
+    fresh_embedded = int(valid[new].sum())
+    captions, bad_captions = decode_text(batch.column("caption"))
+    captions = [c or "" for c in captions]
+    for place in bad_captions:  # kept and flagged like a row with a bad image
+        errors[place] = errors[place] or "caption is not valid UTF-8"
+        valid[place] = False
     keep = np.nonzero(valid)[0]
 
-    captions = pc.fill_null(batch.column("caption"), "").to_pylist()
     caption_lists = pa.array(bank.vocabulary.match_many(captions), pa.list_(pa.string()))
     own = Ragged(offsets_from_lengths(pc.list_value_length(caption_lists).to_numpy(zero_copy_only=False)),
                  pc.index_in(caption_lists.flatten(), value_set=bank.concept_names).to_numpy(zero_copy_only=False).astype(np.int64))
@@ -284,7 +299,7 @@ def _curate_batch(bank: Bank, config: EnrichConfig, batch: pa.RecordBatch, rows:
     counts["concepts"] += int(lengths.sum())
     counts["archive"] += int(curated.archive_sizes.sum())
     counts["reused"] += len(stored)
-    counts["embedded"] += int(valid[new].sum())
+    counts["embedded"] += fresh_embedded
     return table
 
 

@@ -11,12 +11,13 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 REQUIRED_COLUMNS: dict[str, tuple[pa.DataType, ...]] = {
@@ -118,12 +119,63 @@ def _check_keys(path, keys: list[str | None], start: int, seen: set[str]) -> Non
         seen.add(key)
 
 
+def decode_text(column: pa.Array | pa.ChunkedArray) -> tuple[list[str | None], list[int]]:
+    """A string column as Python strings; values that are not valid UTF-8 become None and their positions are returned.
+
+    Parquet readers do not check UTF-8, so one bad caption would otherwise fail a whole shard at ``to_pylist``.
+    """
+    try:
+        return column.to_pylist(), []
+    except UnicodeDecodeError:
+        pass
+    values: list[str | None] = []
+    bad: list[int] = []
+    for position, raw in enumerate(column.cast(pa.binary()).to_pylist()):
+        try:
+            values.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            values.append(None)
+            bad.append(position)
+    return values, bad
+
+
 def validate_shard(path: str | os.PathLike, batch_size: int = 4096) -> int:
-    """Read a whole shard once (keys and schema only) and return its row count."""
+    """Read a whole shard once and return its row count: schema, keys (unique, non-empty) and captions (UTF-8)."""
     rows = 0
-    for batch in iter_batches(path, batch_size=batch_size, columns=["key"]):
+    for batch in iter_batches(path, batch_size=batch_size, columns=["key", "caption"]):
+        _, bad = decode_text(batch.column("caption"))
+        if bad:
+            raise ShardError(path, "caption is not valid UTF-8", row=rows + bad[0])
         rows += batch.num_rows
     return rows
+
+
+def check_keys_across_shards(sources: Sequence[Path]) -> None:
+    """Refuse a corpus whose shards share a key, reading only the key columns.
+
+    A shard that cannot be read is skipped here; the embed stage reports it with the others.
+    """
+    keys: list[pa.Array] = []
+    readable: list[Path] = []
+    for source in sources:
+        try:
+            batches = iter_batches(source, 65536, ["key"], check_keys=False)
+            chunks = [b.column("key").cast(pa.string()) for b in batches]
+            keys.append(pa.concat_arrays(chunks) if chunks else pa.array([], pa.string()))
+            readable.append(source)
+        except ShardError:
+            continue
+    everything = pa.chunked_array(keys, pa.string())
+    if len(everything) == 0 or pc.count_distinct(everything).as_py() == len(everything):
+        return
+    counts = pc.value_counts(everything)
+    duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    where = [(path, pc.index(k, duplicate).as_py()) for path, k in zip(readable, keys)
+             if pc.any(pc.equal(k, duplicate)).as_py()]
+    if len(where) < 2:
+        return  # a duplicate inside one shard: the embed stage names it with its row
+    (first, _), (second, row) = where[0], where[1]
+    raise ShardError(second, f"key '{duplicate}' is also in {first}; keys must be unique across the corpus", row=row)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -139,9 +191,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block completes."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(target)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -150,6 +200,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _create_temporary(target: Path) -> Path:
+    """An empty new file beside ``target``, created with mode 0666 so the umask decides who may read the output
+    (``tempfile.mkstemp`` would make every output 0600)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

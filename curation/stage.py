@@ -100,8 +100,11 @@ def is_done(task: ShardTask, digest: str) -> bool:
     manifest = read_manifest(task)
     if manifest is None or manifest.get("params_digest") != digest or not task.target.exists():
         return False
-    if manifest.get("target_stat", {}).get("size") != task.target.stat().st_size:
+    recorded, stat = manifest.get("target_stat", {}), _fingerprint(task.target)
+    if recorded.get("size") != stat["size"]:
         return False
+    if recorded != stat and sha256_file(task.target) != manifest.get("target_sha256"):
+        return False  # rewritten in place since it was made
     return source_sha256(task.source, manifest) == manifest.get("source_sha256")
 
 

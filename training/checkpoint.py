@@ -6,12 +6,17 @@ code objects, nothing executed on load.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from cocu.curation.shards import atomic_path, remove_stale_temporaries
 from cocu.training.model import GroupViT, GroupViTConfig, get_config
 
 _PREFIX = "model."
@@ -44,12 +49,47 @@ def load_groupvit(path: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), config
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded, said in one line naming the file."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their target and renamed into place; loaded as plain data only.
+
+    Lightning's local save goes through an fsspec transaction that stages the file in ``$TMPDIR``: on another file
+    system the final move is a copy, and a kill during it leaves a truncated ``last.ckpt`` (the previous good one
+    gone). Loading passes ``weights_only=True`` itself rather than relying on torch's default, which changed in 2.6.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)  # remote storage: Lightning's own way
+            return
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # truncated, foreign or pickled-code file: one line naming it
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {reason})") from None
+
+
 class GroupViTCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` that also saves when training stops between two periodic saves.
 
     Lightning writes `last` only on its save schedule, so a run whose max_steps is not a multiple of
     every_n_train_steps would otherwise end with stale final weights.
     """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            remove_stale_temporaries(self.dirpath)  # a checkpoint write that a kill interrupted
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already

@@ -42,7 +42,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 
-from cocu.curation.shards import REQUIRED_COLUMNS, ShardError, check_schema, expand_shards, iter_batches, open_parquet
+from cocu.curation.shards import (REQUIRED_COLUMNS, ShardError, check_schema, decode_text, expand_shards, iter_batches,
+                                  open_parquet)
 
 from .prompts import TEXT_MODES, build_texts, draw_cluster_guided, draw_uniform, take_top
 
@@ -333,9 +334,10 @@ class CuratedShardStream(IterableDataset):
         self.counts["read"] += batch.num_rows
         names = batch.schema.names
         keys = batch.column("key").to_pylist()
-        captions = batch.column("caption").to_pylist()
+        captions, invalid = decode_text(batch.column("caption"))
         keep = [bool(caption and caption.strip()) for caption in captions]
-        self.counts["skipped_empty_caption"] += keep.count(False)
+        self.counts["skipped_invalid_caption"] += len(invalid)  # not UTF-8: skipped like an empty caption
+        self.counts["skipped_empty_caption"] += keep.count(False) - len(invalid)
         if "cocu_error" in names:
             for i, error in enumerate(batch.column("cocu_error").to_pylist()):
                 if error is not None and keep[i]:

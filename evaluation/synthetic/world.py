@@ -30,7 +30,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from cocu.curation.shards import ShardWriter, atomic_path, atomic_write_json
+from cocu.curation.shards import ShardWriter, atomic_path, atomic_write_json, remove_stale_temporaries
 
 from .captions import COLOURS, Seen, calibrate_naming, choose_named, write_caption
 from .stuff import STUFF, render_stuff
@@ -208,6 +208,8 @@ def generate_world(out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), wor
     """Write the whole world under ``out``; a rerun with the same config finds it done."""
     out = Path(out)
     record_path = out / "world.json"
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir())] if out.is_dir() else []:
+        remove_stale_temporaries(folder)  # left by a killed run
     if record_path.exists():
         existing = json.loads(record_path.read_text())
         if existing.get("config") == asdict(cfg):
