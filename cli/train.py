@@ -23,8 +23,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from cocu.curation.shards import ShardError
-from cocu.training.checkpoint import AtomicCheckpointIO, CheckpointError, GroupViTCheckpoint
+from cocu.curation.errors import CocuError
+from cocu.training.checkpoint import AtomicCheckpointIO, GroupViTCheckpoint
 from cocu.training.model import get_config
 from cocu.training.module import GroupViTModule, datamodule_batch_size
 from cocu.training.recipes import resolve_recipes
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
                     trainer_defaults={"callbacks": [FitSummary()]},
                     parser_kwargs={"description": __doc__})
-    except (ShardError, CheckpointError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
+    except (CocuError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
         line = str(err) if not isinstance(err, RuntimeError) else _loader_shard_error(err)
         if line is None:
             raise

@@ -41,8 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .clustering import ConceptGram
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
+from .clustering import ConceptGram
+from .errors import CocuError
 from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
 from .index_build import build_index_in_parts, is_ivf
 from .locking import folder_lock
@@ -60,7 +61,7 @@ CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "emb
 PARTS, CLIP_DIR, INDEX_PARTS = "parts", "clip", "index_parts"
 
 
-class BankError(ValueError):
+class BankError(CocuError):
     """A bank that is missing, incomplete, or made with another model: said in one line."""
 
 

@@ -1,6 +1,8 @@
 """`CocuError`, the base of every error cocu raises about its inputs, and its one-line message contract."""
 from __future__ import annotations
 
+import os
+
 
 class CocuError(ValueError):
     """Bad input, said in one line that names the file (and row, when known) and what is wrong.
@@ -17,3 +19,20 @@ class CocuError(ValueError):
             name, colon, cause = lines[-1].partition(": ")
             lines = [cause if colon and name.endswith("Error") else lines[-1]]
         super().__init__(" ".join(lines))
+
+
+class FileError(CocuError):
+    """A problem with one file: the message names the file and, when known, the row."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, row: int | None = None):
+        self.path, self.problem, self.row = str(path), problem, row
+        where = f"{self.path}: row {row}" if row is not None else self.path
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # survive the trip back from a worker process
+        return type(self), (self.path, self.problem, self.row)
+
+
+class VocabularyError(FileError):
+    """A vocabulary JSON that cannot be read or is not one cocu wrote."""
+

@@ -4,9 +4,12 @@ import pickle
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from cocu.curation.errors import CocuError
+from cocu.curation.bank import BankError
+from cocu.curation.errors import CocuError, VocabularyError
 from cocu.curation.ingest import IngestError
+from cocu.curation.shards import ShardError
 from cocu.evaluation.datasets import DatasetError
+from cocu.training.checkpoint import CheckpointError
 
 
 class _BadImage(Dataset):
@@ -17,7 +20,7 @@ class _BadImage(Dataset):
         raise DatasetError(f"/data/img{index}.png: not an image (cannot identify image file)")
 
 
-@pytest.mark.parametrize("error", [IngestError, DatasetError])
+@pytest.mark.parametrize("error", [ShardError, VocabularyError, BankError, IngestError, DatasetError, CheckpointError])
 def test_project_errors_share_the_base_and_still_read_as_value_errors(error):
     assert issubclass(error, CocuError) and issubclass(error, ValueError)
 
@@ -26,6 +29,8 @@ def test_a_message_is_folded_into_one_line_and_survives_pickling():
     err = CocuError("lists.tsv: row 3: bad URL\n  'ftp://x'")
     assert str(err) == "lists.tsv: row 3: bad URL 'ftp://x'"
     assert str(pickle.loads(pickle.dumps(err))) == str(err)
+    shard = pickle.loads(pickle.dumps(ShardError("a.parquet", "empty caption", row=7)))
+    assert (type(shard), str(shard), shard.row) == (ShardError, "a.parquet: row 7: empty caption", 7)
 
 
 def test_an_error_from_a_dataloader_worker_keeps_only_its_own_message():
