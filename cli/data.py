@@ -110,13 +110,13 @@ def download(
 ) -> None:
     """Download images with img2dataset into Parquet shards; rerun the same command to resume."""
     from cocu.curation.errors import CocuError
-    from cocu.curation.ingest import PRESETS, DownloadConfig, DownloadInterrupted
+    from cocu.curation.ingest import LIST_LAYOUTS, DownloadConfig, DownloadInterrupted
     from cocu.curation.ingest import download as run_download
 
     if preset is not None and columns is not None:
         raise typer.BadParameter("give --preset or --columns, not both")
     if preset is not None:
-        names = PRESETS[preset.value]
+        names = LIST_LAYOUTS[preset.value]
     else:
         names = tuple(name.strip() for name in columns.split(",")) if columns else None
     cfg = DownloadConfig(columns=names, url_col=url_col, caption_col=caption_col, input_format=input_format,

@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 
 from cocu.evaluation.datasets import LAYOUTS
-from cocu.evaluation.presets import PRESETS
+from cocu.evaluation.presets import SEGMENTATION_PRESETS
 
 app = typer.Typer(help="Evaluate cocu GroupViT checkpoints (zero-shot semantic segmentation, mmseg mIoU).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 DatasetName = Enum("DatasetName", {name: name for name in LAYOUTS}, type=str)
-PresetName = Enum("PresetName", {name: name for name in PRESETS}, type=str)
+PresetName = Enum("PresetName", {name: name for name in SEGMENTATION_PRESETS}, type=str)
 
 
 @app.callback()
@@ -51,7 +51,7 @@ def seg(
     import torch
 
     from cocu.curation.shards import sha256_file
-    from cocu.evaluation.segeval import evaluate, write_report
+    from cocu.evaluation.segeval import evaluate, write_metrics
     from cocu.training.checkpoint import load_groupvit
 
     if threads is not None:
@@ -71,7 +71,7 @@ def seg(
         raise typer.Exit(1)
     record = {"checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
                              "model": getattr(config, "name", None)}, **record}
-    metrics_path, table_path = write_report(record, out)
+    metrics_path, table_path = write_metrics(record, out)
     page = ""
     if html:
         from cocu.evaluation.eval_page import write_eval_page

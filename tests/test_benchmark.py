@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cocu.evaluation.benchmark import Runner, claim_run_dir, main
+from cocu.benchmarks.benchmark import Runner, claim_run_dir, main
 
 
 def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
