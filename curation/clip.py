@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,7 @@ def decode_image(data: bytes | None) -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         reason = re.sub(r" <[^<>]* at 0x[0-9a-fA-F]+>", "", reason)  # Pillow names the buffer's address: not repeatable
         raise ValueError(f"undecodable image ({reason})") from None

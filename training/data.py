@@ -23,7 +23,6 @@ curated ones ``cocu-curate enrich`` writes) with pyarrow, batch by batch, never 
 """
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 from collections import Counter
@@ -42,6 +41,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 
+from cocu.curation.clip import decode_image
 from cocu.curation.shards import (REQUIRED_COLUMNS, ShardError, check_schema, decode_text, expand_shards, iter_batches,
                                   open_parquet)
 
@@ -419,12 +419,10 @@ class CuratedShardStream(IterableDataset):
 
 
 def _decode(data: bytes | None) -> Image.Image | None:
-    if not data:
-        return None
+    """The one image decoder (curation's); a row it refuses is skipped by the training stream."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad bytes: skip the row
+        return decode_image(data)
+    except ValueError:
         return None
 
 
