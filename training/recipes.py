@@ -20,7 +20,7 @@ def recipe_path(name: str) -> Path:
 
 
 def resolve_recipes(args: list[str]) -> list[str]:
-    """Command-line arguments with each ``--config NAME`` that is not a file but a shipped recipe replaced by its path."""
+    """The arguments with each ``--config NAME`` that is not a file but a shipped recipe replaced by its path."""
     out = list(args)
     for i, arg in enumerate(out):
         value = out[i + 1] if arg == "--config" and i + 1 < len(out) else arg.partition("=")[2]
