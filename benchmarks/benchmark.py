@@ -36,7 +36,7 @@ import numpy as np
 
 from cocu.curation.shards import atomic_write_json
 from cocu.curation.stage import params_digest
-from cocu.evaluation.synthetic import WorldConfig
+from cocu.curation.sources.synthetic import WorldConfig
 
 BIN = Path(sys.executable).parent
 TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")

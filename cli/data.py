@@ -30,7 +30,7 @@ def synth(
     workers: int = typer.Option(2, min=1, help="Processes drawing shards in parallel."),
 ) -> None:
     """Generate the synthetic semantic-gap world: captions omit concepts that the truth sidecar records."""
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     if things_max < things_min:
         raise typer.BadParameter("--things-max must be at least --things-min")

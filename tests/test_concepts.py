@@ -15,8 +15,8 @@ from cocu.curation.concepts import (
 )
 from cocu.curation.errors import VocabularyError
 from cocu.curation.shards import ShardError
-from cocu.evaluation.synthetic import STUFF_NAMES, THING_NAMES
-from cocu.evaluation.synthetic.captions import COLOURS, NUMBERS
+from cocu.curation.sources.synthetic import STUFF_NAMES, THING_NAMES
+from cocu.curation.sources.synthetic.captions import COLOURS, NUMBERS
 
 
 def vocab(*concepts: str) -> Vocabulary:

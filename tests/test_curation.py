@@ -46,7 +46,7 @@ def save_tiny_clip(folder: Path, seed: int, name: str = MODEL) -> Path:
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """World (6 shards of 100), a bank built from it, and one enrich run (batches of 40 rows)."""
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("curation")
     generate_world(root / "world", WorldConfig(train=6 * SHARD_ROWS, teacher=0, val=0, shard_size=SHARD_ROWS), progress=False)
