@@ -53,7 +53,7 @@ faults: $(STAMP)
 	COCU_FAULT_TRIALS=$(FAULT_TRIALS) $(PY) -m pytest -q tests/faults
 
 benchmark: $(STAMP)
-	$(PY) -m cocu.evaluation.benchmark --preset $(BENCH) --out benchmark
+	$(PY) -m cocu.benchmarks.benchmark --preset $(BENCH) --out benchmark
 
 clean:
 	rm -rf benchmark .pytest_cache

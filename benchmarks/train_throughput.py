@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         world = args.world
         if world is None:
-            from cocu.evaluation.synthetic import WorldConfig, generate_world
+            from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
             world = Path(tmp) / "world"
             generate_world(world, WorldConfig(train=args.rows, teacher=10, val=10, shard_size=2500), workers=2,

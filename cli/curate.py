@@ -74,10 +74,10 @@ def build_bank(
     finalize: bool = typer.Option(False, help="Embed nothing: build the bank from the parts the array tasks wrote."),
 ) -> None:
     """Embed the images of SHARDS with a CLIP, mine their caption concepts and build the FAISS bank in OUT."""
-    from cocu.curation.bank import BankConfig, BankError
+    from cocu.curation.bank import BankConfig
     from cocu.curation.bank import build_bank as build
     from cocu.curation.placement import ShardSlice, shard_slice
-    from cocu.curation.shards import ShardError
+    from cocu.curation.errors import CocuError
 
     try:
         user = tuple(line.strip() for line in concepts.read_text().splitlines() if line.strip()) if concepts else ()
@@ -88,7 +88,7 @@ def build_bank(
         part = ShardSlice() if finalize else shard_slice(shard_index, num_shards)
         summary = build(shards, out, config, workers=workers, executor=_executor(executor, ray_address, workers),
                         part=part, finalize=finalize)
-    except (ShardError, BankError, ValueError, FileNotFoundError, OSError) as err:
+    except (CocuError, ValueError, FileNotFoundError, OSError) as err:
         _fail(err)
     for failure in summary.embed.failures:
         typer.echo(f"error: {failure}", err=True)
@@ -131,12 +131,11 @@ def enrich(
                                    "(default: $SLURM_ARRAY_TASK_COUNT)."),
 ) -> None:
     """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
-    from cocu.curation.bank import BankError
     from cocu.curation.bank import read_bank_manifest
     from cocu.curation.enrich import EnrichConfig, summary_line, template_note
     from cocu.curation.enrich import enrich as run
     from cocu.curation.placement import shard_slice
-    from cocu.curation.shards import ShardError
+    from cocu.curation.errors import CocuError
 
     config = EnrichConfig(neighbors=neighbors, top_k=top_k, clusters=clusters, seed=seed, nprobe=nprobe, ef_search=ef_search,
                           batch_size=batch_size, model=model, pretrained=pretrained, embed_batch_size=embed_batch_size,
@@ -148,7 +147,7 @@ def enrich(
             typer.echo(note, err=True)
         summary = run(bank, shards, out, config, workers=workers, executor=_executor(executor, ray_address, workers),
                       part=shard_slice(shard_index, num_shards))
-    except (ShardError, BankError, ValueError, FileNotFoundError, OSError) as err:
+    except (CocuError, ValueError, FileNotFoundError, OSError) as err:
         _fail(err)
     for failure in summary.failures:
         typer.echo(f"error: {failure}", err=True)
@@ -168,13 +167,13 @@ def show(
     page_size: int = typer.Option(60, min=1, help="Cards per page."),
 ) -> None:
     """Write a static HTML gallery of curated shards: thumbnails, captions, curated concepts, and a summary page."""
-    from cocu.curation.shards import ShardError
+    from cocu.curation.errors import CocuError
     from cocu.evaluation.gallery import GalleryConfig, write_gallery
 
     try:
         config = GalleryConfig(limit=limit, thumb_size=thumb_size, page_size=page_size)
         summary = write_gallery(curated, out, truth, config)
-    except (ShardError, ValueError, FileNotFoundError, FileExistsError, OSError) as err:
+    except (CocuError, ValueError, FileNotFoundError, FileExistsError, OSError) as err:
         _fail(err)
     typer.echo(summary.line())
 

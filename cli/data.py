@@ -30,7 +30,7 @@ def synth(
     workers: int = typer.Option(2, min=1, help="Processes drawing shards in parallel."),
 ) -> None:
     """Generate the synthetic semantic-gap world: captions omit concepts that the truth sidecar records."""
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     if things_max < things_min:
         raise typer.BadParameter("--things-max must be at least --things-min")
@@ -49,23 +49,24 @@ def synth(
 @app.command()
 def validate(shards: list[str] = typer.Argument(..., help="Shard files, folders or globs.")) -> None:
     """Check shards against the data contract: one line per bad file, exit 1 if any."""
-    from cocu.curation.shards import ShardError, check_keys_across_shards, expand_shards, validate_shard
+    from cocu.curation.errors import CocuError
+    from cocu.curation.shards import check_keys_across_shards, expand_shards, validate_shard
 
     try:
         paths = expand_shards(shards)
-    except ShardError as err:
+    except CocuError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     bad = rows = 0
     for path in paths:
         try:
             rows += validate_shard(path)
-        except ShardError as err:
+        except CocuError as err:
             bad += 1
             typer.echo(f"error: {err}", err=True)
     try:
         check_keys_across_shards(paths)
-    except ShardError as err:
+    except CocuError as err:
         bad += 1
         typer.echo(f"error: {err}", err=True)
     typer.echo(f"{len(paths)} shard(s), {rows} rows, {bad} invalid")
@@ -108,14 +109,14 @@ def download(
                                               "default: a local one)."),
 ) -> None:
     """Download images with img2dataset into Parquet shards; rerun the same command to resume."""
-    from cocu.curation.ingest import PRESETS, DownloadConfig, DownloadInterrupted, IngestError
+    from cocu.curation.errors import CocuError
+    from cocu.curation.ingest import LIST_LAYOUTS, DownloadConfig, DownloadInterrupted
     from cocu.curation.ingest import download as run_download
-    from cocu.curation.shards import ShardError
 
     if preset is not None and columns is not None:
         raise typer.BadParameter("give --preset or --columns, not both")
     if preset is not None:
-        names = PRESETS[preset.value]
+        names = LIST_LAYOUTS[preset.value]
     else:
         names = tuple(name.strip() for name in columns.split(",")) if columns else None
     cfg = DownloadConfig(columns=names, url_col=url_col, caption_col=caption_col, input_format=input_format,
@@ -125,7 +126,7 @@ def download(
                          retries=retries, overwrite=overwrite, distributor=distributor.value, ray_address=ray_address)
     try:
         summary = run_download(url_list, out, cfg)
-    except (ShardError, IngestError) as err:
+    except CocuError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     except DownloadInterrupted as err:
@@ -142,12 +143,12 @@ def convert(
     workers: int = typer.Option(2, min=1, help="Tars converted in parallel."),
 ) -> None:
     """Convert webdataset tars (jpg/png + txt, the GroupViT format) to Parquet shards; resumable."""
+    from cocu.curation.errors import CocuError
     from cocu.curation.ingest import convert_webdataset
-    from cocu.curation.shards import ShardError
 
     try:
         summary = convert_webdataset(tars, out, workers=workers)
-    except ShardError as err:
+    except CocuError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     for failure in summary.failures:

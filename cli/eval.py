@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 
 from cocu.evaluation.datasets import LAYOUTS
-from cocu.evaluation.presets import PRESETS
+from cocu.evaluation.presets import SEGMENTATION_PRESETS
 
 app = typer.Typer(help="Evaluate cocu GroupViT checkpoints (zero-shot semantic segmentation, mmseg mIoU).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 DatasetName = Enum("DatasetName", {name: name for name in LAYOUTS}, type=str)
-PresetName = Enum("PresetName", {name: name for name in PRESETS}, type=str)
+PresetName = Enum("PresetName", {name: name for name in SEGMENTATION_PRESETS}, type=str)
 
 
 @app.callback()
@@ -38,19 +38,20 @@ def seg(
     html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU, overlays."),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
-    from cocu.evaluation.datasets import DatasetError, open_dataset
+    from cocu.curation.errors import CocuError
+    from cocu.evaluation.datasets import open_dataset
     from cocu.evaluation.presets import get_preset
 
     try:
         settings = get_preset(preset.value, dataset.value)
         data = open_dataset(dataset.value, root)
-    except (DatasetError, KeyError) as err:
+    except (CocuError, KeyError) as err:
         typer.echo(f"error: {err.args[0]}", err=True)
         raise typer.Exit(2)
     import torch
 
     from cocu.curation.shards import sha256_file
-    from cocu.evaluation.segeval import evaluate, write_report
+    from cocu.evaluation.segeval import evaluate, write_metrics
     from cocu.training.checkpoint import load_groupvit
 
     if threads is not None:
@@ -65,12 +66,12 @@ def seg(
     try:
         record = evaluate(model, data, settings, batch_size=batch_size, workers=workers, limit=limit,
                           save_images=save_images, out_dir=out)
-    except DatasetError as err:  # from a DataLoader worker the message carries a traceback: keep its last line
-        typer.echo(f"error: {str(err).strip().splitlines()[-1]}", err=True)
+    except CocuError as err:
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     record = {"checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
                              "model": getattr(config, "name", None)}, **record}
-    metrics_path, table_path = write_report(record, out)
+    metrics_path, table_path = write_metrics(record, out)
     page = ""
     if html:
         from cocu.evaluation.eval_page import write_eval_page

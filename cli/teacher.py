@@ -33,7 +33,7 @@ def clip(
 ) -> None:
     """Train an open_clip model with a small custom config, save it as a standard open_clip
     checkpoint, and measure its zero-shot concept ranking on the world."""
-    from cocu.curation.shards import ShardError
+    from cocu.curation.errors import CocuError
     from cocu.training.teacher import train_teacher
 
     shards: list[str] = data
@@ -46,7 +46,7 @@ def clip(
                             device=device, eval_world=eval_world if eval_images else None, eval_split=eval_split,
                             eval_images=eval_images, prompt=prompt)
         weights = train_teacher(shards, out, cfg)
-    except (ShardError, ValueError, FloatingPointError) as err:
+    except (CocuError, ValueError, FloatingPointError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     record = json.loads((out / RECORD_NAME).read_text())

@@ -1,7 +1,9 @@
 """`cocu-train`: `fit` pretrains GroupViT on (curated) Parquet shards with LightningCLI; `clip` trains the teacher CLIP.
 
-    cocu-train fit --config configs/train/synthetic.yaml --data.shards WORLD/train --data.text_mode caption
-    cocu-train fit --config configs/train/synthetic.yaml ... --ckpt_path last     # resume after a kill
+    cocu-train fit --config synthetic --data.shards WORLD/train --data.text_mode caption
+    cocu-train fit --config synthetic ... --ckpt_path last     # resume after a kill
+
+`--config` takes a YAML file or the name of a recipe shipped with cocu (groupvit-s, synthetic, tiny-test).
 
 Every option of the model (`--model.*`), the data module (`--data.*`), the Trainer (`--trainer.*`) and the checkpoint
 callback (`--checkpoint.*`) can be set in the YAML or on the command line; `--print_config` shows the result.
@@ -21,10 +23,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from cocu.curation.shards import ShardError
-from cocu.training.checkpoint import AtomicCheckpointIO, CheckpointError, GroupViTCheckpoint
+from cocu.curation.errors import CocuError
+from cocu.training.checkpoint import AtomicCheckpointIO, GroupViTCheckpoint
 from cocu.training.model import get_config
 from cocu.training.module import GroupViTModule, datamodule_batch_size
+from cocu.training.recipes import resolve_recipes
 
 
 def _checkpoint_dir(root: str | None) -> str:
@@ -131,12 +134,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # the shards are split across loader workers by the dataset itself, so its length is exact
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-    # args=None lets LightningCLI read sys.argv itself (passing both makes it warn)
+    # args=None lets LightningCLI read sys.argv itself; a recipe name makes us pass the resolved copy instead
+    if resolve_recipes(args) != args:
+        argv = resolve_recipes(args)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
                     trainer_defaults={"callbacks": [FitSummary()]},
                     parser_kwargs={"description": __doc__})
-    except (ShardError, CheckpointError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
+    except (CocuError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
         line = str(err) if not isinstance(err, RuntimeError) else _loader_shard_error(err)
         if line is None:
             raise

@@ -30,7 +30,7 @@ import re
 import shutil
 import time
 from functools import cached_property
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .clustering import ConceptGram
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
+from .clustering import ConceptGram
+from .errors import CocuError
 from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
 from .index_build import build_index_in_parts, is_ivf
 from .locking import folder_lock
@@ -60,7 +61,7 @@ CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "emb
 PARTS, CLIP_DIR, INDEX_PARTS = "parts", "clip", "index_parts"
 
 
-class BankError(ValueError):
+class BankError(CocuError):
     """A bank that is missing, incomplete, or made with another model: said in one line."""
 
 
@@ -114,8 +115,7 @@ class BankSummary:
 
 # ---------------------------------------------------------------------------------------------- embed stage
 
-_embed_settings: dict[str, Any] = {}
-_models: dict[tuple, ClipModel] = {}
+_models: dict[tuple, ClipModel] = {}  # a memo: one loaded model per process and spec
 
 
 def cached_clip(model: str, pretrained: str | None, model_config: str | None, device: str | None) -> ClipModel:
@@ -142,14 +142,27 @@ def set_worker_threads(workers: int, decode_workers: int | None) -> int:
     return decoders
 
 
-def _init_embed_worker(settings: dict[str, Any], workers: int) -> None:
-    _embed_settings.clear()
-    _embed_settings.update(settings, decode_workers=set_worker_threads(workers, settings["decode_workers"]))
+@contextlib.contextmanager
+def restored_threads() -> Iterator[None]:
+    """Give back the caller's torch and FAISS thread counts after a stage ran workers in this process."""
+    import faiss
+    import torch
+
+    saved = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        faiss.omp_set_num_threads(saved[1])
 
 
-def _embed_part(task: ShardTask, params: dict[str, Any], progress) -> dict[str, int]:
+def _init_embed_worker(settings: dict[str, Any], workers: int) -> dict[str, Any]:
+    """The embed stage's worker initializer: this process's thread share; the settings are the worker's context."""
+    return {**settings, "decode_workers": set_worker_threads(workers, settings["decode_workers"])}
+
+
+def _embed_part(task: ShardTask, params: dict[str, Any], progress, s: dict[str, Any]) -> dict[str, int]:
     """Embed one shard's images into ``parts/<shard>.parquet`` (key, caption, embedding); failed images are left out."""
-    s = _embed_settings
     keys, captions, digests, bad_captions = [], [], [], 0
     for batch in iter_batches(task.source, batch_size=1024, columns=["key", "caption", "jpg"]):
         keys.extend(batch.column("key").to_pylist())
@@ -205,7 +218,7 @@ def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str
     if not finalize:
         cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here
     check_keys_across_shards(sources)  # before hours of embedding, not after
-    with folder_lock(out, slot=None if part.whole else part.describe()):
+    with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
         return _build_locked(sources, out, config, spec, workers, progress, started, executor, part, finalize)
 
 
@@ -227,7 +240,7 @@ def _build_locked(sources: list[Path], out: Path, config: BankConfig, spec: Mode
     summary = BankSummary(out, embed, part=part)
     if not embed.ok or not part.whole:
         return summary
-    _init_embed_worker(settings, 1)
+    set_worker_threads(1, config.decode_workers)  # the assembly runs here, on the whole machine
     builder = _Assembly(out, config, spec, tasks, progress)
     summary.steps_run = builder.run()
     manifest = json.loads((out / MANIFEST).read_text())
@@ -267,8 +280,8 @@ class _Assembly:
     @property
     def clip(self) -> ClipModel:
         if self._clip is None:
-            s = _embed_settings
-            self._clip = cached_clip(s["model"], s["pretrained"], s["model_config"], s["device"])
+            c = self.config
+            self._clip = cached_clip(c.model, c.pretrained, c.model_config, c.device)
         return self._clip
 
     def run(self) -> list[str]:

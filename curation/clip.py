@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,7 @@ def decode_image(data: bytes | None) -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         reason = re.sub(r" <[^<>]* at 0x[0-9a-fA-F]+>", "", reason)  # Pillow names the buffer's address: not repeatable
         raise ValueError(f"undecodable image ({reason})") from None
@@ -261,6 +262,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` or None: CUDA when available, else the CPU; anything else as torch reads it."""
+    return default_device() if name in (None, "auto") else torch.device(name)
+
+
 def load_clip(model: str, pretrained: str | None = None, model_config: str | os.PathLike | None = None,
               device: str | torch.device | None = None, cache_dir: str | None = None) -> ClipModel:
     """Load any open_clip model the way a user would: built-in name + tag, ``hf-hub:``/``local-dir:``, or a checkpoint file.
@@ -271,7 +277,7 @@ def load_clip(model: str, pretrained: str | None = None, model_config: str | os.
     """
     config_path = register_model_config(model, pretrained, model_config)
     spec = model_spec(model, pretrained)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     schema = model.startswith(("hf-hub:", "local-dir:"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)

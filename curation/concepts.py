@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from .shards import ShardError, atomic_write_json
+from .errors import VocabularyError
+from .shards import atomic_write_json
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -265,31 +266,31 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocabulary":
-        """Read a file written by ``save``; anything inconsistent is a one-line ShardError naming the file."""
+        """Read a file written by ``save``; anything inconsistent is a one-line VocabularyError naming the file."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ShardError(path, "no such file") from None
+            raise VocabularyError(path, "no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ShardError(path, f"not a readable vocabulary file ({err})") from None
+            raise VocabularyError(path, f"not a readable vocabulary file ({err})") from None
         if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-            raise ShardError(path, f"not a vocabulary file (expected format '{FILE_FORMAT}')")
+            raise VocabularyError(path, f"not a vocabulary file (expected format '{FILE_FORMAT}')")
         if data.get("normalization") != NORMALIZATION:
-            raise ShardError(path, f"written under normalisation {data.get('normalization')!r}, this cocu uses "
+            raise VocabularyError(path, f"written under normalisation {data.get('normalization')!r}, this cocu uses "
                                    f"{NORMALIZATION!r}: rebuild the vocabulary")
         concepts, counts = data.get("concepts"), data.get("counts")
         if not isinstance(concepts, list) or not isinstance(counts, list):
-            raise ShardError(path, "'concepts' and 'counts' must be lists")
+            raise VocabularyError(path, "'concepts' and 'counts' must be lists")
         if not all(isinstance(c, str) for c in concepts):
-            raise ShardError(path, "a concept is not a string", row=next(i for i, c in enumerate(concepts) if not isinstance(c, str)))
+            raise VocabularyError(path, "a concept is not a string", row=next(i for i, c in enumerate(concepts) if not isinstance(c, str)))
         if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
-            raise ShardError(path, "a count is not an integer", row=next(i for i, c in enumerate(counts) if not isinstance(c, int) or isinstance(c, bool)))
+            raise VocabularyError(path, "a count is not an integer", row=next(i for i, c in enumerate(counts) if not isinstance(c, int) or isinstance(c, bool)))
         problem = _check(tuple(concepts), tuple(counts))
         if problem:
-            raise ShardError(path, problem[1], row=problem[0])
+            raise VocabularyError(path, problem[1], row=problem[0])
         vocabulary = cls(tuple(concepts), tuple(counts))
         if data.get("digest") != vocabulary.digest():
-            raise ShardError(path, f"digest {data.get('digest')!r} does not match the content ({vocabulary.digest()}): edited by hand?")
+            raise VocabularyError(path, f"digest {data.get('digest')!r} does not match the content ({vocabulary.digest()}): edited by hand?")
         return vocabulary
 
 

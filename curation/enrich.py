@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .bank import Bank, check_bank_model, image_digests, read_bank_manifest, set_worker_threads
+from .bank import Bank, check_bank_model, image_digests, read_bank_manifest, restored_threads, set_worker_threads
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
 from .concepts import TEMPLATES
@@ -134,22 +134,19 @@ def output_schema(schema: pa.Schema) -> pa.Schema:
 
 # ---------------------------------------------------------------------------------------------- stage
 
-_state: dict[str, Any] = {}
-_banks: dict[tuple, Bank] = {}  # opened banks stay open for the life of the process
+@dataclass(frozen=True)
+class EnrichContext:
+    """What one worker needs for every shard it curates: the open bank, the settings, its share of image decoders."""
+
+    bank: Bank
+    config: EnrichConfig
+    decode_workers: int
 
 
-def _init_worker(bank_path: str, config: EnrichConfig, workers: int) -> None:
-    _state.clear()
-    _state.update(bank_path=bank_path, config=config, decode_workers=set_worker_threads(workers, config.decode_workers))
-
-
-def _bank() -> Bank:
-    config: EnrichConfig = _state["config"]
-    path = Path(_state["bank_path"]).resolve()
-    key = (path, read_bank_manifest(path)["bank_id"], config.nprobe, config.ef_search)
-    if key not in _banks:
-        _banks[key] = Bank.open(path, config.nprobe, config.ef_search)
-    return _banks[key]
+def open_enrich_worker(bank_path: str, config: EnrichConfig, workers: int, opened: Bank | None = None) -> EnrichContext:
+    """The stage's worker initializer: sets this process's thread share and opens the bank (or takes ``opened``)."""
+    decoders = set_worker_threads(workers, config.decode_workers)
+    return EnrichContext(opened or Bank.open(bank_path, config.nprobe, config.ef_search), config, decoders)
 
 
 def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
@@ -171,13 +168,11 @@ def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | o
     if executor is not None and not wants_gpu(config.device):
         executor = replace(executor, num_gpus=0.0)
     opened = Bank.open(bank_path, config.nprobe, config.ef_search)  # a damaged bank: one error, not one per shard
-    if workers <= 1 and executor is None:
-        _banks[(bank_path.resolve(), manifest["bank_id"], config.nprobe, config.ef_search)] = opened
-    del opened
-    with folder_lock(out, slot=None if part.whole else part.describe()):
+    in_process = workers <= 1 and executor is None  # worker processes open their own; this one reuses it
+    with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
         return run_stage("enrich", part.take(tasks), enrich_shard, config.output_params(manifest["bank_id"]),
-                         workers=workers, progress=progress, initializer=_init_worker,
-                         initargs=(str(bank_path), config, workers), devices=worker_devices(workers, config.device),
+                         workers=workers, progress=progress, initializer=open_enrich_worker,
+                         initargs=(str(bank_path), config, workers, opened if in_process else None), devices=worker_devices(workers, config.device),
                          executor=executor)
 
 
@@ -200,9 +195,9 @@ def _check_distinct_targets(tasks: list[ShardTask]) -> None:
             seen[target] = task.source
 
 
-def enrich_shard(task: ShardTask, params: dict[str, Any], progress) -> dict[str, int]:
+def enrich_shard(task: ShardTask, params: dict[str, Any], progress, context: EnrichContext) -> dict[str, int]:
     """Curate one shard (run through ``run_stage``; the output appears only when complete)."""
-    bank, config = _bank(), _state["config"]
+    bank, config = context.bank, context.config
     schema = open_parquet(task.source).schema_arrow
     keys, digests = [], []
     for batch in iter_batches(task.source, batch_size=1024, columns=["key", "jpg"]):
@@ -210,7 +205,7 @@ def enrich_shard(task: ShardTask, params: dict[str, Any], progress) -> dict[str,
         digests.extend(image_digests(batch.column("jpg")))
     keys = pa.chunked_array(keys, pa.string())
     bank_ids = bank.lookup(keys.combine_chunks(), digests) if len(keys) else np.zeros(0, np.int64)
-    fresh = _FreshEmbeddings(bank, task.source, np.nonzero(bank_ids < 0)[0], config, _state["decode_workers"])
+    fresh = _FreshEmbeddings(bank, task.source, np.nonzero(bank_ids < 0)[0], config, context.decode_workers)
     counts = dict.fromkeys(["images", "curated", "errors", "empty_archives", "concepts", "archive", "reused", "embedded"], 0)
     with ShardWriter(task.target, output_schema(schema)) as writer:
         start = 0

@@ -32,11 +32,12 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .errors import CocuError
 from .shards import INPUT_SCHEMA, ShardError, ShardWriter, expand_shards, manifest_path
 from .stage import Progress, ShardTask, StageSummary, run_stage
 
 # Column order of the official header-less TSVs (groupvit.md §7.4, img2dataset's dataset_examples).
-PRESETS: dict[str, tuple[str, ...]] = {"cc3m": ("caption", "url"), "cc12m": ("url", "caption")}
+LIST_LAYOUTS: dict[str, tuple[str, ...]] = {"cc3m": ("caption", "url"), "cc12m": ("url", "caption")}
 LIST_FORMATS = ("csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet")
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")  # img2dataset's ways of spreading shards over workers
 # img2dataset arguments that cocu fixes: changing them would break the data contract or the resume.
@@ -72,9 +73,9 @@ class DownloadConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DownloadConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
-        return cls(columns=PRESETS[name], url_col="url", caption_col="caption", **overrides)
+        if name not in LIST_LAYOUTS:
+            raise ValueError(f"unknown preset '{name}' (known: {', '.join(LIST_LAYOUTS)})")
+        return cls(columns=LIST_LAYOUTS[name], url_col="url", caption_col="caption", **overrides)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class DownloadSummary:
         return text
 
 
-class IngestError(ValueError):
+class IngestError(CocuError):
     """A URL list that cannot be prepared; the message is one line naming the file."""
 
 

@@ -105,9 +105,8 @@ class RayExecutor:
 class ShardWorker:
     """A Ray actor: runs the stage's initializer once, then one shard per call."""
 
-    def __init__(self, initializer: Callable[..., None] | None, initargs: tuple):
-        if initializer is not None:
-            initializer(*initargs)
+    def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple):
+        self.context = (initializer(*initargs),) if initializer is not None else ()
 
     def ping(self) -> bool:
         return True
@@ -116,7 +115,7 @@ class ShardWorker:
         import time
 
         started = time.perf_counter()
-        counts = fn(task, params, lambda n: None)
+        counts = fn(task, params, lambda n: None, *self.context)
         return counts, time.perf_counter() - started
 
 

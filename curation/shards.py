@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .errors import FileError
+
 REQUIRED_COLUMNS: dict[str, tuple[pa.DataType, ...]] = {
     "key": (pa.string(), pa.large_string()),
     "jpg": (pa.binary(), pa.large_binary()),
@@ -30,16 +32,8 @@ MANIFEST_SUFFIX = ".manifest.json"
 TMP_SUFFIX = ".tmp"
 
 
-class ShardError(ValueError):
-    """A problem with one file, said in one line that names the file and, when known, the row."""
-
-    def __init__(self, path: str | os.PathLike, problem: str, row: int | None = None):
-        self.path, self.problem, self.row = str(path), problem, row
-        where = f"{self.path}: row {row}" if row is not None else self.path
-        super().__init__(f"{where}: {problem}")
-
-    def __reduce__(self):  # survive the trip back from a worker process
-        return type(self), (self.path, self.problem, self.row)
+class ShardError(FileError):
+    """A problem with one shard, manifest or sidecar file, said in one line that names the file and, when known, the row."""
 
 
 def expand_shards(patterns: str | os.PathLike | Sequence[str | os.PathLike], suffix: str = ".parquet") -> list[Path]:

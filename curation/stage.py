@@ -28,7 +28,7 @@ from .placement import pin_to_device
 from .shards import ShardError, atomic_write_json, count_rows, manifest_path, remove_stale_temporaries, sha256_file
 
 Progress = Callable[[int], None]
-ShardFunction = Callable[["ShardTask", Mapping[str, Any], Progress], Mapping[str, int]]
+ShardFunction = Callable[..., Mapping[str, int]]  # (task, params, progress[, worker context])
 
 
 def tool_version() -> str:
@@ -142,6 +142,8 @@ def run_stage(
 
     ``fn`` must be a module-level function (it is sent to worker processes) that writes
     ``task.target`` atomically and returns counts; it calls ``progress(n)`` after each batch.
+    With an ``initializer`` (run once per worker), ``fn`` takes a fourth argument: what the initializer
+    returned in that worker (its context: a loaded model, an open bank), so no module state is needed.
     ``devices`` pins parallel worker ``i`` to GPU ``devices[i]`` (``placement.worker_devices``);
     ``executor`` (e.g. ``ray_executor.RayExecutor``) runs the pending shards elsewhere instead of here.
     """
@@ -179,11 +181,10 @@ def run_stage(
     if executor is not None:
         executor.run(pending, fn, params, bar.update, finish, initializer, initargs)
     elif workers <= 1 or len(pending) <= 1:
-        if initializer is not None:
-            initializer(*initargs)
+        context = (initializer(*initargs),) if initializer is not None else ()
         for task in pending:
             try:
-                finish(task, _timed(fn, task, params, bar.update))
+                finish(task, _timed(fn, task, params, bar.update, context))
             except Exception as err:  # one bad shard must not stop the others
                 finish(task, err)
     else:
@@ -193,27 +194,26 @@ def run_stage(
     return summary
 
 
-def _timed(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progress: Progress) -> tuple[Mapping[str, int], float]:
+def _timed(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progress: Progress,
+           context: tuple = ()) -> tuple[Mapping[str, int], float]:
     started = time.perf_counter()
-    counts = fn(task, params, progress)
+    counts = fn(task, params, progress, *context)
     return counts, time.perf_counter() - started
 
 
-_progress_queue: Any = None
+_worker: dict[str, Any] = {}  # this pool process's progress queue and initializer context, set by _worker_init
 
 
-def _worker_init(progress_queue: Any, initializer: Callable[..., None] | None, initargs: tuple,
+def _worker_init(progress_queue: Any, initializer: Callable[..., Any] | None, initargs: tuple,
                  device_queue: Any) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
     if device_queue is not None:  # before the initializer loads a model: it must see only its own GPU
         pin_to_device(device_queue.get())
-    if initializer is not None:
-        initializer(*initargs)
+    context = (initializer(*initargs),) if initializer is not None else ()
+    _worker.update(progress=progress_queue.put, context=context)
 
 
 def _worker_run(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any]) -> tuple[Mapping[str, int], float]:
-    return _timed(fn, task, params, _progress_queue.put)
+    return _timed(fn, task, params, _worker["progress"], _worker["context"])
 
 
 def _run_parallel(pending, fn, params, workers, bar, finish, initializer, initargs, devices=None) -> None:

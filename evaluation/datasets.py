@@ -20,13 +20,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cocu.curation.errors import CocuError
+
 from . import classnames as cn
 from .inference import resize_image
 
 Sample = tuple[str, np.ndarray, np.ndarray]
 
 
-class DatasetError(ValueError):
+class DatasetError(CocuError):
     """A dataset problem in one line that names the file or folder."""
 
 

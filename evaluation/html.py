@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,12 @@ from markupsafe import Markup
 
 from cocu.curation.shards import atomic_write_bytes
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 MARKER = "cocu-page.json"  # written last into every folder made by ``page_folder``; a rerun may replace such a folder
 
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("cocu.evaluation", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals["asset"] = asset
     return env
@@ -33,7 +33,7 @@ def environment() -> jinja2.Environment:
 
 def asset(name: str) -> Markup:
     """A stylesheet or script from ``templates/``, inlined verbatim (neither parsed as a template nor escaped)."""
-    return Markup((TEMPLATES / name).read_text())
+    return Markup((files("cocu.evaluation") / "templates" / name).read_text())
 
 
 def render(template: str, **context: Any) -> str:

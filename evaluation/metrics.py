@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torchmetrics.functional.classification import multilabel_average_precision
 
 
 def as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -130,3 +131,28 @@ class SegMetric:
             images=self.images,
             pixels=pixels,
         )
+
+
+def ranking_metrics(scores: np.ndarray, targets: np.ndarray, salient: np.ndarray, stuff: np.ndarray, classes: Sequence[str]) -> dict:
+    """Multi-label ranking quality of image-to-concept scores (N x C) against presence (N x C)."""
+    k = targets.sum(1)
+    ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
+    found = targets & (ranks < k[:, None])  # present and among the |present| best
+    per_image = found.sum(1) / k
+    things = ~stuff
+    per_class = {c: round(float(found[:, i].sum() / targets[:, i].sum()), 4) for i, c in enumerate(classes) if targets[:, i].any()}
+    mean_ap = multilabel_average_precision(torch.from_numpy(scores), torch.from_numpy(targets.astype(np.int64)),
+                                           num_labels=len(classes), average="macro")
+    return {
+        "images": int(len(scores)),
+        "classes": len(classes),
+        "recall_at_present": round(float(per_image.mean()), 4),
+        "thing_recall": round(float(found[:, things].sum() / max(targets[:, things].sum(), 1)), 4),
+        "stuff_recall": round(float(found[:, stuff].sum() / max(targets[:, stuff].sum(), 1)), 4),
+        "salient_top1": round(float((scores.argmax(1) == salient).mean()), 4),
+        "salient_top1_among_things": round(float((np.where(things, scores, -np.inf).argmax(1) == salient).mean()), 4),
+        "mean_ap": round(float(mean_ap), 4),
+        "chance_recall": round(float((k / len(classes)).mean()), 4),
+        "present_per_image": round(float(k.mean()), 3),
+        "per_class_recall": per_class,
+    }

@@ -99,7 +99,7 @@ def _tcl(dataset: str, classes, bg_thresh=None, short_side: int = 448, crop: int
 
 
 _GV = "GroupViT/CoCu segmentation/configs/_base_/datasets/"
-PRESETS: dict[str, dict[str, Preset]] = {
+SEGMENTATION_PRESETS: dict[str, dict[str, Preset]] = {
     "groupvit": {p.dataset: p for p in (
         _gv("voc", 448, 448, 224, cn.VOC_GROUPVIT, 0.95, _GV + "pascal_voc12.py (paper: 0.9)"),
         _gv("context", 448, 448, 224, cn.CONTEXT_GROUPVIT, 0.35, _GV + "pascal_context.py (paper: 0.5)"),
@@ -127,11 +127,11 @@ PRESETS: dict[str, dict[str, Preset]] = {
 
 def get_preset(harness: str, dataset: str) -> Preset:
     """Look a preset up; an unknown pair names what exists."""
-    if harness not in PRESETS:
-        raise KeyError(f"unknown preset '{harness}' (known: {', '.join(PRESETS)})")
-    table = PRESETS[harness]
+    if harness not in SEGMENTATION_PRESETS:
+        raise KeyError(f"unknown preset '{harness}' (known: {', '.join(SEGMENTATION_PRESETS)})")
+    table = SEGMENTATION_PRESETS[harness]
     if dataset not in table:
-        others = [h for h, t in PRESETS.items() if dataset in t]
+        others = [h for h, t in SEGMENTATION_PRESETS.items() if dataset in t]
         hint = f"; '{dataset}' has presets: {', '.join(others)}" if others else ""
         raise KeyError(f"preset '{harness}' has no setting for dataset '{dataset}' (it covers: {', '.join(table)}){hint}")
     return table[dataset]

@@ -2,7 +2,7 @@
 
 Images stream through the reader (optionally in DataLoader workers); windows from several images are
 batched through the model; the metric accumulates per image, so memory does not grow with the split.
-The record returned is what ``metrics.json`` holds; ``write_report`` adds the Markdown table.
+The record returned is what ``metrics.json`` holds; ``write_metrics`` adds the Markdown table.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def evaluate(model: Any, dataset: FolderDataset, preset: Preset, *, batch_size: 
     return record
 
 
-def write_report(record: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def write_metrics(record: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``metrics.json`` and ``results.md`` under ``out_dir``, each written atomically."""
     out = Path(out_dir)
     metrics_path, table_path = out / "metrics.json", out / "results.md"

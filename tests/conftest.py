@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A 2k-row synthetic world shared by tests that only read it."""
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     record = generate_world(out, WorldConfig(train=2000, teacher=400, val=40, shard_size=500), workers=1, progress=False)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cocu.evaluation.benchmark import Runner, claim_run_dir, main
+from cocu.benchmarks.benchmark import Runner, claim_run_dir, main
 
 
 @pytest.mark.slow

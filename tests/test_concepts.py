@@ -13,9 +13,10 @@ from cocu.curation.concepts import (
     prompt,
     tokens,
 )
+from cocu.curation.errors import VocabularyError
 from cocu.curation.shards import ShardError
-from cocu.evaluation.synthetic import STUFF_NAMES, THING_NAMES
-from cocu.evaluation.synthetic.captions import COLOURS, NUMBERS
+from cocu.curation.sources.synthetic import STUFF_NAMES, THING_NAMES
+from cocu.curation.sources.synthetic.captions import COLOURS, NUMBERS
 
 
 def vocab(*concepts: str) -> Vocabulary:
@@ -149,17 +150,18 @@ def test_load_refuses_inconsistent_files(tmp_path, edit, message):
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))
-    with pytest.raises(ShardError, match=message) as err:
+    with pytest.raises(VocabularyError, match=message) as err:
         Vocabulary.load(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not isinstance(err.value, ShardError)  # a vocabulary is not a shard
 
 
 def test_load_refuses_unreadable_files(tmp_path):
     path = tmp_path / "vocab.json"
     path.write_text('{"format": "cocu-voc')
-    with pytest.raises(ShardError, match="not a readable vocabulary file"):
+    with pytest.raises(VocabularyError, match="not a readable vocabulary file"):
         Vocabulary.load(path)
-    with pytest.raises(ShardError, match="no such file"):
+    with pytest.raises(VocabularyError, match="no such file"):
         Vocabulary.load(tmp_path / "missing.json")
 
 

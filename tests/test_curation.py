@@ -46,7 +46,7 @@ def save_tiny_clip(folder: Path, seed: int, name: str = MODEL) -> Path:
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """World (6 shards of 100), a bank built from it, and one enrich run (batches of 40 rows)."""
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("curation")
     generate_world(root / "world", WorldConfig(train=6 * SHARD_ROWS, teacher=0, val=0, shard_size=SHARD_ROWS), progress=False)
@@ -362,3 +362,25 @@ def test_cli_help_and_status(curated):
     assert bad_tag.exit_code == 1 and not (curated["root"] / "never").exists()
     assert bad_tag.stderr.strip().splitlines() == [f"error: cannot load CLIP {MODEL} / no-such-tag: Pretrained value 'no-such-tag' "
                                                    "is not a known tag or valid file path"]
+
+
+def test_stages_give_back_the_callers_thread_counts(curated, tmp_path):
+    """build_bank and enrich set their workers' thread shares in this process too, and restore the caller's after."""
+    import torch
+
+    saved = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(3)
+    faiss.omp_set_num_threads(3)
+    try:
+        config = BankConfig(model=MODEL, pretrained=str(curated["checkpoint"]), batch_size=64, decode_workers=1)
+        shutil.copytree(curated["bank"], tmp_path / "bank")
+        next(iter(sorted((tmp_path / "bank" / "parts").glob("*.manifest.json")))).unlink()  # one shard to embed again
+        assert build_bank(curated["world"] / "train", tmp_path / "bank", config, progress=False).embed.done == 1
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (3, 3)
+        shard = sorted((curated["world"] / "train").glob("*.parquet"))[0]
+        enrich(tmp_path / "bank", shard, tmp_path / "out", EnrichConfig(batch_size=40), workers=1, progress=False)
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (3, 3)
+    finally:
+        torch.set_num_threads(saved[0])
+        faiss.omp_set_num_threads(saved[1])
+

@@ -1,6 +1,6 @@
 import pytest
 
-from cocu.evaluation.curation_quality import prompt_quality, ranking_quality
+from cocu.benchmarks.curation_quality import prompt_quality, ranking_quality
 
 
 def test_ranking_quality_counts_only_new_concepts():

@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 
 from cocu.cli.eval import app
 
-REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -46,7 +45,7 @@ def fitted_checkpoint(small_world, tmp_path_factory):
 
     world, _ = small_world
     run = tmp_path_factory.mktemp("fit")
-    train(["fit", "--config", str(REPO / "configs" / "train" / "tiny-test.yaml"), "--data.shards", str(world / "train"),
+    train(["fit", "--config", "tiny-test", "--data.shards", str(world / "train"),
            "--trainer.default_root_dir", str(run), "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"])
     return run / "checkpoints" / "last.ckpt"
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from cocu.evaluation.inference import (ZeroShotSegmenter, build_text_embeddings, group_class_scores, pixel_scores,
                                        rescale_size, slide_windows, with_background)
-from cocu.evaluation.presets import PRESETS, Preset, get_preset
+from cocu.evaluation.presets import SEGMENTATION_PRESETS, Preset, get_preset
 
 
 @dataclass
@@ -169,7 +169,7 @@ def test_presets_table_is_complete_and_names_its_settings():
     assert get_preset("groupvit", "imagenet_s300").bg_thresh == 0.75 and len(get_preset("tcl", "context").templates) == 9
     synthetic = get_preset("groupvit", "synthetic")
     assert (synthetic.short_side, synthetic.crop, synthetic.stride, synthetic.bg_thresh) == (64, 64, 32, None)
-    for harness, table in PRESETS.items():
+    for harness, table in SEGMENTATION_PRESETS.items():
         for dataset, p in table.items():
             record = p.to_dict()
             assert record["name"] == f"{harness}/{dataset}" and record["templates"] and record["stride"] <= record["crop"]

@@ -26,7 +26,7 @@ ROWS = 2 * 150 + 12
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Two world shards curated by a tiny random CLIP, plus one with a corrupt and a missing image; truth for all."""
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("gallery")
     generate_world(root / "world", WorldConfig(train=300, teacher=0, val=0, shard_size=150), progress=False)

@@ -50,7 +50,7 @@ def release_cocu(image_idx, l, index, data_img_emb, index_img_emb, index_semanti
 
 @pytest.fixture(scope="module")
 def release_run(tmp_path_factory):
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("release")
     generate_world(root / "world", WorldConfig(train=IMAGES, teacher=0, val=0, shard_size=SHARD), progress=False)

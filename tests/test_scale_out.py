@@ -91,7 +91,7 @@ def test_array_slice_from_flags_or_slurm():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A small world, its bank and its enrich output from one plain local run."""
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("scale")
     generate_world(root / "world", WorldConfig(train=SHARDS * ROWS, teacher=0, val=0, shard_size=ROWS), progress=False)

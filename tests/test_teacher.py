@@ -15,7 +15,9 @@ import torch
 from cocu.cli.teacher import main
 from cocu.curation.shards import ShardError, write_table
 from cocu.curation.clip import load_clip, register_config_file
-from cocu.training.teacher import TeacherConfig, evaluate_teacher, fit_teacher, ranking_metrics, save_teacher, train_teacher
+from cocu.evaluation.metrics import ranking_metrics
+from cocu.evaluation.zero_shot import evaluate_teacher
+from cocu.training.teacher import TeacherConfig, fit_teacher, save_teacher, train_teacher
 
 TINY = {
     "embed_dim": 32,

@@ -19,10 +19,11 @@ import torch
 from cocu.cli.train import main
 from cocu.training.checkpoint import load_groupvit
 from cocu.training.model import GroupViT
+from cocu.training.recipes import recipe_path
 from cocu.training.text import tokenize
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "train" / "tiny-test.yaml")
+CONFIG = str(recipe_path("tiny-test"))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,7 +11,7 @@ from timm.loss import SoftTargetCrossEntropy
 from cocu.training.groupvit import GroupingBlock, gumbel_softmax, hard_softmax, interpolate_pos_embed
 from cocu.training.loss import groupvit_loss
 from cocu.training.model import GroupViT, GroupViTConfig, build_model, get_config
-from cocu.training.module import warmup_cosine
+from cocu.training.optim import warmup_cosine, weight_decay_groups
 from cocu.training.text import tokenize
 
 
@@ -221,9 +221,28 @@ def test_model_trains_on_a_toy_batch():
 
 
 def test_warmup_cosine_schedule():
-    kw = dict(peak=1.0, warmup_start=0.01, minimum=0.1, warmup_steps=10, total_steps=110)
+    kw = dict(peak=1.0, warmup_start=0.01, minimum=0.1, warmup=10, total=110)
     assert warmup_cosine(0, **kw) == 0.01
     assert math.isclose(warmup_cosine(5, **kw), 0.505)
     assert warmup_cosine(10, **kw) == 1.0
     assert math.isclose(warmup_cosine(60, **kw), 0.55)
     assert math.isclose(warmup_cosine(110, **kw), 0.1) and math.isclose(warmup_cosine(500, **kw), 0.1)
+
+
+def test_warmup_cosine_on_a_share_of_the_budget():
+    """The teacher's schedule is the same function, positioned by the share of its budget spent."""
+    kw = dict(peak=1e-3, warmup_start=0.0, minimum=0.0, warmup=0.05, total=1.0)
+    assert warmup_cosine(0.0, **kw) == 0.0
+    assert math.isclose(warmup_cosine(0.025, **kw), 5e-4)
+    assert math.isclose(warmup_cosine(0.525, **kw), 5e-4) and math.isclose(warmup_cosine(1.0, **kw), 0.0, abs_tol=1e-12)
+
+
+def test_weight_decay_groups_exempt_gains_biases_and_temperatures():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Embedding(5, 4))
+    net.temperature = torch.nn.Parameter(torch.tensor(1.0))
+    net[2].weight.requires_grad_(False)
+    decay, keep = weight_decay_groups(net, 0.1)
+    assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
+    assert sorted(p.ndim for p in keep["params"]) == [0, 1, 1, 1]
+

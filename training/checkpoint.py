@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from cocu.curation.errors import CocuError
 from cocu.curation.shards import atomic_path, remove_stale_temporaries
 from cocu.training.model import GroupViT, GroupViTConfig, get_config
 
@@ -49,7 +50,7 @@ def load_groupvit(path: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), config
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CocuError):
     """A checkpoint that cannot be loaded, said in one line naming the file."""
 
 

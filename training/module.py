@@ -16,15 +16,7 @@ from torch import nn
 
 from cocu.training.loss import groupvit_loss
 from cocu.training.model import GroupViT, get_config
-
-
-def warmup_cosine(step: int, *, peak: float, warmup_start: float, minimum: float, warmup_steps: int,
-                  total_steps: int) -> float:
-    """Learning rate at optimiser step `step`: linear warm-up from `warmup_start` to `peak`, then cosine to `minimum`."""
-    if step < warmup_steps:
-        return warmup_start + (peak - warmup_start) * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return minimum + 0.5 * (peak - minimum) * (1.0 + math.cos(math.pi * progress))
+from cocu.training.optim import warmup_cosine, weight_decay_groups
 
 
 def datamodule_batch_size(datamodule: Any) -> int | None:
@@ -104,24 +96,16 @@ class GroupViTModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         scale, warmup, total = self._schedule()
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            # As the reference: 1-D parameters and biases are not decayed; 0-D temperatures and 3-D embeddings are.
-            (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
         peak = hp.base_lr * scale
         # The fused kernel (CPU and CUDA) is ~6x faster than the per-parameter loop on the 49k-row token embedding.
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=peak, betas=tuple(hp.betas), eps=hp.eps,
+        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, hp.weight_decay), lr=peak, betas=tuple(hp.betas), eps=hp.eps,
                                       fused=self.device.type in ("cpu", "cuda"))
 
         # A plain function (not a callable object) so LambdaLR saves no state for it: a resumed run recomputes the
         # schedule from its own settings and restores only the step count.
         def factor(step: int) -> float:
             return warmup_cosine(step, peak=peak, warmup_start=hp.warmup_lr * scale, minimum=hp.min_lr * scale,
-                                 warmup_steps=warmup, total_steps=total) / peak
+                                 warmup=warmup, total=total) / peak
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

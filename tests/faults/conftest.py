@@ -28,7 +28,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def faults_world(tmp_path_factory) -> dict[str, Path]:
     """A 3 x 40-row world, a tiny CLIP, a bank built from the world, and a curated copy for fit."""
     from cocu.curation.bank import BankConfig, build_bank
-    from cocu.evaluation.synthetic import WorldConfig, generate_world
+    from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("faults")
     generate_world(root / "world", WorldConfig(train=SHARDS * SHARD_ROWS, teacher=0, val=0, shard_size=SHARD_ROWS),

@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cocu.training.recipes import recipe_path
+
 MODEL = "cocu-faults-tiny"
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -19,7 +21,7 @@ TINY = {"embed_dim": 32,
 SHARD_ROWS = 40
 SHARDS = 3
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_CONFIG = str(REPO / "configs" / "train" / "tiny-test.yaml")
+TRAIN_CONFIG = str(recipe_path("tiny-test"))
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from cocu.cli.train import main as train_main
 from cocu.curation.bank import Bank, BankConfig, build_bank
 from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.shards import ShardError, write_table
-from cocu.evaluation.synthetic import WorldConfig, generate_world
+from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
 from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, cli_env, data_files, fit_args
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cocu.curation.ranking import FORMULAS, Formula
-from cocu.evaluation.curation_quality import ranking_quality, read_columns
+from cocu.benchmarks.curation_quality import ranking_quality, read_columns
 
 # (Formula field, what cocu does, why): the rows of the departures table in docs/curation.md
 DEPARTURES = (

@@ -36,9 +36,8 @@ import numpy as np
 
 from cocu.curation.shards import atomic_write_json
 from cocu.curation.stage import params_digest
-from cocu.evaluation.synthetic import WorldConfig
+from cocu.curation.sources.synthetic import WorldConfig
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
 
@@ -55,7 +54,7 @@ class BenchConfig:
     neighbors: int = 8
     top_k: int = 16  # the largest k of the curation-quality table; enrich stores whole archives
     vocabulary_top: int = 16  # M of the hybrid archive
-    train_config: str = "configs/train/synthetic.yaml"
+    train_config: str = "synthetic"  # a shipped recipe name or a YAML file
     train_steps: int = 500
     train_batch: int = 64
     train_workers: int = 1
@@ -66,7 +65,7 @@ class BenchConfig:
     parallel_runs: int = 2  # GroupViT runs trained side by side, one torch thread each: 2 cores do ~2x the steps of one 2-thread run
 
 
-PRESETS: dict[str, BenchConfig] = {
+BENCH_PRESETS: dict[str, BenchConfig] = {
     "default": BenchConfig(),
     # CI-sized: proves the pipeline and the report, not the science
     "quick": BenchConfig(world=WorldConfig(train=400, teacher=400, val=16, shard_size=200), teacher_samples=256,
@@ -199,7 +198,7 @@ class Runner:
         print(f"[benchmark] {name}: {' '.join(command)}", flush=True)
         log = self.out / "logs" / f"{name}.log"
         with open(log, "wb") as handle:
-            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             assert process.stdout is not None
             for chunk in iter(lambda: process.stdout.read1(4096), b""):
                 handle.write(chunk)
@@ -239,7 +238,7 @@ def _tool(name: str) -> str:
 def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False,
                   curation_only: bool = False) -> Path:
     from cocu.evaluation.eval_page import write_eval_page
-    from cocu.evaluation.report import write_report
+    from cocu.benchmarks.report import write_benchmark_report
 
     out = out.resolve()
     # the lanes actually used, so the report and its settings say what ran (in-process stages go one at a time)
@@ -293,8 +292,8 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
                            "--archive", "both", "--vocabulary-top", str(cfg.vocabulary_top))
 
     def quality() -> None:
-        from cocu.evaluation.curation_quality import evaluate_curation
-        from cocu.evaluation.departures import measure_departures
+        from cocu.benchmarks.curation_quality import evaluate_curation
+        from cocu.benchmarks.departures import measure_departures
 
         truth = world / "truth" / "train"
         record = evaluate_curation(curated, truth, bank, cfg.neighbors, cfg.top_k, seed=cfg.seed,
@@ -324,7 +323,7 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
         claim_run_dir(run_dir, train_params)
         shards, text_mode = (curated_release, "cocu-top") if mode == "release" else (curated, mode)
         runner.run(f"train-{mode}", [
-            _tool("cocu-train"), "fit", "--config", str(REPO / cfg.train_config),
+            _tool("cocu-train"), "fit", "--config", cfg.train_config,
             "--data.shards", str(shards), "--data.text_mode", text_mode, "--data.truth", str(world / "truth" / "train"),
             "--data.batch_size", str(cfg.train_batch), "--data.num_workers", str(cfg.train_workers),
             "--data.seed", str(cfg.seed), "--seed_everything", str(cfg.seed),
@@ -344,7 +343,7 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
     for mode in cfg.runs:  # one page per evaluation, beside its metrics.json and overlays
         write_eval_page(out / "runs" / mode / "eval")
     examples = predict_examples(world, checkpoints, cfg.save_images)
-    report = write_report(out, cfg, preset, runner.stages, time.perf_counter() - started, examples)
+    report = write_benchmark_report(out, cfg, preset, runner.stages, time.perf_counter() - started, examples)
     print(f"report: {report}")
     return report
 
@@ -370,7 +369,7 @@ def predict_examples(world: Path, checkpoints: dict[str, Path], count: int) -> d
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Run the CoCu experiment end to end on the synthetic world.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--preset", choices=sorted(BENCH_PRESETS), default="default")
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
     parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
@@ -379,7 +378,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--in-process", action="store_true",
                         help="call each command's entry point in this interpreter instead of a new process (tests)")
     args = parser.parse_args(argv)
-    cfg = PRESETS[args.preset]
+    cfg = BENCH_PRESETS[args.preset]
     if args.runs:
         cfg = replace(cfg, runs=tuple(args.runs))
     if args.train_steps:

@@ -249,7 +249,7 @@ def page_links(out: Path, modes: Sequence[str]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, cfg: Any, preset: str, stages: Sequence[Any], total_seconds: float,
+def write_benchmark_report(out: Path, cfg: Any, preset: str, stages: Sequence[Any], total_seconds: float,
                  examples: dict[str, Any] | None = None) -> Path:
     world = _load(out / "world" / "world.json")
     teacher = _load(out / "teacher" / "teacher.json")

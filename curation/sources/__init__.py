@@ -1,0 +1,1 @@
+"""Where shards come from: the synthetic semantic-gap world (ingestion of real URL lists is `curation/ingest.py`)."""
