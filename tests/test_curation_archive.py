@@ -12,20 +12,12 @@ from cocu.curation.enrich import EnrichConfig, curate
 from cocu.curation.ranking import Ragged, anchor_first, local_floor
 
 from test_curation import reference_rank
-from test_curation_units import memory_bank, normalized
+from test_curation_units import clip_like_world, normalized
 
 
 @pytest.fixture(scope="module")
 def world():
-    """CLIP-like vectors (a shared direction keeps similarities mostly positive) and captions of 0-4 concepts."""
-    rng = np.random.default_rng(11)
-    dim, vocab, rows = 32, 60, 300
-    common = np.zeros(dim)
-    common[0] = 4.0
-    text = normalized(common + rng.standard_normal((vocab, dim)))
-    embeddings = normalized(common + rng.standard_normal((rows, dim)))
-    concepts = [sorted(rng.choice(vocab, size=rng.integers(0, 5), replace=False).tolist()) for _ in range(rows)]
-    return memory_bank(embeddings, concepts, text), embeddings, concepts, text
+    return clip_like_world(seed=11, vocab=60)
 
 
 def test_release_hits_put_the_anchor_first_even_when_an_approximate_search_misses_it():

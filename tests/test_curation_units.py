@@ -37,17 +37,21 @@ def memory_bank(embeddings: np.ndarray, concepts: list[list[int]], text: np.ndar
                 keys, embeddings.astype(np.float16), Searcher(index))
 
 
-@pytest.fixture(scope="module")
-def positive_world():
-    """Image and text vectors that share a strong common direction, so similarities are mostly positive, as CLIP's are."""
-    rng = np.random.default_rng(7)
-    dim, vocab, rows = 32, 40, 300
+def clip_like_world(seed: int, vocab: int, rows: int = 300, dim: int = 32):
+    """Image and text vectors that share a strong common direction, so similarities are mostly positive, as CLIP's
+    are, and captions of 0-4 concepts; returns an in-memory bank with its embeddings, concepts and text."""
+    rng = np.random.default_rng(seed)
     common = np.zeros(dim)
     common[0] = 4.0
     text = normalized(common + rng.standard_normal((vocab, dim)))
     embeddings = normalized(common + rng.standard_normal((rows, dim)))
     concepts = [sorted(rng.choice(vocab, size=rng.integers(0, 5), replace=False).tolist()) for _ in range(rows)]
     return memory_bank(embeddings, concepts, text), embeddings, concepts, text
+
+
+@pytest.fixture(scope="module")
+def positive_world():
+    return clip_like_world(seed=7, vocab=40)
 
 
 def test_vectorized_ranking_equals_reference_with_clip_like_similarities(positive_world):

@@ -21,7 +21,7 @@ from cocu.cli.data import app
 from cocu.curation.ingest import DownloadConfig, download, summarize
 from cocu.curation.shards import expand_shards, iter_batches, validate_shard
 
-TIMEOUT = 6  # img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land
+TIMEOUT = 12  # img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land
 
 
 @functools.lru_cache(maxsize=None)
