@@ -340,6 +340,7 @@ def test_a_bad_shard_fails_alone_in_one_line(curated, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([good.name, good.name.replace(".parquet", ".manifest.json")])
 
 
+@pytest.mark.slow
 def test_cli_help_and_status(curated):
     from typer.testing import CliRunner
 

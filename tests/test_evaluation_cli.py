@@ -11,6 +11,7 @@ from cocu.cli.eval import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_seg_refuses_a_missing_root_and_an_unknown_preset_pair_in_one_line(tmp_path):
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"unused: the layout is checked first")

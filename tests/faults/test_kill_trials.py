@@ -26,6 +26,8 @@ import pytest
 from faultkit import (REPO, TRIAL_RESULTS, TrialResult, bank_args, cli_env, curate_command, data_files, enrich_args,
                       fit_args, temporaries)
 
+pytestmark = pytest.mark.slow  # SIGKILL trials run whole commands: `make faults` runs 10 per stage
+
 TRIALS = int(os.environ.get("COCU_FAULT_TRIALS", "1"))
 SYNTH = ["--train", "180", "--teacher", "60", "--val", "6", "--shard-size", "60", "--workers", "2"]
 FIT_STEPS = 6
