@@ -13,6 +13,7 @@ the hardest case for an IVF index, so recall here is a floor for CLIP embeddings
 
     flock /tmp/cocu-heavy.lock .venv/bin/python benchmarks/bank_scale.py --sizes 1000000 4000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ def generate(folder: Path, rows: int, dim: int, seed: int) -> dict:
     matrix = np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype=np.float16, shape=(rows, dim))
     for start in range(0, rows, CHUNK):
         x = rng.standard_normal((min(CHUNK, rows - start), dim), dtype=np.float32)
-        matrix[start:start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        matrix[start : start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
     matrix.flush()
     return {"generate_s": time.perf_counter() - started}
 
@@ -66,13 +67,27 @@ def build(folder: Path, factory: str, seed: int, part_rows: int, max_train_rows:
     train_rows = min(training_size(factory, len(vectors)), max_train_rows)
     marks: list[float] = []
     started = time.perf_counter()
-    index = build_index_in_parts(vectors, factory, folder / "index_parts", "bench", seed, part_rows,
-                                 train_rows=train_rows, progress=lambda n: marks.append(time.perf_counter()))
+    index = build_index_in_parts(
+        vectors,
+        factory,
+        folder / "index_parts",
+        "bench",
+        seed,
+        part_rows,
+        train_rows=train_rows,
+        progress=lambda n: marks.append(time.perf_counter()),
+    )
     merged = time.perf_counter()
     write_index(index, folder / "index.faiss")
-    return {"factory": factory, "train_rows": train_rows, "train_s": marks[0] - started, "add_parts_s": marks[-1] - marks[0],
-            "merge_s": merged - marks[-1], "write_s": time.perf_counter() - merged,
-            "index_gib": (folder / "index.faiss").stat().st_size / 2**30}
+    return {
+        "factory": factory,
+        "train_rows": train_rows,
+        "train_s": marks[0] - started,
+        "add_parts_s": marks[-1] - marks[0],
+        "merge_s": merged - marks[-1],
+        "write_s": time.perf_counter() - merged,
+        "index_gib": (folder / "index.faiss").stat().st_size / 2**30,
+    }
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -80,7 +95,7 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     best_ids = np.zeros((len(queries), 0), np.int64)
     best_scores = np.zeros((len(queries), 0), np.float32)
     for start in range(0, len(vectors), CHUNK):
-        scores = queries @ np.asarray(vectors[start:start + CHUNK], np.float32).T
+        scores = queries @ np.asarray(vectors[start : start + CHUNK], np.float32).T
         ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
         scores, ids = np.hstack([best_scores, scores]), np.hstack([best_ids, ids])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -105,7 +120,7 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
 
     from cocu.curation.bank import Bank
     from cocu.curation.enrich import EnrichConfig, curate
-    from cocu.curation.index import SearchParams, Searcher, default_nprobe, read_index
+    from cocu.curation.index import Searcher, SearchParams, default_nprobe, read_index
     from cocu.curation.ranking import pair_similarities
 
     vectors = np.load(folder / "embeddings.npy", mmap_mode="r")
@@ -124,8 +139,9 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
         wider = Searcher(read_index(folder / "index.faiss"), SearchParams(nprobe=nprobe))
         t = time.perf_counter()
         _, found = wider.search(fresh, args.k)
-        sweep[f"recall_at_k_nprobe{nprobe}"] = float(np.mean([len(set(a) & set(b)) / args.k
-                                                              for a, b in zip(found.tolist(), exact.tolist())]))
+        sweep[f"recall_at_k_nprobe{nprobe}"] = float(
+            np.mean([len(set(a) & set(b)) / args.k for a, b in zip(found.tolist(), exact.tolist())])
+        )
         sweep[f"queries_s_nprobe{nprobe}"] = args.queries / (time.perf_counter() - t)
         del wider
 
@@ -134,10 +150,13 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     concepts = synthetic_concepts(rng, len(vectors), args.vocab, 3.0)
     chunks = [np.arange(s, min(s + CHUNK, len(vectors))) for s in range(0, len(vectors), CHUNK)]
-    sims = np.concatenate([pair_similarities(concepts.take(c), np.asarray(vectors[c[0]:c[-1] + 1]), text) for c in chunks])
+    sims = np.concatenate(
+        [pair_similarities(concepts.take(c), np.asarray(vectors[c[0] : c[-1] + 1]), text) for c in chunks]
+    )
     names = pa.array([f"concept{i:05d}" for i in range(args.vocab)])
-    bank = Bank(folder, {"bank_id": "bench"}, None, names, text, concepts, sims, pa.array([], pa.string()), vectors,
-                searcher)
+    bank = Bank(
+        folder, {"bank_id": "bench"}, None, names, text, concepts, sims, pa.array([], pa.string()), vectors, searcher
+    )
     bank.gram  # noqa: B018  built once per bank and process
     tables_s = time.perf_counter() - started
 
@@ -167,9 +186,16 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
                 search_rate = max(search_rate, rate)
             else:
                 enrich_rate = max(enrich_rate, rate)
-    return {"recall_at_k": recall, **sweep, "exact_s": exact_s, "bank_tables_s": tables_s, "search_img_s": search_rate,
-            "enrich_img_s": enrich_rate, "enrich_over_search": enrich_rate / search_rate,
-            "nprobe": default_nprobe(args.factory)}
+    return {
+        "recall_at_k": recall,
+        **sweep,
+        "exact_s": exact_s,
+        "bank_tables_s": tables_s,
+        "search_img_s": search_rate,
+        "enrich_img_s": enrich_rate,
+        "enrich_over_search": enrich_rate / search_rate,
+        "nprobe": default_nprobe(args.factory),
+    }
 
 
 def phase(args: argparse.Namespace) -> None:
@@ -190,8 +216,19 @@ def run_size(rows: int, args: argparse.Namespace, root: Path) -> dict:
     factory = default_ivf_factory(rows, args.dim)
     record = {"rows": rows}
     for name in ("generate", "build", "query"):
-        command = [sys.executable, __file__, "--phase", name, "--folder", str(folder), "--rows", str(rows),
-                   "--factory", factory, *forwarded(args)]
+        command = [
+            sys.executable,
+            __file__,
+            "--phase",
+            name,
+            "--folder",
+            str(folder),
+            "--rows",
+            str(rows),
+            "--factory",
+            factory,
+            *forwarded(args),
+        ]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         record.update(json.loads(out))
         print(f"  {rows:,} {name}: {out}", flush=True)
@@ -199,22 +236,43 @@ def run_size(rows: int, args: argparse.Namespace, root: Path) -> dict:
 
 
 def forwarded(args: argparse.Namespace) -> list[str]:
-    return ["--dim", str(args.dim), "--seed", str(args.seed), "--part-rows", str(args.part_rows),
-            "--max-train-rows", str(args.max_train_rows), "--queries",
-            str(args.queries), "--k", str(args.k), "--anchors", str(args.anchors), "--vocab", str(args.vocab),
-            "--repeats", str(args.repeats)]
+    return [
+        "--dim",
+        str(args.dim),
+        "--seed",
+        str(args.seed),
+        "--part-rows",
+        str(args.part_rows),
+        "--max-train-rows",
+        str(args.max_train_rows),
+        "--queries",
+        str(args.queries),
+        "--k",
+        str(args.k),
+        "--anchors",
+        str(args.anchors),
+        "--vocab",
+        str(args.vocab),
+        "--repeats",
+        str(args.repeats),
+    ]
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| images | factory | k-means sample | train s | add (parts) s | merge s | write s | build peak RSS GiB | index GiB | "
-             f"recall@{records[0].get('k', 8)} | exact search s | enrich img/s | IVF search img/s | enrich / search | "
-             "query peak RSS GiB |", "|" + "---|" * 15]
+    lines = [
+        "| images | factory | k-means sample | train s | add (parts) s | merge s | write s | build peak RSS GiB | index GiB | "
+        f"recall@{records[0].get('k', 8)} | exact search s | enrich img/s | IVF search img/s | enrich / search | "
+        "query peak RSS GiB |",
+        "|" + "---|" * 15,
+    ]
     for r in records:
-        lines.append(f"| {r['rows']:,} | `{r['factory']}` | {r.get('train_rows', 0):,} | {r['train_s']:.0f} | {r['add_parts_s']:.0f} | "
-                     f"{r['merge_s']:.1f} | {r['write_s']:.1f} | {r['build_peak_rss_gib']:.2f} | {r['index_gib']:.2f} | "
-                     f"{r['recall_at_k']:.3f} | "
-                     f"{r['exact_s']:.0f} | {r['enrich_img_s']:.0f} | {r['search_img_s']:.0f} | "
-                     f"{r['enrich_over_search']:.2f} | {r['query_peak_rss_gib']:.2f} |")
+        lines.append(
+            f"| {r['rows']:,} | `{r['factory']}` | {r.get('train_rows', 0):,} | {r['train_s']:.0f} | {r['add_parts_s']:.0f} | "
+            f"{r['merge_s']:.1f} | {r['write_s']:.1f} | {r['build_peak_rss_gib']:.2f} | {r['index_gib']:.2f} | "
+            f"{r['recall_at_k']:.3f} | "
+            f"{r['exact_s']:.0f} | {r['enrich_img_s']:.0f} | {r['search_img_s']:.0f} | "
+            f"{r['enrich_over_search']:.2f} | {r['query_peak_rss_gib']:.2f} |"
+        )
     return "\n".join(lines)
 
 

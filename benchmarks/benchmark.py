@@ -16,6 +16,7 @@ The GroupViT runs train two at a time (``parallel_runs``), one torch thread each
 last checkpoint, so an interrupted benchmark carries on where it stopped. The report
 (``OUT/report.md`` and ``OUT/figures/``) is written from the records of this run only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from cocu.curation.shards import atomic_write_json
-from cocu.curation.stage import params_digest
 from cocu.curation.sources.synthetic import WorldConfig
+from cocu.curation.stage import params_digest
 
 BIN = Path(sys.executable).parent
 TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
@@ -62,18 +63,33 @@ class BenchConfig:
     seed: int = 0
     save_images: int = 6
     threads: int = 2  # torch threads of the single-process stages (teacher, eval when the runs go one at a time)
-    parallel_runs: int = 2  # GroupViT runs trained side by side, one torch thread each: 2 cores do ~2x the steps of one 2-thread run
+    parallel_runs: int = (
+        2  # GroupViT runs trained side by side, one torch thread each: 2 cores do ~2x the steps of one 2-thread run
+    )
 
 
 BENCH_PRESETS: dict[str, BenchConfig] = {
     "default": BenchConfig(),
     # CI-sized: proves the pipeline and the report, not the science
-    "quick": BenchConfig(world=WorldConfig(train=400, teacher=400, val=16, shard_size=200), teacher_samples=256,
-                         teacher_minutes=1.0, teacher_batch=64, train_steps=4, train_batch=16, save_images=2, threads=1,
-                         parallel_runs=1),
+    "quick": BenchConfig(
+        world=WorldConfig(train=400, teacher=400, val=16, shard_size=200),
+        teacher_samples=256,
+        teacher_minutes=1.0,
+        teacher_batch=64,
+        train_steps=4,
+        train_batch=16,
+        save_images=2,
+        threads=1,
+        parallel_runs=1,
+    ),
     # more data and longer training, for a machine with time to spare
-    "large": BenchConfig(world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000), teacher_samples=131_072,
-                         teacher_minutes=40.0, train_steps=5000, train_batch=128),
+    "large": BenchConfig(
+        world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000),
+        teacher_samples=131_072,
+        teacher_minutes=40.0,
+        train_steps=5000,
+        train_batch=128,
+    ),
 }
 
 
@@ -109,11 +125,24 @@ class Runner:
         record = json.loads(path.read_text())
         if record.get("params_digest") != params_digest(params):
             return None
-        return Stage(record["name"], record["seconds"], record.get("items"), record.get("unit", "img"), record.get("extra", {}),
-                     earlier=True)
+        return Stage(
+            record["name"],
+            record["seconds"],
+            record.get("items"),
+            record.get("unit", "img"),
+            record.get("extra", {}),
+            earlier=True,
+        )
 
-    def run(self, name: str, command: list[str] | Callable[[], None], params: dict[str, Any], items: int | None = None,
-            unit: str = "img", quiet: bool = False) -> Stage:
+    def run(
+        self,
+        name: str,
+        command: list[str] | Callable[[], None],
+        params: dict[str, Any],
+        items: int | None = None,
+        unit: str = "img",
+        quiet: bool = False,
+    ) -> Stage:
         """Run a command (or, for the report's own computations, a function) unless already done.
 
         ``quiet`` sends a subprocess's output to its log only (stages running side by side would
@@ -139,9 +168,14 @@ class Runner:
             with self._lock:
                 self.running.discard(name)
         stage = Stage(name, time.perf_counter() - started, items, unit)
-        atomic_write_json(self.out / "stages" / f"{name}.json",
-                          {**asdict(stage), "params_digest": params_digest(params),
-                           "command": command if isinstance(command, list) else name})
+        atomic_write_json(
+            self.out / "stages" / f"{name}.json",
+            {
+                **asdict(stage),
+                "params_digest": params_digest(params),
+                "command": command if isinstance(command, list) else name,
+            },
+        )
         self._record(stage)
         print(f"[benchmark] {name}: {stage.seconds:.1f}s", flush=True)
         return stage
@@ -235,10 +269,11 @@ def _tool(name: str) -> str:
     return str(BIN / name)
 
 
-def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = False,
-                  curation_only: bool = False) -> Path:
-    from cocu.evaluation.eval_page import write_eval_page
+def run_benchmark(
+    cfg: BenchConfig, out: Path, preset: str, in_process: bool = False, curation_only: bool = False
+) -> Path:
     from cocu.benchmarks.report import write_benchmark_report
+    from cocu.evaluation.eval_page import write_eval_page
 
     out = out.resolve()
     # the lanes actually used, so the report and its settings say what ran (in-process stages go one at a time)
@@ -250,62 +285,197 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
     started = time.perf_counter()
 
     world_params = asdict(w)
-    runner.run("synth", [_tool("cocu-data"), "synth", str(world), "--train", str(w.train), "--teacher", str(w.teacher),
-                         "--val", str(w.val), "--image-size", str(w.image_size), "--val-image-size", str(w.val_image_size),
-                         "--omit", str(w.omit), "--stuff-mention", str(w.stuff_mention), "--shard-size", str(w.shard_size),
-                         "--seed", str(w.seed), "--workers", "2"],
-               world_params, items=w.train + w.teacher + w.val, unit="pair")
+    runner.run(
+        "synth",
+        [
+            _tool("cocu-data"),
+            "synth",
+            str(world),
+            "--train",
+            str(w.train),
+            "--teacher",
+            str(w.teacher),
+            "--val",
+            str(w.val),
+            "--image-size",
+            str(w.image_size),
+            "--val-image-size",
+            str(w.val_image_size),
+            "--omit",
+            str(w.omit),
+            "--stuff-mention",
+            str(w.stuff_mention),
+            "--shard-size",
+            str(w.shard_size),
+            "--seed",
+            str(w.seed),
+            "--workers",
+            "2",
+        ],
+        world_params,
+        items=w.train + w.teacher + w.val,
+        unit="pair",
+    )
 
-    teacher_params = {"world": world_params, "samples": cfg.teacher_samples, "minutes": cfg.teacher_minutes,
-                      "batch": cfg.teacher_batch, "seed": cfg.seed}
-    runner.run("teacher", [_tool("cocu-train"), "clip", str(world / "teacher"), "--out", str(teacher),
-                           "--samples", str(cfg.teacher_samples), "--max-minutes", str(cfg.teacher_minutes),
-                           "--batch-size", str(cfg.teacher_batch), "--seed", str(cfg.seed), "--threads", threads,
-                           "--eval-world", str(world), "--eval-split", "train"],
-               teacher_params, items=None)
+    teacher_params = {
+        "world": world_params,
+        "samples": cfg.teacher_samples,
+        "minutes": cfg.teacher_minutes,
+        "batch": cfg.teacher_batch,
+        "seed": cfg.seed,
+    }
+    runner.run(
+        "teacher",
+        [
+            _tool("cocu-train"),
+            "clip",
+            str(world / "teacher"),
+            "--out",
+            str(teacher),
+            "--samples",
+            str(cfg.teacher_samples),
+            "--max-minutes",
+            str(cfg.teacher_minutes),
+            "--batch-size",
+            str(cfg.teacher_batch),
+            "--seed",
+            str(cfg.seed),
+            "--threads",
+            threads,
+            "--eval-world",
+            str(world),
+            "--eval-split",
+            "train",
+        ],
+        teacher_params,
+        items=None,
+    )
     record = json.loads((teacher / "teacher.json").read_text())
     model, weights = record["model"], str(teacher / record["weights"])
 
     bank_params = {"teacher": teacher_params}
-    runner.run("bank", [_tool("cocu-curate"), "build-bank", "--shards", str(world / "train"), "--model", model,
-                        "--pretrained", weights, "--out", str(bank)],
-               bank_params, items=w.train)
+    runner.run(
+        "bank",
+        [
+            _tool("cocu-curate"),
+            "build-bank",
+            "--shards",
+            str(world / "train"),
+            "--model",
+            model,
+            "--pretrained",
+            weights,
+            "--out",
+            str(bank),
+        ],
+        bank_params,
+        items=w.train,
+    )
 
     release_bank, curated_release = out / "bank-release", out / "curated-release"
     curated_hybrid = out / "curated-hybrid"
     release_bank_params = {"teacher": teacher_params, "template": "release"}
-    runner.run("bank-release", [_tool("cocu-curate"), "build-bank", "--shards", str(world / "train"), "--model", model,
-                                "--pretrained", weights, "--out", str(release_bank), "--template", "release"],
-               release_bank_params, items=w.train)
+    runner.run(
+        "bank-release",
+        [
+            _tool("cocu-curate"),
+            "build-bank",
+            "--shards",
+            str(world / "train"),
+            "--model",
+            model,
+            "--pretrained",
+            weights,
+            "--out",
+            str(release_bank),
+            "--template",
+            "release",
+        ],
+        release_bank_params,
+        items=w.train,
+    )
 
     def enrich(name: str, on_bank: Path, target: Path, params: dict[str, Any], *options: str) -> dict[str, Any]:
         params = {"bank": params, "neighbors": cfg.neighbors, "options": list(options)}
-        runner.run(name, [_tool("cocu-curate"), "enrich", "--bank", str(on_bank), "--shards", str(world / "train"),
-                          "--out", str(target), "--neighbors", str(cfg.neighbors), "--top-k", "0",
-                          "--seed", str(cfg.seed), *options], params, items=w.train)
+        runner.run(
+            name,
+            [
+                _tool("cocu-curate"),
+                "enrich",
+                "--bank",
+                str(on_bank),
+                "--shards",
+                str(world / "train"),
+                "--out",
+                str(target),
+                "--neighbors",
+                str(cfg.neighbors),
+                "--top-k",
+                "0",
+                "--seed",
+                str(cfg.seed),
+                *options,
+            ],
+            params,
+            items=w.train,
+        )
         return params
 
     enrich_params = enrich("enrich", bank, curated, bank_params, "--clusters", "--formula", "cocu")
-    release_params = enrich("enrich-release", release_bank, curated_release, release_bank_params, "--no-clusters",
-                            "--formula", "release")
-    hybrid_params = enrich("enrich-hybrid", bank, curated_hybrid, bank_params, "--no-clusters", "--formula", "cocu",
-                           "--archive", "both", "--vocabulary-top", str(cfg.vocabulary_top))
+    release_params = enrich(
+        "enrich-release", release_bank, curated_release, release_bank_params, "--no-clusters", "--formula", "release"
+    )
+    hybrid_params = enrich(
+        "enrich-hybrid",
+        bank,
+        curated_hybrid,
+        bank_params,
+        "--no-clusters",
+        "--formula",
+        "cocu",
+        "--archive",
+        "both",
+        "--vocabulary-top",
+        str(cfg.vocabulary_top),
+    )
 
     def quality() -> None:
         from cocu.benchmarks.curation_quality import evaluate_curation
         from cocu.benchmarks.departures import measure_departures
 
         truth = world / "truth" / "train"
-        record = evaluate_curation(curated, truth, bank, cfg.neighbors, cfg.top_k, seed=cfg.seed,
-                                   release=curated_release, hybrid=curated_hybrid)
+        record = evaluate_curation(
+            curated,
+            truth,
+            bank,
+            cfg.neighbors,
+            cfg.top_k,
+            seed=cfg.seed,
+            release=curated_release,
+            hybrid=curated_hybrid,
+        )
         record["departures"] = measure_departures(release_bank, bank, truth, cfg.neighbors, tuple(record["ks"]))
         atomic_write_json(out / "quality.json", record)
 
-    runner.run("quality", quality, {"enrich": enrich_params, "release": release_params, "hybrid": hybrid_params},
-               items=w.train)
-    runner.run("gallery", [_tool("cocu-curate"), "show", "--curated", str(curated), "--out", str(out / "gallery"),
-                           "--truth", str(world / "truth" / "train")],
-               {"enrich": enrich_params}, items=w.train, unit="row")
+    runner.run(
+        "quality", quality, {"enrich": enrich_params, "release": release_params, "hybrid": hybrid_params}, items=w.train
+    )
+    runner.run(
+        "gallery",
+        [
+            _tool("cocu-curate"),
+            "show",
+            "--curated",
+            str(curated),
+            "--out",
+            str(out / "gallery"),
+            "--truth",
+            str(world / "truth" / "train"),
+        ],
+        {"enrich": enrich_params},
+        items=w.train,
+        unit="row",
+    )
     if curation_only:
         print(f"curation quality: {out / 'quality.json'}")
         return out / "quality.json"
@@ -316,28 +486,79 @@ def run_benchmark(cfg: BenchConfig, out: Path, preset: str, in_process: bool = F
 
     def train_and_evaluate(mode: str) -> None:
         run_dir = out / "runs" / mode
-        train_params = {"enrich": enrich_params, "mode": mode, "config": cfg.train_config, "steps": cfg.train_steps,
-                        "batch": cfg.train_batch, "seed": cfg.seed}
+        train_params = {
+            "enrich": enrich_params,
+            "mode": mode,
+            "config": cfg.train_config,
+            "steps": cfg.train_steps,
+            "batch": cfg.train_batch,
+            "seed": cfg.seed,
+        }
         if mode == "release":  # the release's top-3 (its training code takes the first 3 concepts)
             train_params = {**train_params, "enrich": release_params}
         claim_run_dir(run_dir, train_params)
         shards, text_mode = (curated_release, "cocu-top") if mode == "release" else (curated, mode)
-        runner.run(f"train-{mode}", [
-            _tool("cocu-train"), "fit", "--config", cfg.train_config,
-            "--data.shards", str(shards), "--data.text_mode", text_mode, "--data.truth", str(world / "truth" / "train"),
-            "--data.batch_size", str(cfg.train_batch), "--data.num_workers", str(cfg.train_workers),
-            "--data.seed", str(cfg.seed), "--seed_everything", str(cfg.seed),
-            "--trainer.max_steps", str(cfg.train_steps), "--trainer.default_root_dir", str(run_dir),
-            "--ckpt_path", "last",  # a killed benchmark resumes the run from its last checkpoint
-        ], train_params, items=cfg.train_steps * cfg.train_batch, unit="sample", quiet=lanes > 1)
-        runner.run(f"eval-{mode}", [
-            _tool("cocu-eval"), "seg", "--checkpoint", str(checkpoints[mode]), "--dataset", "synthetic", "--root", str(world),
-            "--out", str(run_dir / "eval"), "--save-images", str(cfg.save_images), "--threads", eval_threads,
-        ], {"train": train_params}, items=w.val, quiet=lanes > 1)
+        runner.run(
+            f"train-{mode}",
+            [
+                _tool("cocu-train"),
+                "fit",
+                "--config",
+                cfg.train_config,
+                "--data.shards",
+                str(shards),
+                "--data.text_mode",
+                text_mode,
+                "--data.truth",
+                str(world / "truth" / "train"),
+                "--data.batch_size",
+                str(cfg.train_batch),
+                "--data.num_workers",
+                str(cfg.train_workers),
+                "--data.seed",
+                str(cfg.seed),
+                "--seed_everything",
+                str(cfg.seed),
+                "--trainer.max_steps",
+                str(cfg.train_steps),
+                "--trainer.default_root_dir",
+                str(run_dir),
+                "--ckpt_path",
+                "last",  # a killed benchmark resumes the run from its last checkpoint
+            ],
+            train_params,
+            items=cfg.train_steps * cfg.train_batch,
+            unit="sample",
+            quiet=lanes > 1,
+        )
+        runner.run(
+            f"eval-{mode}",
+            [
+                _tool("cocu-eval"),
+                "seg",
+                "--checkpoint",
+                str(checkpoints[mode]),
+                "--dataset",
+                "synthetic",
+                "--root",
+                str(world),
+                "--out",
+                str(run_dir / "eval"),
+                "--save-images",
+                str(cfg.save_images),
+                "--threads",
+                eval_threads,
+            ],
+            {"train": train_params},
+            items=w.val,
+            quiet=lanes > 1,
+        )
 
     if lanes > 1:
-        print(f"[benchmark] training {len(cfg.runs)} GroupViT runs, {lanes} at a time; their output goes to {out / 'logs'}",
-              flush=True)
+        print(
+            f"[benchmark] training {len(cfg.runs)} GroupViT runs, {lanes} at a time; their output goes to {out / 'logs'}",
+            flush=True,
+        )
     runner.side_by_side(train_and_evaluate, cfg.runs, lanes)
 
     for mode in cfg.runs:  # one page per evaluation, beside its metrics.json and overlays
@@ -361,10 +582,16 @@ def predict_examples(world: Path, checkpoints: dict[str, Path], count: int) -> d
     predictions = {}
     for mode, checkpoint in checkpoints.items():
         model, _ = load_groupvit(checkpoint)
-        text = build_text_embeddings(model, preset.prompt_classes(dataset.classes, dataset.has_background), preset.templates)
+        text = build_text_embeddings(
+            model, preset.prompt_classes(dataset.classes, dataset.has_background), preset.templates
+        )
         segmenter = ZeroShotSegmenter(model, text, preset, dataset.has_background)
         predictions[mode] = [np.asarray(p) for p in segmenter.predict([s[1] for s in samples])]
-    return {"images": [s[1] for s in samples], "labels": [np.asarray(s[2]) for s in samples], "predictions": predictions}
+    return {
+        "images": [s[1] for s in samples],
+        "labels": [np.asarray(s[2]) for s in samples],
+        "predictions": predictions,
+    }
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -373,10 +600,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
     parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
-    parser.add_argument("--curation-only", action="store_true",
-                        help="stop before the GroupViT trainings (curation, quality and gallery only; no report)")
-    parser.add_argument("--in-process", action="store_true",
-                        help="call each command's entry point in this interpreter instead of a new process (tests)")
+    parser.add_argument(
+        "--curation-only",
+        action="store_true",
+        help="stop before the GroupViT trainings (curation, quality and gallery only; no report)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="call each command's entry point in this interpreter instead of a new process (tests)",
+    )
     args = parser.parse_args(argv)
     cfg = BENCH_PRESETS[args.preset]
     if args.runs:

@@ -12,6 +12,7 @@ scored directly. Two views:
 
 All figures are micro-averages over images (sums of hits over sums of denominators).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,12 @@ class RankingScores:
     images: int
 
 
-def ranking_quality(ranked: Sequence[Sequence[str]], caption: Sequence[Sequence[str]], present: Sequence[Sequence[str]],
-                    ks: Sequence[int] = (1, 3, 16)) -> list[RankingScores]:
+def ranking_quality(
+    ranked: Sequence[Sequence[str]],
+    caption: Sequence[Sequence[str]],
+    present: Sequence[Sequence[str]],
+    ks: Sequence[int] = (1, 3, 16),
+) -> list[RankingScores]:
     """Score ranked concept lists on the concepts the captions omitted."""
     out = []
     for k in ks:
@@ -60,7 +65,9 @@ class PromptScores:
     per_image: float  # distinct prompt concepts per image
 
 
-def prompt_quality(prompts: Sequence[Sequence[str]], caption: Sequence[Sequence[str]], present: Sequence[Sequence[str]]) -> PromptScores:
+def prompt_quality(
+    prompts: Sequence[Sequence[str]], caption: Sequence[Sequence[str]], present: Sequence[Sequence[str]]
+) -> PromptScores:
     """Score the concept sets a training mode feeds the model, one set per image."""
     good = given = shown_total = omitted_total = omitted_hit = 0
     for chosen, named, shown in zip(prompts, caption, present, strict=True):
@@ -71,8 +78,12 @@ def prompt_quality(prompts: Sequence[Sequence[str]], caption: Sequence[Sequence[
         shown_total += len(shown_set)
         omitted_total += len(omitted)
         omitted_hit += len(chosen_set & omitted)
-    return PromptScores(good / max(given, 1), good / max(shown_total, 1), omitted_hit / max(omitted_total, 1),
-                        given / max(len(prompts), 1))
+    return PromptScores(
+        good / max(given, 1),
+        good / max(shown_total, 1),
+        omitted_hit / max(omitted_total, 1),
+        given / max(len(prompts), 1),
+    )
 
 
 def read_columns(folder: str | os.PathLike, columns: Sequence[str]) -> dict[str, list]:
@@ -81,7 +92,9 @@ def read_columns(folder: str | os.PathLike, columns: Sequence[str]) -> dict[str,
     return {name: table.column(name).to_pylist() for name in columns}
 
 
-def rival_rankings(bank_path: str | os.PathLike, keys: Sequence[str], neighbors: int, top: int) -> dict[str, list[list[str]]]:
+def rival_rankings(
+    bank_path: str | os.PathLike, keys: Sequence[str], neighbors: int, top: int
+) -> dict[str, list[list[str]]]:
     """The two simpler curators the paper argues against, on the bank CoCu used.
 
     - ``direct``: the CLIP ranks the whole vocabulary against the image (image-to-text retrieval);
@@ -104,8 +117,10 @@ def rival_rankings(bank_path: str | os.PathLike, keys: Sequence[str], neighbors:
     frequent = []
     for anchor, row in zip(ids, found):
         hits = [n for n in row if n >= 0 and n != anchor][:neighbors]
-        tally = np.bincount(np.concatenate([values[offsets[n]:offsets[n + 1]] for n in hits] or [np.empty(0, np.int64)]),
-                            minlength=len(names)).astype(np.float64)
+        tally = np.bincount(
+            np.concatenate([values[offsets[n] : offsets[n + 1]] for n in hits] or [np.empty(0, np.int64)]),
+            minlength=len(names),
+        ).astype(np.float64)
         order = np.lexsort((-counts, -tally))
         frequent.append(names[order[tally[order] > 0][:top]].tolist())
     return {"direct": names[direct].tolist(), "neighbours": frequent}
@@ -121,9 +136,17 @@ def concepts_by_key(curated: str | os.PathLike, keys: Sequence[str]) -> list[lis
     return [found[key] for key in keys]
 
 
-def evaluate_curation(curated: str | os.PathLike, truth: str | os.PathLike, bank: str | os.PathLike, neighbors: int,
-                      top_k: int, prompts: int = 3, seed: int = 0, release: str | os.PathLike | None = None,
-                      hybrid: str | os.PathLike | None = None) -> dict[str, Any]:
+def evaluate_curation(
+    curated: str | os.PathLike,
+    truth: str | os.PathLike,
+    bank: str | os.PathLike,
+    neighbors: int,
+    top_k: int,
+    prompts: int = 3,
+    seed: int = 0,
+    release: str | os.PathLike | None = None,
+    hybrid: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Curation quality of one enrich run against the world's truth, with the rivals (and the ``release`` formula's
     and the hybrid archive's runs of the same shards, when given) beside it."""
     from cocu.training.prompts import draw_cluster_guided, draw_uniform, take_top
@@ -142,23 +165,33 @@ def evaluate_curation(curated: str | os.PathLike, truth: str | os.PathLike, bank
     rankings["cocu (expansion + ranking)"] = rows["cocu_concepts"]
     if hybrid is not None:
         rankings["cocu, hybrid archive (+ vocabulary top-M)"] = concepts_by_key(hybrid, rows["key"])
-    rankings.update({"neighbours' captions, most frequent": rivals["neighbours"],
-                     "teacher CLIP over the whole vocabulary": rivals["direct"]})
+    rankings.update(
+        {
+            "neighbours' captions, most frequent": rivals["neighbours"],
+            "teacher CLIP over the whole vocabulary": rivals["direct"],
+        }
+    )
     rng = np.random.default_rng(seed)
     feeds = {"caption (baseline)": draw_uniform(named, prompts, rng)}
     if release is not None:
         feeds["release top-3"] = take_top(rankings["release (the authors' formula)"], prompts)
-    feeds.update({
-        "cocu-top (cocu formula, top-3)": take_top(rows["cocu_concepts"], prompts),
-        "cocu-cluster (cluster-guided)": draw_cluster_guided(rows["cocu_concepts"], rows["cocu_scores"], rows["cocu_clusters"], prompts, rng),
-        "teacher CLIP top-3 (rival)": take_top(rivals["direct"], prompts),
-        "neighbour frequency top-3 (rival)": take_top(rivals["neighbours"], prompts),
-        "oracle (true concepts)": draw_uniform(present, prompts, rng),
-    })
+    feeds.update(
+        {
+            "cocu-top (cocu formula, top-3)": take_top(rows["cocu_concepts"], prompts),
+            "cocu-cluster (cluster-guided)": draw_cluster_guided(
+                rows["cocu_concepts"], rows["cocu_scores"], rows["cocu_clusters"], prompts, rng
+            ),
+            "teacher CLIP top-3 (rival)": take_top(rivals["direct"], prompts),
+            "neighbour frequency top-3 (rival)": take_top(rivals["neighbours"], prompts),
+            "oracle (true concepts)": draw_uniform(present, prompts, rng),
+        }
+    )
     return {
         "images": len(order),
         "ks": ks,
-        "ranking": {name: [asdict(s) for s in ranking_quality(ranked, named, present, ks)] for name, ranked in rankings.items()},
+        "ranking": {
+            name: [asdict(s) for s in ranking_quality(ranked, named, present, ks)] for name, ranked in rankings.items()
+        },
         "prompts": {name: asdict(prompt_quality(chosen, named, present)) for name, chosen in feeds.items()},
         "curated_per_image": float(np.mean([len(c) for c in rows["cocu_concepts"]])),
     }

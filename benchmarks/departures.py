@@ -6,6 +6,7 @@ with all of them. The prompt template is a property of the bank, so its row rank
 bank built with cocu's template. The k-means departure (ten greedy starts instead of one plain start, where the
 release called scikit-learn) is measured by its inertia against scikit-learn's on the same archives.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,31 @@ from typing import Any
 
 import numpy as np
 
-from cocu.curation.ranking import FORMULAS, Formula
 from cocu.benchmarks.curation_quality import ranking_quality, read_columns
+from cocu.curation.ranking import FORMULAS, Formula
 
 # (Formula field, what cocu does, why): the rows of the departures table in docs/curation.md
 DEPARTURES = (
-    ("exclude_anchor", "searches L + 1 and drops the anchor: L other images",
-     "an image in the bank is its own first hit, so the release expands from L - 1 others"),
-    ("anchor_once", "counts the anchor once in R_c",
-     "the release appends the anchor to R_c although it is already there as its own hit"),
-    ("floor_local", "divides the local term by max(mean, floor), floor = 5th percentile of the bank's named pairs",
-     "a mean near zero explodes the score and a negative one flips its sign"),
-    ("own_concepts", "adds the anchor's own caption concepts to the archive",
-     "an image outside the bank otherwise loses what its own caption names"),
+    (
+        "exclude_anchor",
+        "searches L + 1 and drops the anchor: L other images",
+        "an image in the bank is its own first hit, so the release expands from L - 1 others",
+    ),
+    (
+        "anchor_once",
+        "counts the anchor once in R_c",
+        "the release appends the anchor to R_c although it is already there as its own hit",
+    ),
+    (
+        "floor_local",
+        "divides the local term by max(mean, floor), floor = 5th percentile of the bank's named pairs",
+        "a mean near zero explodes the score and a negative one flips its sign",
+    ),
+    (
+        "own_concepts",
+        "adds the anchor's own caption concepts to the archive",
+        "an image outside the bank otherwise loses what its own caption names",
+    ),
 )
 
 
@@ -55,8 +68,14 @@ def kmeans_inertia_ratio(bank: Any, neighbors: int, archives: int = 400, seed: i
     from cocu.curation.enrich import EnrichConfig, curate
 
     ids = np.arange(min(archives, len(bank.embeddings)))
-    curated = curate(bank, np.asarray(bank.embeddings[ids], np.float32), ids, bank.image_concepts.take(ids), ids,
-                     EnrichConfig(neighbors=neighbors, top_k=0, clusters=True, seed=seed))
+    curated = curate(
+        bank,
+        np.asarray(bank.embeddings[ids], np.float32),
+        ids,
+        bank.image_concepts.take(ids),
+        ids,
+        EnrichConfig(neighbors=neighbors, top_k=0, clusters=True, seed=seed),
+    )
     ours, theirs = [], []
     for row, labels in zip(curated.concepts.tolist(), np.split(curated.clusters, curated.concepts.offsets[1:-1])):
         if len(row) <= 2:
@@ -67,8 +86,13 @@ def kmeans_inertia_ratio(bank: Any, neighbors: int, archives: int = 400, seed: i
     return {"ratio": float(np.mean(ours) / np.mean(theirs)), "archives": len(ours)}
 
 
-def measure_departures(release_bank: str | os.PathLike, cocu_bank: str | os.PathLike, truth: str | os.PathLike,
-                       neighbors: int, ks: tuple[int, ...] = (1, 3, 16)) -> dict[str, Any]:
+def measure_departures(
+    release_bank: str | os.PathLike,
+    cocu_bank: str | os.PathLike,
+    truth: str | os.PathLike,
+    neighbors: int,
+    ks: tuple[int, ...] = (1, 3, 16),
+) -> dict[str, Any]:
     """Ranking quality of ``release``, of ``release`` plus each departure alone, and of ``cocu``."""
     from cocu.curation.bank import Bank
 
@@ -86,15 +110,42 @@ def measure_departures(release_bank: str | os.PathLike, cocu_bank: str | os.Path
         return [asdict(s) for s in ranking_quality(ranked, named, present, ks)]
 
     base = FORMULAS["release"]
-    rows = [{"name": "release", "what": "the authors' formula and prompt", "why": "",
-             "ranking": score(rank_all(release, base, neighbors))}]
+    rows = [
+        {
+            "name": "release",
+            "what": "the authors' formula and prompt",
+            "why": "",
+            "ranking": score(rank_all(release, base, neighbors)),
+        }
+    ]
     for field, what, why in DEPARTURES:
-        rows.append({"name": f"+ {field}", "what": what, "why": why,
-                     "ranking": score(rank_all(release, replace(base, **{field: True}), neighbors))})
-    rows.append({"name": "+ prompt template", "what": "embeds concepts as \"a photo of a/an {}.\"",
-                 "why": "grammatical prompts, as CLIP saw in training",
-                 "ranking": score(rank_all(cocu, base, neighbors))})
-    rows.append({"name": "cocu", "what": "all of the above", "why": "",
-                 "ranking": score(rank_all(cocu, FORMULAS["cocu"], neighbors))})
-    return {"ks": list(ks), "rows": rows, "local_floor": cocu.local_floor,
-            "kmeans": kmeans_inertia_ratio(cocu, neighbors)}
+        rows.append(
+            {
+                "name": f"+ {field}",
+                "what": what,
+                "why": why,
+                "ranking": score(rank_all(release, replace(base, **{field: True}), neighbors)),
+            }
+        )
+    rows.append(
+        {
+            "name": "+ prompt template",
+            "what": 'embeds concepts as "a photo of a/an {}."',
+            "why": "grammatical prompts, as CLIP saw in training",
+            "ranking": score(rank_all(cocu, base, neighbors)),
+        }
+    )
+    rows.append(
+        {
+            "name": "cocu",
+            "what": "all of the above",
+            "why": "",
+            "ranking": score(rank_all(cocu, FORMULAS["cocu"], neighbors)),
+        }
+    )
+    return {
+        "ks": list(ks),
+        "rows": rows,
+        "local_floor": cocu.local_floor,
+        "kmeans": kmeans_inertia_ratio(cocu, neighbors),
+    }

@@ -6,6 +6,7 @@ with the download, so the rates are a floor for the resizing work, with no netwo
 
     .venv/bin/python benchmarks/download_throughput.py --images 1000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,9 +64,20 @@ def run(name: str, size: tuple[int, int], count: int, distinct: int, args: argpa
     urls = root / f"{name}.tsv"
     urls.write_text("".join(f"photo number {i}\t{base}/{name}/{i}.jpg\n" for i in range(count)))
     out = root / name
-    command = [str(Path(sys.executable).parent / "cocu-data"), "download", str(urls), str(out), "--preset", "cc3m",
-               "--processes-count", str(args.processes), "--thread-count", str(args.threads),
-               "--shard-size", str(args.shard_size)]
+    command = [
+        str(Path(sys.executable).parent / "cocu-data"),
+        "download",
+        str(urls),
+        str(out),
+        "--preset",
+        "cc3m",
+        "--processes-count",
+        str(args.processes),
+        "--thread-count",
+        str(args.threads),
+        "--shard-size",
+        str(args.shard_size),
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -76,9 +88,16 @@ def run(name: str, size: tuple[int, int], count: int, distinct: int, args: argpa
     table = pq.read_table(shards[0])
     ok = sum(pq.read_table(s, columns=["status"]).column("status").to_pylist().count("success") for s in shards)
     first = table.slice(0, 1).to_pylist()[0]
-    return {"name": name, "source": f"{size[0]}x{size[1]}", "stored": f"{first['width']}x{first['height']}",
-            "images": ok, "seconds": seconds, "rate": ok / seconds, "columns": table.column_names,
-            "kb_per_image": np.mean([len(r) for r in table.column("jpg").to_pylist() if r]) / 1024}
+    return {
+        "name": name,
+        "source": f"{size[0]}x{size[1]}",
+        "stored": f"{first['width']}x{first['height']}",
+        "images": ok,
+        "seconds": seconds,
+        "rate": ok / seconds,
+        "columns": table.column_names,
+        "kb_per_image": np.mean([len(r) for r in table.column("jpg").to_pylist() if r]) / 1024,
+    }
 
 
 def main() -> None:
@@ -90,14 +109,20 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=250)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run("resize", (800, 600), args.images, args.distinct, args, Path(tmp)),
-                run("no-resize", (640, 480), args.images, args.distinct, args, Path(tmp))]
-    print(f"load average before the last run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; "
-          f"--processes-count {args.processes} --thread-count {args.threads} --shard-size {args.shard_size}")
+        rows = [
+            run("resize", (800, 600), args.images, args.distinct, args, Path(tmp)),
+            run("no-resize", (640, 480), args.images, args.distinct, args, Path(tmp)),
+        ]
+    print(
+        f"load average before the last run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; "
+        f"--processes-count {args.processes} --thread-count {args.threads} --shard-size {args.shard_size}"
+    )
     print(f"{'list':<10} {'served':>8} {'stored':>8} {'images':>7} {'seconds':>8} {'images/s':>9} {'KB/image':>9}")
     for r in rows:
-        print(f"{r['name']:<10} {r['source']:>8} {r['stored']:>8} {r['images']:>7} {r['seconds']:>8.1f} {r['rate']:>9.1f} "
-              f"{r['kb_per_image']:>9.1f}")
+        print(
+            f"{r['name']:<10} {r['source']:>8} {r['stored']:>8} {r['images']:>7} {r['seconds']:>8.1f} {r['rate']:>9.1f} "
+            f"{r['kb_per_image']:>9.1f}"
+        )
     print(f"ratio no-resize / resize: {rows[1]['rate'] / rows[0]['rate']:.2f}x")
     print("shard columns: " + ", ".join(rows[0]["columns"]))
 

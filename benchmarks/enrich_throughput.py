@@ -17,6 +17,7 @@ ratios (with ``--threads 1``, where no thread waits on another) are the ones oth
     .venv/bin/python benchmarks/enrich_throughput.py                  # the issue's sizes
     .venv/bin/python benchmarks/enrich_throughput.py --index-size 20000 --queries 2000 --embed-images 256
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,13 @@ def caption_concepts(rng: np.random.Generator, rows: int, vocab: int, per_captio
     return Ragged.from_lists(lists)
 
 
-def synthetic_bank(args: argparse.Namespace, rng: np.random.Generator, vocab: int,
-                   searcher: Searcher | None = None, embeddings: np.ndarray | None = None) -> tuple[Bank, np.ndarray]:
+def synthetic_bank(
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+    vocab: int,
+    searcher: Searcher | None = None,
+    embeddings: np.ndarray | None = None,
+) -> tuple[Bank, np.ndarray]:
     """A bank in memory; a second vocabulary size reuses the first bank's images and index."""
     if embeddings is None:
         embeddings = unit_rows(rng, args.index_size, args.dim)
@@ -73,8 +79,18 @@ def synthetic_bank(args: argparse.Namespace, rng: np.random.Generator, vocab: in
     sims = pair_similarities(concepts, embeddings, text)
     keys = pa.array([str(i) for i in range(args.index_size)])
     names = pa.array([f"concept{i:05d}" for i in range(vocab)])
-    bank = Bank(Path("memory"), {"bank_id": "benchmark"}, None, names, text,
-                Ragged(concepts.offsets, concepts.values.astype(np.int32)), sims, keys, embeddings, searcher)
+    bank = Bank(
+        Path("memory"),
+        {"bank_id": "benchmark"},
+        None,
+        names,
+        text,
+        Ragged(concepts.offsets, concepts.values.astype(np.int32)),
+        sims,
+        keys,
+        embeddings,
+        searcher,
+    )
     return bank, embeddings
 
 
@@ -90,7 +106,7 @@ class Rate:
         self.wall = max(self.wall, images / (time.perf_counter() - wall))
         self.cpu = max(self.cpu, images / max(time.process_time() - cpu, 1e-9))
 
-    def ratio(self, other: "Rate") -> str:
+    def ratio(self, other: Rate) -> str:
         return f"{self.wall / other.wall:.2f} (wall) / {self.cpu / other.cpu:.2f} (cpu)"
 
 
@@ -98,7 +114,9 @@ def batches(n: int, size: int):
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def per_image_loop(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: list[list[int]], neighbors: int, top_k: int) -> None:
+def per_image_loop(
+    bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: list[list[int]], neighbors: int, top_k: int
+) -> None:
     """The released design: one search per image, then a Python loop over the archive's concepts (cocu's formula)."""
     image_concepts = bank.image_concepts.tolist()
     embeddings, text, floor = bank.embeddings, bank.text, bank.local_floor
@@ -114,7 +132,7 @@ def per_image_loop(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: l
             stats[c] = (float(sims[-1]), float(sims.mean()))
         scale = peak if peak > 0 else 1.0
         scores = {c: g / scale + g / max(m, floor) for c, (g, m) in stats.items()}
-        sorted(scores, key=lambda c: (-scores[c], c))[:top_k or None]
+        sorted(scores, key=lambda c: (-scores[c], c))[: top_k or None]
 
 
 def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
@@ -122,9 +140,11 @@ def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     started = time.perf_counter()
     bank, embeddings = synthetic_bank(args, rng, args.vocab)
     big, _ = synthetic_bank(args, rng, args.big_vocab, bank.searcher, embeddings)
-    print(f"bank: {args.index_size} x {args.dim} flat, {args.vocab} concepts (and {args.big_vocab}), "
-          f"{bank.image_concepts.lengths.mean():.2f} concepts/caption; built in {time.perf_counter() - started:.1f}s")
-    queries = np.asarray(embeddings[:args.queries], np.float32)  # the corpus curates itself: anchors are in the bank
+    print(
+        f"bank: {args.index_size} x {args.dim} flat, {args.vocab} concepts (and {args.big_vocab}), "
+        f"{bank.image_concepts.lengths.mean():.2f} concepts/caption; built in {time.perf_counter() - started:.1f}s"
+    )
+    queries = np.asarray(embeddings[: args.queries], np.float32)  # the corpus curates itself: anchors are in the bank
     self_ids = np.arange(args.queries)
     own = bank.image_concepts.take(self_ids)
     rows = batches(args.queries, args.batch_size)
@@ -137,8 +157,13 @@ def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
             bank.searcher.search(queries[r], k)
 
     def run_enrich(clusters: bool, archive: str = "neighbours", on_bank: Bank = bank) -> None:
-        config = EnrichConfig(neighbors=args.neighbors, top_k=args.top_k, clusters=clusters, archive=archive,
-                              vocabulary_top=args.vocabulary_top)
+        config = EnrichConfig(
+            neighbors=args.neighbors,
+            top_k=args.top_k,
+            clusters=clusters,
+            archive=archive,
+            vocabulary_top=args.vocabulary_top,
+        )
         for r in rows:
             index = np.arange(r.start, r.stop)
             curate(on_bank, queries[r], self_ids[r], own.take(index), index, config)
@@ -154,28 +179,52 @@ def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
         on.measure(args.queries, lambda: run_enrich(True))
         hybrid.measure(args.queries, lambda: run_enrich(True, "both"))
         hybrid_big.measure(args.queries, lambda: run_enrich(True, "both", big))
-    loop.measure(n_loop, lambda: per_image_loop(bank, queries[:n_loop], self_ids[:n_loop], own_lists, args.neighbors, args.top_k))
+    loop.measure(
+        n_loop, lambda: per_image_loop(bank, queries[:n_loop], self_ids[:n_loop], own_lists, args.neighbors, args.top_k)
+    )
     ratio, archives = inertia_ratio(bank, queries, self_ids, own, args)
     m = args.vocabulary_top
     return [
-        ("(a) batched FAISS search only (floor)", search, f"{args.queries} queries, batch {args.batch_size}, k={k}, best of {args.repeats}"),
+        (
+            "(a) batched FAISS search only (floor)",
+            search,
+            f"{args.queries} queries, batch {args.batch_size}, k={k}, best of {args.repeats}",
+        ),
         ("(a) enrich, clusters off", off, f"{off.ratio(search)} x search (target >= 0.8)"),
-        ("(a) enrich, clusters on", on, f"{on.ratio(search)} x search (target >= 0.5); clusters off/on "
-                                        f"{off.wall / on.wall:.2f} (wall) / {off.cpu / on.cpu:.2f} (cpu)"),
-        (f"(a) hybrid archive, {args.vocab} concepts", hybrid,
-         f"{hybrid.ratio(search)} x search (--archive both, M={m}, clusters on)"),
-        (f"(a) hybrid archive, {args.big_vocab} concepts", hybrid_big,
-         f"{hybrid_big.ratio(search)} x search (--archive both, M={m}, clusters on)"),
-        ("(k) k-means inertia vs scikit-learn", Rate(),
-         f"mean inertia {ratio:.4f} x KMeans(n_init=10) over {archives} archives of (a) (target <= 1.02)"),
-        ("(b) per-image loop (released design)", loop, f"{n_loop} queries, once; enrich (clusters off) is "
-                                                      f"{off.wall / loop.wall:.0f}x (wall) / {off.cpu / loop.cpu:.0f}x (cpu) faster, "
-                                                      f"clusters on {on.wall / loop.wall:.0f}x / {on.cpu / loop.cpu:.0f}x"),
+        (
+            "(a) enrich, clusters on",
+            on,
+            f"{on.ratio(search)} x search (target >= 0.5); clusters off/on "
+            f"{off.wall / on.wall:.2f} (wall) / {off.cpu / on.cpu:.2f} (cpu)",
+        ),
+        (
+            f"(a) hybrid archive, {args.vocab} concepts",
+            hybrid,
+            f"{hybrid.ratio(search)} x search (--archive both, M={m}, clusters on)",
+        ),
+        (
+            f"(a) hybrid archive, {args.big_vocab} concepts",
+            hybrid_big,
+            f"{hybrid_big.ratio(search)} x search (--archive both, M={m}, clusters on)",
+        ),
+        (
+            "(k) k-means inertia vs scikit-learn",
+            Rate(),
+            f"mean inertia {ratio:.4f} x KMeans(n_init=10) over {archives} archives of (a) (target <= 1.02)",
+        ),
+        (
+            "(b) per-image loop (released design)",
+            loop,
+            f"{n_loop} queries, once; enrich (clusters off) is "
+            f"{off.wall / loop.wall:.0f}x (wall) / {off.cpu / loop.cpu:.0f}x (cpu) faster, "
+            f"clusters on {on.wall / loop.wall:.0f}x / {on.cpu / loop.cpu:.0f}x",
+        ),
     ]
 
 
-def inertia_ratio(bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: Ragged,
-                  args: argparse.Namespace) -> tuple[float, int]:
+def inertia_ratio(
+    bank: Bank, queries: np.ndarray, self_ids: np.ndarray, own: Ragged, args: argparse.Namespace
+) -> tuple[float, int]:
     """Mean k-means inertia of enrich's clusters over scikit-learn's ``KMeans(n_init=10)`` on the same archives."""
     import math
 
@@ -205,8 +254,16 @@ def image_shard(path: Path, count: int, size: int, rng: np.random.Generator) -> 
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=90)
         images.append(buffer.getvalue())
-    pq.write_table(pa.table({"key": [str(i) for i in range(count)], "jpg": pa.array(images, pa.binary()),
-                             "caption": ["a photo"] * count}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "key": [str(i) for i in range(count)],
+                "jpg": pa.array(images, pa.binary()),
+                "caption": ["a photo"] * count,
+            }
+        ),
+        path,
+    )
 
 
 def embedding_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
@@ -215,12 +272,18 @@ def embedding_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     with tempfile.TemporaryDirectory() as folder:
         shard = Path(folder) / "images.parquet"
         image_shard(shard, args.embed_images, args.embed_image_size, np.random.default_rng(args.seed))
-        clip.embed_shard(shard, rows=np.arange(min(64, args.embed_images)), batch_size=args.embed_batch_size, num_workers=0)  # warm-up
+        clip.embed_shard(
+            shard, rows=np.arange(min(64, args.embed_images)), batch_size=args.embed_batch_size, num_workers=0
+        )  # warm-up
         decoded = []
 
         def decode_only() -> None:
-            loader = DataLoader(ShardImages(str(shard), clip.preprocess, args.embed_batch_size), batch_size=None, num_workers=workers,
-                                prefetch_factor=4 if workers else None)
+            loader = DataLoader(
+                ShardImages(str(shard), clip.preprocess, args.embed_batch_size),
+                batch_size=None,
+                num_workers=workers,
+                prefetch_factor=4 if workers else None,
+            )
             decoded.extend(chunk.pixels for chunk in loader)
 
         def model_only() -> None:
@@ -239,7 +302,11 @@ def embedding_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     return [  # decoding runs in worker processes, so only wall-clock rates compare here
         ("(c) decode only", decode, f"{n} JPEGs {args.embed_image_size}px, {workers} DataLoader worker(s)"),
         ("(c) model only", model, where),
-        ("(c) embedding stage (overlapped)", pipeline, f"{pipeline.wall / floor:.2f} x the slower of the two, wall (target >= 0.8)"),
+        (
+            "(c) embedding stage (overlapped)",
+            pipeline,
+            f"{pipeline.wall / floor:.2f} x the slower of the two, wall (target >= 0.8)",
+        ),
     ]
 
 
@@ -257,7 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--loop-queries", type=int, default=2000, help="queries for the slow per-image loop (b)")
-    parser.add_argument("--threads", type=int, default=None, help="FAISS/torch threads for (a)/(b) (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="FAISS/torch threads for (a)/(b) (default: all cores)"
+    )
     parser.add_argument("--embed-model", default="ViT-S-32")
     parser.add_argument("--embed-pretrained", default=None, help="tag or checkpoint (default: random init)")
     parser.add_argument("--embed-model-config", default=None, help="custom open_clip config <model>.json")

@@ -8,6 +8,7 @@
 
     .venv/bin/python benchmarks/gallery_throughput.py --curated benchmark/curated --truth benchmark/world/truth/train
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,16 @@ from pathlib import Path
 from cocu.curation.shards import count_rows, expand_shards, iter_batches
 from cocu.evaluation.gallery import CURATED_COLUMNS, GalleryConfig, write_gallery
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def read_only(curated: Path, batch_size: int) -> tuple[int, float]:
@@ -72,8 +81,12 @@ def browser_times(index: Path, concept: str, executable: str) -> dict[str, float
         page.wait_for_selector("#grid .card")
         sorted_ = time.perf_counter() - started
         browser.close()
-    return {"open to first cards (s)": loaded, f"filter '{concept}' (s)": filtered, "sort by score (s)": sorted_,
-            "shown": shown}
+    return {
+        "open to first cards (s)": loaded,
+        f"filter '{concept}' (s)": filtered,
+        "sort by score (s)": sorted_,
+        "shown": shown,
+    }
 
 
 def main() -> None:
@@ -92,13 +105,18 @@ def main() -> None:
         plans = {
             "read the shards (floor)": lambda: read_only(args.curated, 1024),
             "create one 2.5 kB file per row (floor)": lambda: create_files(work / "files", total, 2500),
-            "cocu-curate show, 1 thumbnail thread": lambda: gallery(args.curated, args.truth, work / "g1",
-                                                                     GalleryConfig(limit=args.limit, threads=1)),
+            "cocu-curate show, 1 thumbnail thread": lambda: gallery(
+                args.curated, args.truth, work / "g1", GalleryConfig(limit=args.limit, threads=1)
+            ),
             f"cocu-curate show, {args.threads} thumbnail threads": lambda: gallery(
-                args.curated, args.truth, work / "g", GalleryConfig(limit=args.limit, threads=args.threads)),
+                args.curated, args.truth, work / "g", GalleryConfig(limit=args.limit, threads=args.threads)
+            ),
             f"... thumbnails re-encoded (32 px), {args.threads} threads": lambda: gallery(
-                args.curated, args.truth, work / "g32", GalleryConfig(limit=args.limit, thumb_size=32,
-                                                                      threads=args.threads)),
+                args.curated,
+                args.truth,
+                work / "g32",
+                GalleryConfig(limit=args.limit, thumb_size=32, threads=args.threads),
+            ),
         }
         for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
             for name, run in plans.items():
@@ -122,8 +140,12 @@ def main() -> None:
 
             import pyarrow.parquet as pq
 
-            counts = Counter(c for p in expand_shards(args.curated)
-                             for row in pq.read_table(p, columns=["cocu_concepts"]).column(0).to_pylist() for c in row)
+            counts = Counter(
+                c
+                for p in expand_shards(args.curated)
+                for row in pq.read_table(p, columns=["cocu_concepts"]).column(0).to_pylist()
+                for c in row
+            )
             concept = counts.most_common(len(counts))[len(counts) // 2][0]  # a concept of middling frequency
             for name, value in browser_times(work / "g" / "index.html", concept, executable).items():
                 print(f"chromium: {name}: {value if isinstance(value, str) else f'{value:.2f}'}")

@@ -10,6 +10,7 @@ script itself is known to work; those rows are marked "CPU smoke" and are not GP
 
     bash benchmarks/gpu_check.sh          # under 8 minutes on one H100/H200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,13 +41,23 @@ def synthetic_shard(path: Path, images: int, side: int, seed: int = 0) -> Path:
         draw = ImageDraw.Draw(image)
         for _ in range(8):
             x, y = rng.integers(0, side, 2)
-            draw.rectangle([int(x), int(y), int(x) + side // 4, int(y) + side // 4],
-                           fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            draw.rectangle(
+                [int(x), int(y), int(x) + side // 4, int(y) + side // 4],
+                fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
+            )
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         blobs.append(buffer.getvalue())
-    pq.write_table(pa.table({"key": [f"{i:08d}" for i in range(images)], "jpg": pa.array(blobs, pa.binary()),
-                             "caption": ["a photo"] * images}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "key": [f"{i:08d}" for i in range(images)],
+                "jpg": pa.array(blobs, pa.binary()),
+                "caption": ["a photo"] * images,
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -63,15 +74,27 @@ def timed_rate(items: int, fn) -> float:
     return items / (time.perf_counter() - started)
 
 
-def clip_rows(shard: Path, images: int, batch: int, workers: int, device: str, model_name: str, label: str,
-              decode_only: bool = False) -> list[Row]:
+def clip_rows(
+    shard: Path,
+    images: int,
+    batch: int,
+    workers: int,
+    device: str,
+    model_name: str,
+    label: str,
+    decode_only: bool = False,
+) -> list[Row]:
     from torch.utils.data import DataLoader
 
     from cocu.curation.clip import ShardImages, load_clip
 
     clip = load_clip(model_name, device=device)
-    loader = DataLoader(ShardImages(str(shard), clip.preprocess, batch), batch_size=None, num_workers=workers,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        ShardImages(str(shard), clip.preprocess, batch),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
     decode = timed_rate(images, lambda: sum(len(c.rows) for c in loader))
     note = f"{images} images, batch {batch}, {workers} decode workers"
     if decode_only:
@@ -83,10 +106,15 @@ def clip_rows(shard: Path, images: int, batch: int, workers: int, device: str, m
     steps = max(1, images // batch)
     model = timed_rate(steps * batch, lambda: [clip.embed_pixels(pixels) for _ in range(steps)])
     overlapped = timed_rate(images, lambda: clip.embed_shard(shard, batch_size=batch, num_workers=workers))
-    return [(f"{label} decode only", f"{decode:,.0f} img/s", note),
-            (f"{label} model only (bf16)" if device == "cuda" else f"{label} model only", f"{model:,.0f} img/s", note),
-            (f"{label} decode + model overlapped", f"{overlapped:,.0f} img/s",
-             f"{overlapped / min(decode, model):.2f} of the slower alone")]
+    return [
+        (f"{label} decode only", f"{decode:,.0f} img/s", note),
+        (f"{label} model only (bf16)" if device == "cuda" else f"{label} model only", f"{model:,.0f} img/s", note),
+        (
+            f"{label} decode + model overlapped",
+            f"{overlapped:,.0f} img/s",
+            f"{overlapped / min(decode, model):.2f} of the slower alone",
+        ),
+    ]
 
 
 def faiss_row(rows: int, queries: int, gpu: bool) -> Row:
@@ -169,16 +197,23 @@ def main() -> None:
             print(f"GPU: {torch.cuda.get_device_name(0)}; {os.cpu_count()} CPU cores", flush=True)
             shard = synthetic_shard(Path(root) / "images.parquet", args.images, 256)
             rows += clip_rows(shard, args.images, 256, args.workers, "cuda", "ViT-B-16", "CLIP ViT-B-16 224 px")
-            rows.append(faiss_row(1_000_000, 100_000, gpu=True) if faiss_gpu else
-                        ("faiss-gpu search", "not installed", "pip install 'cocu[gpu]' for faiss-gpu"))
+            rows.append(
+                faiss_row(1_000_000, 100_000, gpu=True)
+                if faiss_gpu
+                else ("faiss-gpu search", "not installed", "pip install 'cocu[gpu]' for faiss-gpu")
+            )
             rows.append(train_row("groupvit-s", 128, 0, 10, "cuda", "GroupViT-S bf16"))
             rows.append(eval_row("groupvit-s", 32, 448, "cuda", "GroupViT-S on cuda"))
         else:
-            print(f"no GPU was seen (torch.cuda.is_available() is False); {os.cpu_count()} CPU cores: "
-                  "measuring the CPU-safe parts, and the GPU rows once with tiny configs as a CPU smoke", flush=True)
+            print(
+                f"no GPU was seen (torch.cuda.is_available() is False); {os.cpu_count()} CPU cores: "
+                "measuring the CPU-safe parts, and the GPU rows once with tiny configs as a CPU smoke",
+                flush=True,
+            )
             shard = synthetic_shard(Path(root) / "images.parquet", 128, 256)
-            rows += clip_rows(shard, 128, 32, min(2, args.workers), "cpu", "ViT-B-16", "CPU: CLIP ViT-B-16 224 px",
-                              decode_only=True)
+            rows += clip_rows(
+                shard, 128, 32, min(2, args.workers), "cpu", "ViT-B-16", "CPU: CLIP ViT-B-16 224 px", decode_only=True
+            )
             smoke = synthetic_shard(Path(root) / "smoke.parquet", 16, 256)
             rows += clip_rows(smoke, 16, 8, 1, "cpu", "ViT-B-16", "CPU smoke: CLIP ViT-B-16")[1:]
             rows.append(faiss_row(100_000, 1000, gpu=False))

@@ -3,6 +3,7 @@
 Nothing here computes a result: it reads ``world.json``, ``teacher.json``, ``quality.json`` and each
 run's ``metrics.json`` (plus a few predictions for the example figure) and lays them out.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,13 @@ import numpy as np  # noqa: E402
 
 from cocu.curation.shards import atomic_path  # noqa: E402
 
-RUN_TITLES = {"caption": "caption (GroupViT baseline)", "cocu-cluster": "CoCu, cluster-guided",
-              "cocu-top": "CoCu, top-3 (cocu formula)", "oracle": "oracle (true concepts)",
-              "release": "CoCu as released (release formula, top-3)"}
+RUN_TITLES = {
+    "caption": "caption (GroupViT baseline)",
+    "cocu-cluster": "CoCu, cluster-guided",
+    "cocu-top": "CoCu, top-3 (cocu formula)",
+    "oracle": "oracle (true concepts)",
+    "release": "CoCu as released (release formula, top-3)",
+}
 
 
 def _pct(fraction: float | None) -> str:
@@ -54,6 +59,7 @@ def group_miou(metrics: dict[str, Any], names: Sequence[str]) -> float | None:
 
 # ------------------------------------------------------------------------------------------ figures
 
+
 def figure_per_class(runs: dict[str, dict[str, Any]], classes: Sequence[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(12, 0.32 * len(classes)), 4.2), dpi=110)
     width = 0.8 / max(len(runs), 1)
@@ -75,14 +81,18 @@ def figure_curation(quality: dict[str, Any], path: Path) -> None:
     for name, rows in quality["ranking"].items():
         left.plot([r["recall"] for r in rows], [r["precision"] for r in rows], marker="o", label=name)
         for r in rows:
-            left.annotate(f"@{r['k']}", (r["recall"], r["precision"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            left.annotate(
+                f"@{r['k']}", (r["recall"], r["precision"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
     left.set_xlabel("recall of omitted concepts")
     left.set_ylabel("precision of new concepts")
     left.set_title(f"Ranked curation, new concepts at k = {', '.join(map(str, ks))}")
     left.legend(fontsize=7)
     left.grid(alpha=0.3)
     names = list(quality["prompts"])
-    values = np.array([[quality["prompts"][n][m] for m in ("precision", "present_recall", "omitted_recall")] for n in names])
+    values = np.array(
+        [[quality["prompts"][n][m] for m in ("precision", "present_recall", "omitted_recall")] for n in names]
+    )
     y = np.arange(len(names))
     for j, label in enumerate(("precision", "recall of present", "recall of omitted")):
         right.barh(y + (j - 1) * 0.27, values[:, j], 0.27, label=label)
@@ -100,8 +110,9 @@ def figure_examples(examples: dict[str, Any], classes: Sequence[str], path: Path
     images, labels, preds = examples["images"], examples["labels"], examples["predictions"]
     columns = ["image", "ground truth", *[RUN_TITLES.get(m, m) for m in preds]]
     colours = palette(len(classes))
-    fig, axes = plt.subplots(len(images), len(columns), figsize=(1.9 * len(columns), 1.9 * len(images) + 0.4), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(images), len(columns), figsize=(1.9 * len(columns), 1.9 * len(images) + 0.4), dpi=110, squeeze=False
+    )
     for row, (image, label) in enumerate(zip(images, labels)):
         panels = [image, colorize(label, colours, 255)] + [colorize(p[row], colours, 255) for p in preds.values()]
         for col, panel in enumerate(panels):
@@ -125,12 +136,18 @@ def _save(fig, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ tables
 
+
 def segmentation_table(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -> list[str]:
     groups = class_groups(world)
-    lines = ["| run | text mode | mIoU | mIoU things | mIoU stuff | pixel acc. | images/s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | text mode | mIoU | mIoU things | mIoU stuff | pixel acc. | images/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for mode, m in runs.items():
-        lines.append(f"| {RUN_TITLES.get(mode, mode)} | `{mode}` | **{_num(m['miou'])}** | {_num(group_miou(m, groups['things']))} | "
-                     f"{_num(group_miou(m, groups['stuff']))} | {_num(m['pixel_accuracy'])} | {m['images_per_second']:.1f} |")
+        lines.append(
+            f"| {RUN_TITLES.get(mode, mode)} | `{mode}` | **{_num(m['miou'])}** | {_num(group_miou(m, groups['things']))} | "
+            f"{_num(group_miou(m, groups['stuff']))} | {_num(m['pixel_accuracy'])} | {m['images_per_second']:.1f} |"
+        )
     return lines
 
 
@@ -147,10 +164,15 @@ def curation_tables(quality: dict[str, Any]) -> list[str]:
     lines = [head, "|---|" + "---|---|" * len(ks)]
     for name, rows in quality["ranking"].items():
         lines.append(f"| {name} | " + " | ".join(f"{_pct(r['precision'])} | {_pct(r['recall'])}" for r in rows) + " |")
-    lines += ["", "| text mode (3 prompts) | precision | recall of present | recall of omitted | concepts / image |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| text mode (3 prompts) | precision | recall of present | recall of omitted | concepts / image |",
+        "|---|---|---|---|---|",
+    ]
     for name, p in quality["prompts"].items():
-        lines.append(f"| {name} | {_pct(p['precision'])} | {_pct(p['present_recall'])} | {_pct(p['omitted_recall'])} | {p['per_image']:.2f} |")
+        lines.append(
+            f"| {name} | {_pct(p['precision'])} | {_pct(p['present_recall'])} | {_pct(p['omitted_recall'])} | {p['per_image']:.2f} |"
+        )
     if "departures" in quality:
         lines += ["", *departures_table(quality["departures"])]
     return lines
@@ -161,8 +183,10 @@ def departures_table(departures: dict[str, Any]) -> list[str]:
     ks = departures["ks"]
     rows = departures["rows"]
     base = {r["k"]: r["recall"] for r in rows[0]["ranking"]}
-    lines = ["| formula | what changes | " + " | ".join(f"R@{k} (change)" for k in ks) + " |",
-             "|---|---|" + "---|" * len(ks)]
+    lines = [
+        "| formula | what changes | " + " | ".join(f"R@{k} (change)" for k in ks) + " |",
+        "|---|---|" + "---|" * len(ks),
+    ]
     for row in rows:
         cells = [f"{_pct(r['recall'])} ({100 * (r['recall'] - base[r['k']]):+.1f})" for r in row["ranking"]]
         lines.append(f"| `{row['name']}` | {row['what']} | " + " | ".join(cells) + " |")
@@ -171,8 +195,10 @@ def departures_table(departures: dict[str, Any]) -> list[str]:
     if floor is not None:
         lines += ["", f"Local-term floor of this bank (5th percentile of its named pairs' t_c·v): {floor:.4f}."]
     if kmeans:
-        lines.append(f"k-means inertia against scikit-learn `KMeans(n_init=10)` on {kmeans['archives']} whole "
-                     f"archives: {kmeans['ratio']:.4f}x.")
+        lines.append(
+            f"k-means inertia against scikit-learn `KMeans(n_init=10)` on {kmeans['archives']} whole "
+            f"archives: {kmeans['ratio']:.4f}x."
+        )
     return lines
 
 
@@ -189,8 +215,12 @@ def throughput_table(stages: Sequence[Any]) -> list[str]:
     return lines
 
 
-def findings(runs: dict[str, dict[str, Any]], quality: dict[str, Any], world: dict[str, Any] | None = None,
-             teacher_zero_shot: dict[str, Any] | None = None) -> list[str]:
+def findings(
+    runs: dict[str, dict[str, Any]],
+    quality: dict[str, Any],
+    world: dict[str, Any] | None = None,
+    teacher_zero_shot: dict[str, Any] | None = None,
+) -> list[str]:
     """Plain sentences that read the numbers; what they say depends only on this run's figures."""
     out = []
     base = runs.get("caption", {}).get("miou")
@@ -199,7 +229,9 @@ def findings(runs: dict[str, dict[str, Any]], quality: dict[str, Any], world: di
         if mode not in runs or base is None:
             continue
         value = runs[mode]["miou"]
-        sentence = f"- `{mode}` scores {value:.1f} mIoU against {base:.1f} for the caption-only baseline ({value - base:+.1f})"
+        sentence = (
+            f"- `{mode}` scores {value:.1f} mIoU against {base:.1f} for the caption-only baseline ({value - base:+.1f})"
+        )
         if oracle is not None and oracle > base:
             sentence += f"; the oracle scores {oracle:.1f}, so CoCu closes {100 * (value - base) / (oracle - base):.0f}% of the baseline-to-oracle gap"
         out.append(sentence + ".")
@@ -207,16 +239,22 @@ def findings(runs: dict[str, dict[str, Any]], quality: dict[str, Any], world: di
         out += _group_findings(runs, world)
     if teacher_zero_shot:
         z = teacher_zero_shot
-        out.append(f"- The teacher CLIP finds {_pct(z['stuff_recall'])}% of the stuff and {_pct(z['thing_recall'])}% of the "
-                   f"things an image shows (recall@|present|, chance {_pct(z['chance_recall'])}%): curation can only add "
-                   "what its teacher sees.")
+        out.append(
+            f"- The teacher CLIP finds {_pct(z['stuff_recall'])}% of the stuff and {_pct(z['thing_recall'])}% of the "
+            f"things an image shows (recall@|present|, chance {_pct(z['chance_recall'])}%): curation can only add "
+            "what its teacher sees."
+        )
     ranking = quality["ranking"]
     k = quality["ks"][1] if len(quality["ks"]) > 1 else quality["ks"][0]
     at_k = {name: next(r for r in rows if r["k"] == k) for name, rows in ranking.items()}
     best = max(at_k, key=lambda n: at_k[n]["recall"])
-    out.append(f"- Among the curators, **{best}** recovers the most caption-omitted concepts at k = {k} "
-               f"(recall {_pct(at_k[best]['recall'])}, precision {_pct(at_k[best]['precision'])}).")
-    out.append("- One seed per run: the run-to-run spread was not measured, so read differences of a point or two with care.")
+    out.append(
+        f"- Among the curators, **{best}** recovers the most caption-omitted concepts at k = {k} "
+        f"(recall {_pct(at_k[best]['recall'])}, precision {_pct(at_k[best]['precision'])})."
+    )
+    out.append(
+        "- One seed per run: the run-to-run spread was not measured, so read differences of a point or two with care."
+    )
     return out
 
 
@@ -231,8 +269,10 @@ def _group_findings(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -> l
     best_things = max((v["things"] or 0.0) for v in miou.values())
     if best_things < 5.0:
         included = ", the oracle's run included" if "oracle" in runs else ""
-        out.append(f"- No run learned to segment things (at most {best_things:.1f} mIoU{included}): at this "
-                   "training length the differences between runs are differences on stuff.")
+        out.append(
+            f"- No run learned to segment things (at most {best_things:.1f} mIoU{included}): at this "
+            "training length the differences between runs are differences on stuff."
+        )
     return out
 
 
@@ -240,17 +280,28 @@ def page_links(out: Path, modes: Sequence[str]) -> list[str]:
     """Links to the HTML pages of this run that exist: the curation gallery and one page per evaluation."""
     lines = []
     if (out / "gallery" / "index.html").exists():
-        lines.append("- Curation: [gallery of the curated shards](gallery/index.html) (filter by concept, added or "
-                     "named, right or wrong) and its [summary](gallery/summary.html).")
-    evaluations = [f"[{RUN_TITLES.get(m, m)}](runs/{m}/eval/index.html)" for m in modes
-                   if (out / "runs" / m / "eval" / "index.html").exists()]
+        lines.append(
+            "- Curation: [gallery of the curated shards](gallery/index.html) (filter by concept, added or "
+            "named, right or wrong) and its [summary](gallery/summary.html)."
+        )
+    evaluations = [
+        f"[{RUN_TITLES.get(m, m)}](runs/{m}/eval/index.html)"
+        for m in modes
+        if (out / "runs" / m / "eval" / "index.html").exists()
+    ]
     if evaluations:
         lines.append(f"- Evaluation pages (metrics, per-class IoU, overlays): {', '.join(evaluations)}.")
     return lines
 
 
-def write_benchmark_report(out: Path, cfg: Any, preset: str, stages: Sequence[Any], total_seconds: float,
-                 examples: dict[str, Any] | None = None) -> Path:
+def write_benchmark_report(
+    out: Path,
+    cfg: Any,
+    preset: str,
+    stages: Sequence[Any],
+    total_seconds: float,
+    examples: dict[str, Any] | None = None,
+) -> Path:
     world = _load(out / "world" / "world.json")
     teacher = _load(out / "teacher" / "teacher.json")
     quality = _load(out / "quality.json")

@@ -9,6 +9,7 @@ K prompts per image, on a real batch from the loader, so text lengths are the wo
 workers share the CPU with the step), and (4) GroupViT-S at 224 px, batch 8, on random tensors. The loader should be at
 least 2x faster than the step so it never starves the model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ from cocu.training.text import tokenize
 
 
 def _train_step(model: GroupViT, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
-    out = groupvit_loss(*model(batch["image"], batch["text"]), model.logit_scale_value(),
-                        model.multi_label_logit_scale_value())
+    out = groupvit_loss(
+        *model(batch["image"], batch["text"]), model.logit_scale_value(), model.multi_label_logit_scale_value()
+    )
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -86,13 +88,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
             world = Path(tmp) / "world"
-            generate_world(world, WorldConfig(train=args.rows, teacher=10, val=10, shard_size=2500), workers=2,
-                           progress=False)
+            generate_world(
+                world, WorldConfig(train=args.rows, teacher=10, val=10, shard_size=2500), workers=2, progress=False
+            )
         config = get_config(args.arch)
-        data = CuratedShardsDataModule(str(world / "train"), batch_size=args.batch_size, num_workers=args.num_workers,
-                                       image_size=config.vision.image_size, text_mode=args.text_mode,
-                                       num_prompts=args.num_prompts, context_length=config.text.context_length,
-                                       truth=str(world / "truth" / "train"), seed=0)
+        data = CuratedShardsDataModule(
+            str(world / "train"),
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            image_size=config.vision.image_size,
+            text_mode=args.text_mode,
+            num_prompts=args.num_prompts,
+            context_length=config.text.context_length,
+            truth=str(world / "truth" / "train"),
+            seed=0,
+        )
         batch = next(iter(data.loader(data.stream())))
         batch = {"image": batch["image"], "text": batch["text"]}
         torch.manual_seed(0)
@@ -102,20 +112,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.large_steps:
         large = get_config("groupvit-s")
         size = large.vision.image_size
-        big = {"image": torch.randn(8, 3, size, size),
-               "text": tokenize([f"a photo of a thing number {i}." for i in range(32)], large.text.context_length).view(8, 4, -1)}
+        big = {
+            "image": torch.randn(8, 3, size, size),
+            "text": tokenize([f"a photo of a thing number {i}." for i in range(32)], large.text.context_length).view(
+                8, 4, -1
+            ),
+        }
         results["groupvit_s"] = step_rate(GroupViT(large), big, args.large_steps, warmup=1)
 
     k = args.num_prompts
-    print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} intra-op thread(s), loader "
-          f"workers {args.num_workers}; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-          f"(other jobs on the machine slow every figure)\n")
+    print(
+        f"\ntorch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} intra-op thread(s), loader "
+        f"workers {args.num_workers}; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"(other jobs on the machine slow every figure)\n"
+    )
     print("| measurement | samples/s |")
     print("|---|---|")
-    print(f"| {args.arch} train step (fwd+bwd+AdamW), {config.vision.image_size} px, batch {args.batch_size}, "
-          f"1+{k} texts/image | {results['step']:.1f} |")
-    print(f"| data loader alone ({args.text_mode}, {args.num_workers} workers; first batch after "
-          f"{results['loader_start_s']:.1f} s) | {results['loader']:.1f} |")
+    print(
+        f"| {args.arch} train step (fwd+bwd+AdamW), {config.vision.image_size} px, batch {args.batch_size}, "
+        f"1+{k} texts/image | {results['step']:.1f} |"
+    )
+    print(
+        f"| data loader alone ({args.text_mode}, {args.num_workers} workers; first batch after "
+        f"{results['loader_start_s']:.1f} s) | {results['loader']:.1f} |"
+    )
     print(f"| loader / step ratio (target >= 2) | {results['loader'] / results['step']:.2f}x |")
     print(f"| step fed by the loader (as `cocu-train fit`) | {results['fit']:.1f} |")
     if "groupvit_s" in results:

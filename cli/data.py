@@ -1,16 +1,19 @@
 """`cocu-data`: make, fetch and check image-caption shards."""
+
 from __future__ import annotations
 
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Make, fetch and check image-caption Parquet shards (key, jpg, caption).", no_args_is_help=True,
-                  add_completion=False,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Make, fetch and check image-caption Parquet shards (key, jpg, caption).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 
 @app.command()
@@ -22,7 +25,9 @@ def synth(
     image_size: int = typer.Option(64, help="Side of train/teacher images in pixels."),
     val_image_size: int = typer.Option(64, help="Side of val images in pixels."),
     omit: float = typer.Option(0.65, min=0.0, max=1.0, help="Share of present concepts the train captions leave out."),
-    stuff_mention: float = typer.Option(0.1, min=0.0, max=1.0, help="Chance that a caption names a visible background stuff."),
+    stuff_mention: float = typer.Option(
+        0.1, min=0.0, max=1.0, help="Chance that a caption names a visible background stuff."
+    ),
     things_min: int = typer.Option(2, min=1, help="Fewest thing concepts drawn per image."),
     things_max: int = typer.Option(5, min=1, help="Most thing concepts drawn per image."),
     shard_size: int = typer.Option(2500, min=1, help="Rows per Parquet shard."),
@@ -34,16 +39,32 @@ def synth(
 
     if things_max < things_min:
         raise typer.BadParameter("--things-max must be at least --things-min")
-    cfg = WorldConfig(seed=seed, train=train, teacher=teacher, val=val, image_size=image_size, val_image_size=val_image_size,
-                      omit=omit, stuff_mention=stuff_mention, things_min=things_min, things_max=things_max, shard_size=shard_size)
+    cfg = WorldConfig(
+        seed=seed,
+        train=train,
+        teacher=teacher,
+        val=val,
+        image_size=image_size,
+        val_image_size=val_image_size,
+        omit=omit,
+        stuff_mention=stuff_mention,
+        things_min=things_min,
+        things_max=things_max,
+        shard_size=shard_size,
+    )
     record = generate_world(out, cfg, workers=workers)
     omission = record["omission"]
     if abs(omission["reachable_train"] - omit) > 0.005:
-        typer.echo(f"warning: --omit {omit} is out of reach for this world (a caption always names the salient thing); "
-                   f"the closest share is {omission['reachable_train']:.3f}", err=True)
-    typer.echo(f"world: {out} | {len(record['classes'])} classes ({len(record['things'])} things, {len(record['stuff'])} stuff) | "
-               f"train {train}, teacher {teacher}, val {val} | omitted share {omission['measured_train']:.3f} "
-               f"(target {omission['target']}) | {record['generation']['pairs_per_second']:.0f} pairs/s")
+        typer.echo(
+            f"warning: --omit {omit} is out of reach for this world (a caption always names the salient thing); "
+            f"the closest share is {omission['reachable_train']:.3f}",
+            err=True,
+        )
+    typer.echo(
+        f"world: {out} | {len(record['classes'])} classes ({len(record['things'])} things, {len(record['stuff'])} stuff) | "
+        f"train {train}, teacher {teacher}, val {val} | omitted share {omission['measured_train']:.3f} "
+        f"(target {omission['target']}) | {record['generation']['pairs_per_second']:.0f} pairs/s"
+    )
 
 
 @app.command()
@@ -86,27 +107,44 @@ class Distributor(str, Enum):
 
 @app.command()
 def download(
-    url_list: Path = typer.Argument(..., help="URL + caption list: a tsv/csv/parquet/jsonl/json file (optionally .gz) or a folder of them."),
-    out: Path = typer.Argument(..., help="Output folder: NNNNN.parquet shards (cocu input as is) and NNNNN_stats.json."),
-    preset: Optional[Preset] = typer.Option(None, help="Official header-less TSVs: cc3m is caption<TAB>url, cc12m is url<TAB>caption."),
-    columns: Optional[str] = typer.Option(None, help="Comma-separated names of a header-less csv/tsv list's columns, e.g. 'caption,url'."),
+    url_list: Path = typer.Argument(
+        ..., help="URL + caption list: a tsv/csv/parquet/jsonl/json file (optionally .gz) or a folder of them."
+    ),
+    out: Path = typer.Argument(
+        ..., help="Output folder: NNNNN.parquet shards (cocu input as is) and NNNNN_stats.json."
+    ),
+    preset: Preset | None = typer.Option(
+        None, help="Official header-less TSVs: cc3m is caption<TAB>url, cc12m is url<TAB>caption."
+    ),
+    columns: str | None = typer.Option(
+        None, help="Comma-separated names of a header-less csv/tsv list's columns, e.g. 'caption,url'."
+    ),
     url_col: str = typer.Option("url", help="Column holding the image URL."),
     caption_col: str = typer.Option("caption", help="Column holding the caption."),
-    input_format: Optional[str] = typer.Option(None, help="tsv, csv, parquet, jsonl, json (+ .gz); inferred from the file names."),
+    input_format: str | None = typer.Option(
+        None, help="tsv, csv, parquet, jsonl, json (+ .gz); inferred from the file names."
+    ),
     extra_col: list[str] = typer.Option([], help="Input column to carry into the shards (repeatable)."),
     image_size: int = typer.Option(512, min=1, help="Target size; with keep_ratio the smaller side (GroupViT recipe)."),
-    resize_mode: str = typer.Option("keep_ratio", help="img2dataset resize mode: keep_ratio, center_crop, border, no, ..."),
+    resize_mode: str = typer.Option(
+        "keep_ratio", help="img2dataset resize mode: keep_ratio, center_crop, border, no, ..."
+    ),
     resize_only_if_bigger: bool = typer.Option(True, help="Only shrink, never enlarge."),
-    processes_count: int = typer.Option(os.cpu_count() or 1, min=1, help="Download processes (one shard each at a time)."),
+    processes_count: int = typer.Option(
+        os.cpu_count() or 1, min=1, help="Download processes (one shard each at a time)."
+    ),
     thread_count: int = typer.Option(64, min=1, help="Download threads per process."),
     shard_size: int = typer.Option(10000, min=1, help="URLs per output shard (img2dataset's number_sample_per_shard)."),
     timeout: int = typer.Option(10, min=1, help="Seconds before a URL counts as failed."),
     retries: int = typer.Option(0, min=0, help="Extra tries per failed URL."),
     overwrite: bool = typer.Option(False, help="Delete OUT first instead of resuming after its finished shards."),
-    distributor: Distributor = typer.Option(Distributor.multiprocessing, help="How img2dataset spreads shards: "
-                                            "processes here, a pyspark session, or a Ray cluster."),
-    ray_address: Optional[str] = typer.Option(None, help="With --distributor ray: the cluster (auto or HOST:PORT; "
-                                              "default: a local one)."),
+    distributor: Distributor = typer.Option(
+        Distributor.multiprocessing,
+        help="How img2dataset spreads shards: processes here, a pyspark session, or a Ray cluster.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="With --distributor ray: the cluster (auto or HOST:PORT; default: a local one)."
+    ),
 ) -> None:
     """Download images with img2dataset into Parquet shards; rerun the same command to resume."""
     from cocu.curation.errors import CocuError
@@ -119,11 +157,24 @@ def download(
         names = LIST_LAYOUTS[preset.value]
     else:
         names = tuple(name.strip() for name in columns.split(",")) if columns else None
-    cfg = DownloadConfig(columns=names, url_col=url_col, caption_col=caption_col, input_format=input_format,
-                         extra_columns=tuple(extra_col), image_size=image_size, resize_mode=resize_mode,
-                         resize_only_if_bigger=resize_only_if_bigger, processes_count=processes_count,
-                         thread_count=thread_count, number_sample_per_shard=shard_size, timeout=timeout,
-                         retries=retries, overwrite=overwrite, distributor=distributor.value, ray_address=ray_address)
+    cfg = DownloadConfig(
+        columns=names,
+        url_col=url_col,
+        caption_col=caption_col,
+        input_format=input_format,
+        extra_columns=tuple(extra_col),
+        image_size=image_size,
+        resize_mode=resize_mode,
+        resize_only_if_bigger=resize_only_if_bigger,
+        processes_count=processes_count,
+        thread_count=thread_count,
+        number_sample_per_shard=shard_size,
+        timeout=timeout,
+        retries=retries,
+        overwrite=overwrite,
+        distributor=distributor.value,
+        ray_address=ray_address,
+    )
     try:
         summary = run_download(url_list, out, cfg)
     except CocuError as err:
@@ -138,7 +189,9 @@ def download(
 
 @app.command()
 def convert(
-    tars: list[str] = typer.Argument(..., help="Webdataset tars: files, folders, globs or braces ('cc3m-{000000..000436}.tar')."),
+    tars: list[str] = typer.Argument(
+        ..., help="Webdataset tars: files, folders, globs or braces ('cc3m-{000000..000436}.tar')."
+    ),
     out: Path = typer.Argument(..., help="Output folder: one Parquet shard per tar."),
     workers: int = typer.Option(2, min=1, help="Tars converted in parallel."),
 ) -> None:

@@ -1,4 +1,5 @@
 """`cocu-eval`: zero-shot segmentation of a cocu GroupViT checkpoint on a benchmark split."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -9,8 +10,12 @@ import typer
 from cocu.evaluation.datasets import LAYOUTS
 from cocu.evaluation.presets import SEGMENTATION_PRESETS
 
-app = typer.Typer(help="Evaluate cocu GroupViT checkpoints (zero-shot semantic segmentation, mmseg mIoU).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Evaluate cocu GroupViT checkpoints (zero-shot semantic segmentation, mmseg mIoU).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 DatasetName = Enum("DatasetName", {name: name for name in LAYOUTS}, type=str)
 PresetName = Enum("PresetName", {name: name for name in SEGMENTATION_PRESETS}, type=str)
@@ -28,13 +33,16 @@ def seg(
     root: Path = typer.Option(..., help="The dataset's folder, or a data root holding it under its usual name."),
     preset: PresetName = typer.Option("groupvit", help="Harness settings: GroupViT/CoCu or TCL (see README)."),
     out: Path = typer.Option(..., help="Folder for metrics.json, results.md and overlays/."),
-    save_images: int = typer.Option(0, min=0, help="Write image | ground truth | prediction PNGs for the first N images."),
+    save_images: int = typer.Option(
+        0, min=0, help="Write image | ground truth | prediction PNGs for the first N images."
+    ),
     batch_size: int = typer.Option(16, min=1, help="Windows per forward pass."),
     workers: int = typer.Option(0, min=0, help="DataLoader processes decoding images."),
     limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N images (recorded in metrics.json)."),
     device: str = typer.Option("auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice); "
-                                       "1 is faster on a busy shared CPU."),
+    threads: int | None = typer.Option(
+        None, min=1, help="CPU threads for torch (default: torch's choice); 1 is faster on a busy shared CPU."
+    ),
     html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU, overlays."),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
@@ -64,23 +72,39 @@ def seg(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     try:
-        record = evaluate(model, data, settings, batch_size=batch_size, workers=workers, limit=limit,
-                          save_images=save_images, out_dir=out)
+        record = evaluate(
+            model,
+            data,
+            settings,
+            batch_size=batch_size,
+            workers=workers,
+            limit=limit,
+            save_images=save_images,
+            out_dir=out,
+        )
     except CocuError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
-    record = {"checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
-                             "model": getattr(config, "name", None)}, **record}
+    record = {
+        "checkpoint": {
+            "path": str(checkpoint.resolve()),
+            "sha256": sha256_file(checkpoint),
+            "model": getattr(config, "name", None),
+        },
+        **record,
+    }
     metrics_path, table_path = write_metrics(record, out)
     page = ""
     if html:
         from cocu.evaluation.eval_page import write_eval_page
 
         page = f" | {write_eval_page(out)}"
-    typer.echo(f"{data.name} [{settings.name}] {record['images']}/{record['split_size']} images: "
-               f"mIoU {record['miou']}, pixel acc. {record['pixel_accuracy']}, {record['classes_counted']} classes counted, "
-               f"{record['images_per_second']} images/s on {record['device']}, {record['overlays']} overlays | "
-               f"{metrics_path} | {table_path}{page}")
+    typer.echo(
+        f"{data.name} [{settings.name}] {record['images']}/{record['split_size']} images: "
+        f"mIoU {record['miou']}, pixel acc. {record['pixel_accuracy']}, {record['classes_counted']} classes counted, "
+        f"{record['images_per_second']} images/s on {record['device']}, {record['overlays']} overlays | "
+        f"{metrics_path} | {table_path}{page}"
+    )
 
 
 @app.command()

@@ -1,4 +1,5 @@
 """`cocu-train clip`: train the teacher CLIP on fully-captioned shards and report what it knows."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,17 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def clip(
-    data: list[str] = typer.Argument(..., help="A world folder (trains on its teacher/ split, evaluates on its truth), "
-                                               "or teacher shards: files, folders, globs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for <name>.json, <name>.safetensors, open_clip_config.json, teacher.json."),
-    model_config: Path = typer.Option(DEFAULT_MODEL_CONFIG, help="open_clip model config JSON; its file stem is the model name."),
+    data: list[str] = typer.Argument(
+        ...,
+        help="A world folder (trains on its teacher/ split, evaluates on its truth), "
+        "or teacher shards: files, folders, globs.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for <name>.json, <name>.safetensors, open_clip_config.json, teacher.json."
+    ),
+    model_config: Path = typer.Option(
+        DEFAULT_MODEL_CONFIG, help="open_clip model config JSON; its file stem is the model name."
+    ),
     samples: int = typer.Option(TeacherConfig.samples, min=0, help="Training samples to see (0: no sample budget)."),
     max_minutes: float = typer.Option(TeacherConfig.max_minutes, min=0.0, help="Wall-clock training budget (0: none)."),
     batch_size: int = typer.Option(TeacherConfig.batch_size, min=2),
@@ -26,9 +34,13 @@ def clip(
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: torch's default, one per core)."),
     seed: int = typer.Option(TeacherConfig.seed),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
-    eval_world: Path | None = typer.Option(None, help="World folder to evaluate on (default: DATA when it is a world)."),
+    eval_world: Path | None = typer.Option(
+        None, help="World folder to evaluate on (default: DATA when it is a world)."
+    ),
     eval_split: str = typer.Option("train", help="Split of the eval world whose truth says what each image shows."),
-    eval_images: int = typer.Option(TeacherConfig.eval_images, min=0, help="Images to evaluate (0: skip the evaluation)."),
+    eval_images: int = typer.Option(
+        TeacherConfig.eval_images, min=0, help="Images to evaluate (0: skip the evaluation)."
+    ),
     prompt: str = typer.Option(DEFAULT_PROMPT, help="Zero-shot prompt template."),
 ) -> None:
     """Train an open_clip model with a small custom config, save it as a standard open_clip
@@ -41,26 +53,44 @@ def clip(
         shards = [str(Path(data[0]) / "teacher")]
         eval_world = eval_world or Path(data[0])
     try:
-        cfg = TeacherConfig(model_config=model_config, samples=samples or None, max_minutes=max_minutes or None,
-                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, workers=workers, threads=threads or None, seed=seed,
-                            device=device, eval_world=eval_world if eval_images else None, eval_split=eval_split,
-                            eval_images=eval_images, prompt=prompt)
+        cfg = TeacherConfig(
+            model_config=model_config,
+            samples=samples or None,
+            max_minutes=max_minutes or None,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            workers=workers,
+            threads=threads or None,
+            seed=seed,
+            device=device,
+            eval_world=eval_world if eval_images else None,
+            eval_split=eval_split,
+            eval_images=eval_images,
+            prompt=prompt,
+        )
         weights = train_teacher(shards, out, cfg)
     except (CocuError, ValueError, FloatingPointError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     record = json.loads((out / RECORD_NAME).read_text())
     training = record["training"]
-    typer.echo(f"teacher {record['model']}: {record['parameters'] / 1e6:.2f} M parameters | {training['samples']} samples "
-               f"({training['epochs']} epochs) in {training['seconds']:.0f} s, {training['samples_per_second']:.0f} samples/s "
-               f"| final loss {training['final_loss']}")
+    typer.echo(
+        f"teacher {record['model']}: {record['parameters'] / 1e6:.2f} M parameters | {training['samples']} samples "
+        f"({training['epochs']} epochs) in {training['seconds']:.0f} s, {training['samples_per_second']:.0f} samples/s "
+        f"| final loss {training['final_loss']}"
+    )
     if "zero_shot" in record:
         z = record["zero_shot"]
-        typer.echo(f"zero-shot on {z['images']} {z['split']} images, {z['classes']} concepts: recall@|present| {z['recall_at_present']} "
-                   f"(chance {z['chance_recall']}), things {z['thing_recall']}, stuff {z['stuff_recall']}, "
-                   f"salient top-1 {z['salient_top1']} (among things {z['salient_top1_among_things']}), mAP {z['mean_ap']}")
-    typer.echo(f"load with: open_clip.add_model_config('{out / (record['model'] + '.json')}'); "
-               f"open_clip.create_model_and_transforms('{record['model']}', pretrained='{weights}')")
+        typer.echo(
+            f"zero-shot on {z['images']} {z['split']} images, {z['classes']} concepts: recall@|present| {z['recall_at_present']} "
+            f"(chance {z['chance_recall']}), things {z['thing_recall']}, stuff {z['stuff_recall']}, "
+            f"salient top-1 {z['salient_top1']} (among things {z['salient_top1_among_things']}), mAP {z['mean_ap']}"
+        )
+    typer.echo(
+        f"load with: open_clip.add_model_config('{out / (record['model'] + '.json')}'); "
+        f"open_clip.create_model_and_transforms('{record['model']}', pretrained='{weights}')"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

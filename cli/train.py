@@ -8,6 +8,7 @@
 Every option of the model (`--model.*`), the data module (`--data.*`), the Trainer (`--trainer.*`) and the checkpoint
 callback (`--checkpoint.*`) can be set in the YAML or on the command line; `--print_config` shows the result.
 """
+
 from __future__ import annotations
 
 import sys
@@ -65,9 +66,11 @@ class FitSummary(Callback):
         samples = steps * batch * trainer.world_size * trainer.accumulate_grad_batches
         checkpoint = trainer.checkpoint_callback
         last = checkpoint.last_model_path if checkpoint is not None else ""
-        print(f"fit: {steps} steps this run (global step {trainer.global_step}), {samples} samples in "
-              f"{self._seconds:.0f} s ({samples / max(self._seconds, 1e-9):.1f} samples/s) | "
-              f"last checkpoint: {last or 'none'}")
+        print(
+            f"fit: {steps} steps this run (global step {trainer.global_step}), {samples} samples in "
+            f"{self._seconds:.0f} s ({samples / max(self._seconds, 1e-9):.1f} samples/s) | "
+            f"last checkpoint: {last or 'none'}"
+        )
 
 
 def _wants_log_progress_bar(trainer_cfg: Any) -> bool:
@@ -89,16 +92,26 @@ class GroupViTCLI(LightningCLI):
         return {"fit": LightningCLI.subcommands()["fit"]}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--torch_threads", type=Optional[int], default=None,
-                            help="Intra-op CPU threads for the training process (default: torch's choice). On a small "
-                                 "CPU shared with loader workers, fewer threads than cores avoids OpenMP spin-waits.")
+        parser.add_argument(
+            "--torch_threads",
+            type=Optional[int],
+            default=None,
+            help="Intra-op CPU threads for the training process (default: torch's choice). On a small "
+            "CPU shared with loader workers, fewer threads than cores avoids OpenMP spin-waits.",
+        )
         parser.add_lightning_class_args(GroupViTCheckpoint, "checkpoint")
         # checkpoints renamed into place from beside their target, loaded as plain data (see AtomicCheckpointIO)
         parser.set_defaults({"trainer.plugins": {"class_path": f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"}})
         # A fresh run in a used folder replaces last.ckpt (Lightning would write last-v1.ckpt beside the old
         # one, and `--ckpt_path last` or an evaluation would then pick up the stale run).
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
-                             "checkpoint.every_n_train_steps": 500, "checkpoint.enable_version_counter": False})
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 0,
+                "checkpoint.every_n_train_steps": 500,
+                "checkpoint.enable_version_counter": False,
+            }
+        )
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         # The loader must produce what the model was built for: images at its native size, tokens at its context.
         parser.link_arguments(("model.arch", "model.arch_overrides"), "data.image_size", compute_fn=_image_size)
@@ -139,9 +152,14 @@ def main(argv: list[str] | None = None) -> None:
         argv = resolve_recipes(args)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
-        GroupViTCLI(GroupViTModule, CuratedShardsDataModule, args=argv, save_config_kwargs={"overwrite": True},
-                    trainer_defaults={"callbacks": [FitSummary()]},
-                    parser_kwargs={"description": __doc__})
+        GroupViTCLI(
+            GroupViTModule,
+            CuratedShardsDataModule,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [FitSummary()]},
+            parser_kwargs={"description": __doc__},
+        )
     except (CocuError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
         line = str(err) if not isinstance(err, RuntimeError) else _loader_shard_error(err)
         if line is None:

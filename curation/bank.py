@@ -20,6 +20,7 @@ Building runs the per-shard embed stage through ``run_stage`` (skips finished sh
 assembly steps, each skipped when its inputs are unchanged: vocabulary (mined from the captions),
 concept prompts' text embeddings, the aligned image tables, the index, and the manifest last.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,9 @@ import os
 import re
 import shutil
 import time
-from functools import cached_property
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,40 @@ from tqdm.auto import tqdm
 from .clip import ClipModel, ModelSpec, load_clip, model_spec
 from .clustering import ConceptGram
 from .errors import CocuError
-from .index import SearchParams, Searcher, build_index, choose_factory, default_nprobe, gpu_available, read_index, write_index
+from .index import (
+    Searcher,
+    SearchParams,
+    build_index,
+    choose_factory,
+    default_nprobe,
+    gpu_available,
+    read_index,
+    write_index,
+)
 from .index_build import build_index_in_parts, is_ivf
 from .locking import folder_lock
 from .placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from .ranking import Ragged, local_floor, offsets_from_lengths, pair_similarities
-from .shards import (ShardError, atomic_path, atomic_write_json, check_keys_across_shards, decode_text, expand_shards,
-                     iter_batches, sha256_file, write_table)
-from .stage import (ShardTask, StageSummary, is_done, params_digest, read_manifest, run_stage, tool_version,
-                    worker_threads)
+from .shards import (
+    atomic_path,
+    atomic_write_json,
+    check_keys_across_shards,
+    decode_text,
+    expand_shards,
+    iter_batches,
+    sha256_file,
+    write_table,
+)
+from .stage import (
+    ShardTask,
+    StageSummary,
+    is_done,
+    params_digest,
+    read_manifest,
+    run_stage,
+    tool_version,
+    worker_threads,
+)
 
 BANK_FORMAT = 2  # 2: images.parquet holds each image's sha256, so enrich reuses an embedding only for the same image
 PART_FORMAT = 2  # 2: parts hold the sha256 of each image's bytes
@@ -71,18 +97,18 @@ class BankConfig:
 
     model: str
     pretrained: str | None = None
-    model_config: str | None = None        # custom open_clip architecture JSON (<model>.json)
-    vocabulary: str | None = None          # an existing vocabulary file; None mines one from the captions
+    model_config: str | None = None  # custom open_clip architecture JSON (<model>.json)
+    vocabulary: str | None = None  # an existing vocabulary file; None mines one from the captions
     min_count: int = 5
     max_words: int = 4
     user_concepts: tuple[str, ...] = ()
-    template: str = "cocu"                 # a name in concepts.TEMPLATES (release, cocu) or a literal with a {} slot
-    factory: str | None = None             # FAISS factory string; None chooses by corpus size
+    template: str = "cocu"  # a name in concepts.TEMPLATES (release, cocu) or a literal with a {} slot
+    factory: str | None = None  # FAISS factory string; None chooses by corpus size
     nprobe: int | None = None
     ef_search: int | None = None
     seed: int = 0
     batch_size: int = 256
-    decode_workers: int | None = None      # None: the worker's share of the cores minus one, at least 1
+    decode_workers: int | None = None  # None: the worker's share of the cores minus one, at least 1
     device: str | None = None
 
 
@@ -106,11 +132,15 @@ class BankSummary:
         if not self.ok:
             return f"bank {self.path}: NOT built, {len(self.embed.failures)} shard(s) failed; fix them and rerun (finished shards are kept)"
         if not self.part.whole:
-            return (f"bank {self.path}: {self.part.describe()} embedded; when every task is done, run build-bank "
-                    f"--finalize to build the bank")
+            return (
+                f"bank {self.path}: {self.part.describe()} embedded; when every task is done, run build-bank "
+                f"--finalize to build the bank"
+            )
         steps = ", ".join(self.steps_run) if self.steps_run else "none (up to date)"
-        return (f"bank {self.path}: {self.rows} images indexed ({self.undecodable} rows with a missing or undecodable image left out), "
-                f"{self.concepts} concepts, index {self.factory}; steps run: {steps}; {self.seconds:.1f}s")
+        return (
+            f"bank {self.path}: {self.rows} images indexed ({self.undecodable} rows with a missing or undecodable image left out), "
+            f"{self.concepts} concepts, index {self.factory}; steps run: {steps}; {self.seconds:.1f}s"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- embed stage
@@ -171,19 +201,28 @@ def _embed_part(task: ShardTask, params: dict[str, Any], progress, s: dict[str, 
         bad_captions += len(bad)
         digests.extend(image_digests(batch.column("jpg")))
     clip = cached_clip(s["model"], s["pretrained"], s["model_config"], s["device"])
-    result = clip.embed_shard(task.source, batch_size=s["batch_size"], num_workers=s["decode_workers"], progress=progress)
+    result = clip.embed_shard(
+        task.source, batch_size=s["batch_size"], num_workers=s["decode_workers"], progress=progress
+    )
     ok = result.ok
     keep = np.nonzero(ok)[0]
-    table = pa.table({
-        "key": pa.array([keys[i] for i in keep], pa.string()),
-        "sha256": pa.array([digests[i] for i in keep], pa.binary(32)),
-        "caption": pa.array([captions[i] or "" for i in keep], pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(result.vectors[keep].ravel()), clip.embed_dim),
-    })
+    table = pa.table(
+        {
+            "key": pa.array([keys[i] for i in keep], pa.string()),
+            "sha256": pa.array([digests[i] for i in keep], pa.binary(32)),
+            "caption": pa.array([captions[i] or "" for i in keep], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(result.vectors[keep].ravel()), clip.embed_dim),
+        }
+    )
     write_table(task.target, table)
     missing = sum(1 for e in result.errors if e is not None and e.startswith("no image"))
-    return {"images": len(keys), "embedded": len(keep), "no_image": missing, "undecodable": int((~ok).sum()) - missing,
-            "bad_caption": bad_captions}
+    return {
+        "images": len(keys),
+        "embedded": len(keep),
+        "no_image": missing,
+        "undecodable": int((~ok).sum()) - missing,
+        "bad_caption": bad_captions,
+    }
 
 
 def image_digests(jpgs: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
@@ -199,9 +238,17 @@ def part_name(source: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- build
 
-def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, config: BankConfig,
-               workers: int | None = None, progress: bool = True, executor: Any = None,
-               part: ShardSlice = ShardSlice(), finalize: bool = False) -> BankSummary:
+
+def build_bank(
+    shards: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    config: BankConfig,
+    workers: int | None = None,
+    progress: bool = True,
+    executor: Any = None,
+    part: ShardSlice = ShardSlice(),
+    finalize: bool = False,
+) -> BankSummary:
     """Embed the shards, mine the vocabulary, embed the concept prompts, assemble the tables and the index.
 
     ``workers`` None is one per visible GPU (one without). ``executor`` runs the embed stage elsewhere
@@ -222,11 +269,27 @@ def build_bank(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str
         return _build_locked(sources, out, config, spec, workers, progress, started, executor, part, finalize)
 
 
-def _build_locked(sources: list[Path], out: Path, config: BankConfig, spec: ModelSpec, workers: int | None,
-                  progress: bool, started: float, executor: Any, part: ShardSlice, finalize: bool) -> BankSummary:
+def _build_locked(
+    sources: list[Path],
+    out: Path,
+    config: BankConfig,
+    spec: ModelSpec,
+    workers: int | None,
+    progress: bool,
+    started: float,
+    executor: Any,
+    part: ShardSlice,
+    finalize: bool,
+) -> BankSummary:
     tasks = [ShardTask(src, out / PARTS / part_name(src)) for src in sources]
-    settings = {"model": config.model, "pretrained": config.pretrained, "model_config": config.model_config,
-                "device": config.device, "batch_size": config.batch_size, "decode_workers": config.decode_workers}
+    settings = {
+        "model": config.model,
+        "pretrained": config.pretrained,
+        "model_config": config.model_config,
+        "device": config.device,
+        "batch_size": config.batch_size,
+        "decode_workers": config.decode_workers,
+    }
     embed_params = {"model": spec.to_dict(), "part_format": PART_FORMAT}
     if finalize:
         embed = _check_parts_done(tasks, embed_params)
@@ -234,9 +297,18 @@ def _build_locked(sources: list[Path], out: Path, config: BankConfig, spec: Mode
         workers = default_workers(config.device) if workers is None else workers
         if executor is not None and not wants_gpu(config.device):
             executor = replace(executor, num_gpus=0.0)
-        embed = run_stage("embed", part.take(tasks), _embed_part, embed_params, workers=workers, progress=progress,
-                          initializer=_init_embed_worker, initargs=(settings, workers),
-                          devices=worker_devices(workers, config.device), executor=executor)
+        embed = run_stage(
+            "embed",
+            part.take(tasks),
+            _embed_part,
+            embed_params,
+            workers=workers,
+            progress=progress,
+            initializer=_init_embed_worker,
+            initargs=(settings, workers),
+            devices=worker_devices(workers, config.device),
+            executor=executor,
+        )
     summary = BankSummary(out, embed, part=part)
     if not embed.ok or not part.whole:
         return summary
@@ -256,8 +328,10 @@ def _check_parts_done(tasks: list[ShardTask], params: dict[str, Any]) -> StageSu
     digest = params_digest({"stage": "embed", **params})
     missing = [task for task in tasks if not is_done(task, digest)]
     if missing:
-        raise BankError(f"{missing[0].source}: not embedded yet ({len(missing)} of {len(tasks)} shard(s) missing or "
-                        f"changed); run the array tasks (or build-bank without --finalize) first")
+        raise BankError(
+            f"{missing[0].source}: not embedded yet ({len(missing)} of {len(tasks)} shard(s) missing or "
+            f"changed); run the array tasks (or build-bank without --finalize) first"
+        )
     summary.skipped = len(tasks)
     return summary
 
@@ -270,9 +344,16 @@ class _Assembly:
         self.sources = []
         for task in tasks:
             manifest = read_manifest(task)
-            self.sources.append({"path": str(task.source), "sha256": manifest["source_sha256"], "rows": manifest["counts"]["images"],
-                                 "embedded": manifest["counts"]["embedded"], "part": task.target.name,
-                                 "part_sha256": manifest["target_sha256"]})
+            self.sources.append(
+                {
+                    "path": str(task.source),
+                    "sha256": manifest["source_sha256"],
+                    "rows": manifest["counts"]["images"],
+                    "embedded": manifest["counts"]["embedded"],
+                    "part": task.target.name,
+                    "part_sha256": manifest["target_sha256"],
+                }
+            )
         self.record: dict[str, str] = _read_json(out / BUILD) or {}
         self.ran: list[str] = []
         self._clip: ClipModel | None = None
@@ -287,20 +368,41 @@ class _Assembly:
     def run(self) -> list[str]:
         from .concepts import Vocabulary
 
-        vocab_digest = self._step("vocabulary", {
-            "given": sha256_file(self.config.vocabulary) if self.config.vocabulary else None,
-            "sources": [s["sha256"] for s in self.sources], "min_count": self.config.min_count,
-            "max_words": self.config.max_words, "user_concepts": sorted(self.config.user_concepts)}, self._vocabulary, [VOCABULARY])
+        vocab_digest = self._step(
+            "vocabulary",
+            {
+                "given": sha256_file(self.config.vocabulary) if self.config.vocabulary else None,
+                "sources": [s["sha256"] for s in self.sources],
+                "min_count": self.config.min_count,
+                "max_words": self.config.max_words,
+                "user_concepts": sorted(self.config.user_concepts),
+            },
+            self._vocabulary,
+            [VOCABULARY],
+        )
         self.vocabulary = Vocabulary.load(self.out / VOCABULARY)
-        concepts_digest = self._step("concepts", {"vocabulary": vocab_digest, "vocab": self.vocabulary.digest(),
-                                                   "model": self.spec.to_dict(), "template": self._template()},
-                                     self._concepts, [CONCEPTS])
-        images_digest = self._step("images", {"concepts": concepts_digest, "parts": [s["part_sha256"] for s in self.sources]},
-                                   self._images, [IMAGES, EMBEDDINGS])
+        concepts_digest = self._step(
+            "concepts",
+            {
+                "vocabulary": vocab_digest,
+                "vocab": self.vocabulary.digest(),
+                "model": self.spec.to_dict(),
+                "template": self._template(),
+            },
+            self._concepts,
+            [CONCEPTS],
+        )
+        images_digest = self._step(
+            "images",
+            {"concepts": concepts_digest, "parts": [s["part_sha256"] for s in self.sources]},
+            self._images,
+            [IMAGES, EMBEDDINGS],
+        )
         factory = self.config.factory or choose_factory(self._rows(), self._dim(), gpu=gpu_available())
         index_inputs = {"images": images_digest, "factory": factory, "seed": self.config.seed}
-        index_digest = self._step("index", index_inputs, lambda: self._index(factory, params_digest(index_inputs)),
-                                  [INDEX])
+        index_digest = self._step(
+            "index", index_inputs, lambda: self._index(factory, params_digest(index_inputs)), [INDEX]
+        )
         manifest = self._manifest(factory, index_digest)
         if _read_json(self.out / MANIFEST) != manifest:
             atomic_write_json(self.out / MANIFEST, manifest)
@@ -331,10 +433,17 @@ class _Assembly:
             vocabulary = Vocabulary.load(self.config.vocabulary)
         else:
             captions = (c for _, table in self._parts(["caption"]) for c in table.column("caption").to_pylist())
-            vocabulary = build_vocabulary(captions, min_count=self.config.min_count, max_words=self.config.max_words,
-                                          user_concepts=list(self.config.user_concepts) or None, progress=self.progress)
+            vocabulary = build_vocabulary(
+                captions,
+                min_count=self.config.min_count,
+                max_words=self.config.max_words,
+                user_concepts=list(self.config.user_concepts) or None,
+                progress=self.progress,
+            )
         if not vocabulary.concepts:
-            raise BankError(f"{self.out}: the vocabulary is empty (min_count {self.config.min_count} too high for these captions?)")
+            raise BankError(
+                f"{self.out}: the vocabulary is empty (min_count {self.config.min_count} too high for these captions?)"
+            )
         vocabulary.save(self.out / VOCABULARY)
 
     def _concepts(self) -> None:
@@ -343,46 +452,81 @@ class _Assembly:
         vocab = self.vocabulary
         template, articles = self._template()
         prompts = [prompt(c, template, articles) for c in vocab.concepts]
-        with tqdm(total=len(prompts), unit="prompt", unit_scale=True, desc="concept prompts", disable=not self.progress,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(prompts),
+            unit="prompt",
+            unit_scale=True,
+            desc="concept prompts",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        ) as bar:
             embeddings = self.clip.embed_texts(prompts, progress=bar.update)
-        write_table(self.out / CONCEPTS, pa.table({
-            "id": pa.array(np.arange(len(prompts), dtype=np.int32)),
-            "concept": pa.array(vocab.concepts, pa.string()),
-            "count": pa.array(vocab.counts, pa.int64()),
-            "prompt": pa.array(prompts, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel()), embeddings.shape[1]),
-        }))
+        write_table(
+            self.out / CONCEPTS,
+            pa.table(
+                {
+                    "id": pa.array(np.arange(len(prompts), dtype=np.int32)),
+                    "concept": pa.array(vocab.concepts, pa.string()),
+                    "count": pa.array(vocab.counts, pa.int64()),
+                    "prompt": pa.array(prompts, pa.string()),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel()), embeddings.shape[1]),
+                }
+            ),
+        )
 
     def _images(self) -> None:
         """Concatenate the parts into the FAISS-id-aligned image table and embedding matrix."""
         rows, dim = sum(s["embedded"] for s in self.sources), self._part_dim()
         text = load_concept_table(self.out)[1]
         concept_names = pa.array(self.vocabulary.concepts, pa.string())
-        schema = pa.schema([("id", pa.int64()), ("key", pa.string()), ("sha256", pa.binary(32)), ("shard", pa.string()),
-                            ("caption_concepts", pa.list_(pa.string())), ("caption_concept_sims", pa.list_(pa.float64()))])
-        bar = tqdm(total=rows, unit="img", unit_scale=True, desc="bank tables", disable=not self.progress, dynamic_ncols=True)
+        schema = pa.schema(
+            [
+                ("id", pa.int64()),
+                ("key", pa.string()),
+                ("sha256", pa.binary(32)),
+                ("shard", pa.string()),
+                ("caption_concepts", pa.list_(pa.string())),
+                ("caption_concept_sims", pa.list_(pa.float64())),
+            ]
+        )
+        bar = tqdm(
+            total=rows, unit="img", unit_scale=True, desc="bank tables", disable=not self.progress, dynamic_ncols=True
+        )
         with atomic_path(self.out / EMBEDDINGS) as tmp_embeddings, atomic_path(self.out / IMAGES) as tmp_images:
             matrix = np.lib.format.open_memmap(tmp_embeddings, mode="w+", dtype=np.float16, shape=(rows, dim))
             writer = pq.ParquetWriter(tmp_images, schema, compression="zstd")
             start = 0
             for source, table in self._parts(["key", "sha256", "caption", "embedding"]):
                 n = table.num_rows
-                vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(n, dim)
-                matrix[start:start + n] = vectors
+                vectors = (
+                    table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(n, dim)
+                )
+                matrix[start : start + n] = vectors
                 concepts = self.vocabulary.match_many(table.column("caption").to_pylist())
                 lists = pa.array(concepts, pa.list_(pa.string()))
-                ids = Ragged(offsets_from_lengths(pc.list_value_length(lists).to_numpy(zero_copy_only=False)),
-                             pc.index_in(lists.flatten(), value_set=concept_names).to_numpy(zero_copy_only=False).astype(np.int64))
+                ids = Ragged(
+                    offsets_from_lengths(pc.list_value_length(lists).to_numpy(zero_copy_only=False)),
+                    pc.index_in(lists.flatten(), value_set=concept_names)
+                    .to_numpy(zero_copy_only=False)
+                    .astype(np.int64),
+                )
                 sims = pair_similarities(ids, vectors, text)
-                writer.write_table(pa.table({
-                    "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
-                    "key": table.column("key"),
-                    "sha256": table.column("sha256"),
-                    "shard": pa.array([Path(source["path"]).name] * n, pa.string()),
-                    "caption_concepts": lists,
-                    "caption_concept_sims": pa.ListArray.from_arrays(pa.array(ids.offsets.astype(np.int32)), pa.array(sims)),
-                }, schema=schema), row_group_size=65536)
+                writer.write_table(
+                    pa.table(
+                        {
+                            "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                            "key": table.column("key"),
+                            "sha256": table.column("sha256"),
+                            "shard": pa.array([Path(source["path"]).name] * n, pa.string()),
+                            "caption_concepts": lists,
+                            "caption_concept_sims": pa.ListArray.from_arrays(
+                                pa.array(ids.offsets.astype(np.int32)), pa.array(sims)
+                            ),
+                        },
+                        schema=schema,
+                    ),
+                    row_group_size=65536,
+                )
                 start += n
                 bar.update(n)
             writer.close()
@@ -393,16 +537,25 @@ class _Assembly:
     def _index(self, factory: str, digest: str) -> None:
         """Flat in one go; IVF trained once and filled part by part in ``index_parts/``, so a crash resumes."""
         vectors = np.load(self.out / EMBEDDINGS, mmap_mode="r")
-        bar = tqdm(total=len(vectors), unit="vec", unit_scale=True, desc=f"index {factory}", disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(vectors),
+            unit="vec",
+            unit_scale=True,
+            desc=f"index {factory}",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         try:
             if is_ivf(factory):
-                index = build_index_in_parts(vectors, factory, self.out / INDEX_PARTS, digest, seed=self.config.seed,
-                                             progress=bar.update)
+                index = build_index_in_parts(
+                    vectors, factory, self.out / INDEX_PARTS, digest, seed=self.config.seed, progress=bar.update
+                )
             else:
                 index = build_index(vectors, factory, seed=self.config.seed, progress=bar.update)
         except RuntimeError as err:
-            raise BankError(f"index factory '{factory}' failed for {len(vectors)} x {vectors.shape[1]} vectors: "
-                            f"{_last_line(err)}") from None
+            raise BankError(
+                f"index factory '{factory}' failed for {len(vectors)} x {vectors.shape[1]} vectors: {_last_line(err)}"
+            ) from None
         finally:
             bar.close()
         write_index(index, self.out / INDEX)
@@ -440,12 +593,22 @@ class _Assembly:
             "embedding_dim": self._dim(),
             "rows": rows,
             "undecodable": sum(s["rows"] for s in self.sources) - rows,
-            "index": {"factory": factory, "file": INDEX, "metric": "inner_product", "seed": self.config.seed,
-                      "nprobe": self.config.nprobe if self.config.nprobe is not None else default_nprobe(factory),
-                      "ef_search": self.config.ef_search},
-            "vocabulary": {"file": VOCABULARY, "digest": self.vocabulary.digest(), "size": len(self.vocabulary.concepts),
-                           "min_count": self.config.min_count, "max_words": self.config.max_words,
-                           "given": self.config.vocabulary},
+            "index": {
+                "factory": factory,
+                "file": INDEX,
+                "metric": "inner_product",
+                "seed": self.config.seed,
+                "nprobe": self.config.nprobe if self.config.nprobe is not None else default_nprobe(factory),
+                "ef_search": self.config.ef_search,
+            },
+            "vocabulary": {
+                "file": VOCABULARY,
+                "digest": self.vocabulary.digest(),
+                "size": len(self.vocabulary.concepts),
+                "min_count": self.config.min_count,
+                "max_words": self.config.max_words,
+                "given": self.config.vocabulary,
+            },
             "prompt_template": self._template()[0],
             "prompt_articles": self._template()[1],
             "files": {"concepts": CONCEPTS, "images": IMAGES, "embeddings": EMBEDDINGS, "index": INDEX},
@@ -502,6 +665,7 @@ def load_concept_table(path: Path) -> tuple[list[str], np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- open
 
+
 @dataclass
 class Bank:
     """An opened bank: what enrich reads. Embeddings are memory-mapped; the index is mmapped when FAISS can."""
@@ -545,7 +709,13 @@ class Bank:
         return self.manifest["bank_id"]
 
     @classmethod
-    def open(cls, path: str | os.PathLike, nprobe: int | None = None, ef_search: int | None = None, use_gpu: bool | None = None) -> "Bank":
+    def open(
+        cls,
+        path: str | os.PathLike,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        use_gpu: bool | None = None,
+    ) -> Bank:
         """Open a complete bank; ``nprobe``/``ef_search`` override the manifest's search defaults."""
         from .concepts import Vocabulary
 
@@ -556,25 +726,47 @@ class Bank:
         with _bank_file(path / CONCEPTS):
             names, text = load_concept_table(path)
         if tuple(names) != tuple(vocabulary.concepts):
-            raise BankError(f"{path / CONCEPTS}: concept table does not match {manifest['vocabulary']['file']}; rebuild the bank")
+            raise BankError(
+                f"{path / CONCEPTS}: concept table does not match {manifest['vocabulary']['file']}; rebuild the bank"
+            )
         concept_names = pa.array(names, pa.string())
         with _bank_file(path / IMAGES):
             images = pq.read_table(path / IMAGES, columns=["key", "sha256", "caption_concepts", "caption_concept_sims"])
         lists = images.column("caption_concepts").combine_chunks()
         ids = pc.index_in(lists.flatten(), value_set=concept_names).to_numpy(zero_copy_only=False).astype(np.int32)
         image_concepts = Ragged(offsets_from_lengths(pc.list_value_length(lists).to_numpy(zero_copy_only=False)), ids)
-        sims = images.column("caption_concept_sims").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        sims = (
+            images.column("caption_concept_sims")
+            .combine_chunks()
+            .flatten()
+            .to_numpy(zero_copy_only=False)
+            .astype(np.float64)
+        )
         with _bank_file(path / EMBEDDINGS):
             embeddings = np.load(path / EMBEDDINGS, mmap_mode="r")
         with _bank_file(path / INDEX):
             index = read_index(path / INDEX)
         if index.ntotal != len(embeddings) or len(embeddings) != images.num_rows:
-            raise BankError(f"{path}: index ({index.ntotal}), embeddings ({len(embeddings)}) and images.parquet ({images.num_rows}) disagree; rebuild the bank")
-        params = SearchParams(manifest["index"].get("nprobe") if nprobe is None else nprobe,
-                              manifest["index"].get("ef_search") if ef_search is None else ef_search)
-        return cls(path, manifest, vocabulary, concept_names, text, image_concepts, sims,
-                   images.column("key").combine_chunks(), embeddings, Searcher(index, params, use_gpu),
-                   images.column("sha256").combine_chunks())
+            raise BankError(
+                f"{path}: index ({index.ntotal}), embeddings ({len(embeddings)}) and images.parquet ({images.num_rows}) disagree; rebuild the bank"
+            )
+        params = SearchParams(
+            manifest["index"].get("nprobe") if nprobe is None else nprobe,
+            manifest["index"].get("ef_search") if ef_search is None else ef_search,
+        )
+        return cls(
+            path,
+            manifest,
+            vocabulary,
+            concept_names,
+            text,
+            image_concepts,
+            sims,
+            images.column("key").combine_chunks(),
+            embeddings,
+            Searcher(index, params, use_gpu),
+            images.column("sha256").combine_chunks(),
+        )
 
     def lookup(self, keys: pa.Array | Sequence[str], digests: Sequence[bytes | None] | None = None) -> np.ndarray:
         """FAISS ids of the given keys, -1 for keys not in the bank.
@@ -583,7 +775,9 @@ class Bank:
         in the bank: keys alone would hand another picture's embedding, and so its concepts, to a shard from another
         corpus whose keys happen to coincide. Leave it out only for rows known to come from the bank's own corpus.
         """
-        found = pc.index_in(pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys, value_set=self.keys)
+        found = pc.index_in(
+            pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys, value_set=self.keys
+        )
         ids = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         known = np.nonzero(ids >= 0)[0]
         if digests is not None and self.digests is None:
@@ -605,9 +799,13 @@ class Bank:
         weights = pretrained or spec.pretrained
         if spec.checkpoint_sha256 and not spec.name.startswith("local-dir:"):
             if not weights or not os.path.isfile(weights):
-                raise BankError(f"bank {self.path}: checkpoint {weights} is missing; pass --pretrained with the file (sha256 {spec.checkpoint_sha256[:12]}...)")
+                raise BankError(
+                    f"bank {self.path}: checkpoint {weights} is missing; pass --pretrained with the file (sha256 {spec.checkpoint_sha256[:12]}...)"
+                )
             if sha256_file(weights) != spec.checkpoint_sha256:
-                raise BankError(f"{weights}: checkpoint changed since bank {self.path} was built (sha256 differs from {spec.checkpoint_sha256[:12]}...)")
+                raise BankError(
+                    f"{weights}: checkpoint changed since bank {self.path} was built (sha256 differs from {spec.checkpoint_sha256[:12]}...)"
+                )
         clip = cached_clip(spec.name, weights, str(self.path / config) if config else None, device)
         if not clip.spec.same_model(spec):
             raise BankError(f"bank {self.path} was built with {spec.describe()}, but {clip.spec.describe()} was loaded")
@@ -622,8 +820,9 @@ def _bank_file(path: Path):
     except BankError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, EOFError, pa.ArrowException) as err:
-        raise BankError(f"{path}: unreadable bank file ({_last_line(err)}); "
-                        "rerun cocu-curate build-bank to repair it") from None
+        raise BankError(
+            f"{path}: unreadable bank file ({_last_line(err)}); rerun cocu-curate build-bank to repair it"
+        ) from None
 
 
 def bank_spec(manifest: dict[str, Any]) -> ModelSpec:
@@ -637,10 +836,16 @@ def check_bank_model(path: Path, manifest: dict[str, Any], model: str | None, pr
         return
     built = bank_spec(manifest)
     name = model or built.name
-    wanted = model_spec(name, pretrained) if pretrained is not None else ModelSpec(name, built.pretrained, built.checkpoint_sha256)
+    wanted = (
+        model_spec(name, pretrained)
+        if pretrained is not None
+        else ModelSpec(name, built.pretrained, built.checkpoint_sha256)
+    )
     if not wanted.same_model(built):
-        raise BankError(f"bank {path} was built with {built.describe()}, but this run names {wanted.describe()}; "
-                        f"use the bank's model (or leave --model/--pretrained out) or build a bank with the new one")
+        raise BankError(
+            f"bank {path} was built with {built.describe()}, but this run names {wanted.describe()}; "
+            f"use the bank's model (or leave --model/--pretrained out) or build a bank with the new one"
+        )
 
 
 def read_bank_manifest(path: Path) -> dict[str, Any]:
@@ -650,6 +855,7 @@ def read_bank_manifest(path: Path) -> dict[str, Any]:
             raise BankError(f"{path}: no such bank directory")
         raise BankError(f"{path}: not a complete bank (no {MANIFEST}); run cocu-curate build-bank again to finish it")
     if manifest.get("format") != BANK_FORMAT:
-        raise BankError(f"{path / MANIFEST}: bank format {manifest.get('format')} is not {BANK_FORMAT}; rebuild the bank")
+        raise BankError(
+            f"{path / MANIFEST}: bank format {manifest.get('format')} is not {BANK_FORMAT}; rebuild the bank"
+        )
     return manifest
-

@@ -5,6 +5,7 @@ pretrained=...)``, so a built-in ``ViT-B-16``/``openai``, an ``hf-hub:`` or ``lo
 custom config plus checkpoint file (the synthetic world's teacher CLIP) all take one path. Images are
 decoded in DataLoader worker processes while the model runs, so the slower of the two sets the pace.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .shards import iter_batches, sha256_file
 
-LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                     "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin")
+LOCAL_DIR_WEIGHTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
 RANDOM_INIT_SEED = 0
 Progress = Callable[[int], None]
 
@@ -46,7 +53,7 @@ class ModelSpec:
             weights = f"{Path(self.pretrained).name if self.pretrained else 'checkpoint'} (sha256 {self.checkpoint_sha256[:12]})"
         return f"{self.name} / {weights}"
 
-    def same_model(self, other: "ModelSpec") -> bool:
+    def same_model(self, other: ModelSpec) -> bool:
         if self.name != other.name:
             return False
         if self.checkpoint_sha256 or other.checkpoint_sha256:
@@ -60,7 +67,7 @@ class ModelSpec:
 def model_spec(name: str, pretrained: str | None = None) -> ModelSpec:
     """Identify a model without loading it: checkpoint files (and ``local-dir:`` weights) are known by sha256."""
     if name.startswith("local-dir:"):
-        folder = Path(name[len("local-dir:"):])
+        folder = Path(name[len("local-dir:") :])
         weights = next((folder / w for w in LOCAL_DIR_WEIGHTS if (folder / w).is_file()), None)
         return ModelSpec(name, None, sha256_file(weights) if weights else None)
     if name.startswith("hf-hub:"):
@@ -104,7 +111,9 @@ def register_model_config(name: str, pretrained: str | None, model_config: str |
         if not path.is_file():
             raise FileNotFoundError(f"{path}: model config not found")
         if path.stem != name:
-            raise ValueError(f"{path}: model config file must be named {name}.json (open_clip registers a config under its file stem)")
+            raise ValueError(
+                f"{path}: model config file must be named {name}.json (open_clip registers a config under its file stem)"
+            )
     elif pretrained and os.path.isfile(pretrained) and (Path(pretrained).parent / f"{name}.json").is_file():
         path = Path(pretrained).parent / f"{name}.json"
     else:
@@ -144,24 +153,30 @@ class ClipModel:
         """Texts to normalized float16 embeddings (N, D)."""
         out = np.zeros((len(texts), self.embed_dim), np.float16)
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+            tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 features = self.model.encode_text(tokens)
-            out[start:start + len(tokens)] = F.normalize(features.float(), dim=-1).cpu().numpy()
+            out[start : start + len(tokens)] = F.normalize(features.float(), dim=-1).cpu().numpy()
             if progress is not None:
                 progress(len(tokens))
         return out
 
-    def iter_shard(self, path: str | os.PathLike, rows: np.ndarray | None = None, batch_size: int = 256,
-                   num_workers: int = 1) -> Iterator["ShardEmbeddings"]:
+    def iter_shard(
+        self, path: str | os.PathLike, rows: np.ndarray | None = None, batch_size: int = 256, num_workers: int = 1
+    ) -> Iterator[ShardEmbeddings]:
         """Embeddings of a shard's images (all rows, or the given ``rows``) chunk by chunk, in row order.
 
         Decoding runs in ``num_workers`` DataLoader processes, ahead of the model.
         """
         selected = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         dataset = ShardImages(str(path), self.preprocess, batch_size, selected)
-        loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if num_workers > 0 else None)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
         for chunk in loader:
             if len(chunk.rows) == 0:
                 continue
@@ -172,8 +187,14 @@ class ClipModel:
                 errors[place] = error
             yield ShardEmbeddings(chunk.rows, vectors, errors)
 
-    def embed_shard(self, path: str | os.PathLike, rows: np.ndarray | None = None, batch_size: int = 256,
-                    num_workers: int = 1, progress: Progress | None = None) -> "ShardEmbeddings":
+    def embed_shard(
+        self,
+        path: str | os.PathLike,
+        rows: np.ndarray | None = None,
+        batch_size: int = 256,
+        num_workers: int = 1,
+        progress: Progress | None = None,
+    ) -> ShardEmbeddings:
         """All of :meth:`iter_shard` at once."""
         parts = []
         for part in self.iter_shard(path, rows, batch_size, num_workers):
@@ -182,8 +203,11 @@ class ClipModel:
                 progress(len(part.rows))
         if not parts:
             return ShardEmbeddings(np.zeros(0, np.int64), np.zeros((0, self.embed_dim), np.float16), [])
-        return ShardEmbeddings(np.concatenate([p.rows for p in parts]), np.concatenate([p.vectors for p in parts]),
-                               [e for p in parts for e in p.errors])
+        return ShardEmbeddings(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.vectors for p in parts]),
+            [e for p in parts for e in p.errors],
+        )
 
 
 @dataclass
@@ -201,12 +225,12 @@ class ShardEmbeddings:
 
 @dataclass
 class DecodedChunk:
-    rows: np.ndarray          # shard row numbers of this chunk
-    ok: np.ndarray            # which of them decoded
-    pixels: torch.Tensor      # (ok.sum(), 3, H, W)
-    errors: list[str]         # one per failed row, in order
+    rows: np.ndarray  # shard row numbers of this chunk
+    ok: np.ndarray  # which of them decoded
+    pixels: torch.Tensor  # (ok.sum(), 3, H, W)
+    errors: list[str]  # one per failed row, in order
 
-    def pin_memory(self) -> "DecodedChunk":  # called by the DataLoader's pinning thread on CUDA
+    def pin_memory(self) -> DecodedChunk:  # called by the DataLoader's pinning thread on CUDA
         return DecodedChunk(self.rows, self.ok, self.pixels.pin_memory(), self.errors)
 
 
@@ -267,8 +291,13 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return default_device() if name in (None, "auto") else torch.device(name)
 
 
-def load_clip(model: str, pretrained: str | None = None, model_config: str | os.PathLike | None = None,
-              device: str | torch.device | None = None, cache_dir: str | None = None) -> ClipModel:
+def load_clip(
+    model: str,
+    pretrained: str | None = None,
+    model_config: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | None = None,
+) -> ClipModel:
     """Load any open_clip model the way a user would: built-in name + tag, ``hf-hub:``/``local-dir:``, or a checkpoint file.
 
     A custom architecture (``model_config``, or ``<model>.json`` beside the checkpoint) is registered
@@ -283,7 +312,8 @@ def load_clip(model: str, pretrained: str | None = None, model_config: str | os.
         torch.manual_seed(RANDOM_INIT_SEED)
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=None if schema else (pretrained or None), device=device, cache_dir=cache_dir)
+                model, pretrained=None if schema else (pretrained or None), device=device, cache_dir=cache_dir
+            )
         except RuntimeError as err:
             raise ValueError(f"cannot load CLIP {spec.describe()}: {str(err).splitlines()[0]}") from None
     net.eval()

@@ -14,6 +14,7 @@ draws of the seeding come from a counter-based hash of (seed, row, start), so an
 clusters however the rows are batched. Empty clusters stay empty (no relocation). Archives of one or
 two concepts put each concept in its own cluster.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,8 +65,9 @@ class ConceptGram:
         return torch.bmm(points, points.transpose(1, 2))
 
 
-def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_iter: int = MAX_ITER,
-                     n_init: int = N_INIT) -> np.ndarray:
+def cluster_archives(
+    archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_iter: int = MAX_ITER, n_init: int = N_INIT
+) -> np.ndarray:
     """Cluster id (int32) of every archive entry, aligned with ``archive.values``.
 
     Padding slots of the (B, A) id grid hold concept 0; they are masked out of every step.
@@ -94,8 +96,9 @@ def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_
         for lo in range(0, len(big), CHUNK):
             part = slice(lo, lo + CHUNK)
             grams = gram(torch.from_numpy(ids[part])).repeat_interleave(n_init, dim=0)
-            assign, inertia = _kmeans(grams, counts[part].repeat_interleave(n_init), uniforms[part].flatten(0, 1),
-                                      max_iter)
+            assign, inertia = _kmeans(
+                grams, counts[part].repeat_interleave(n_init), uniforms[part].flatten(0, 1), max_iter
+            )
             best = inertia.view(-1, n_init).argmin(1)  # the first of equal starts
             found[part] = assign.view(-1, n_init, width)[torch.arange(len(best)), best]
     finally:
@@ -104,8 +107,9 @@ def cluster_archives(archive: Ragged, gram: ConceptGram, seeds: np.ndarray, max_
     return labels
 
 
-def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor,
-            max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kmeans(
+    gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched kernel k-means: gram (B, A, A) float32, counts (B,) points per problem; returns (B, A) labels and
     (B,) inertias (sums of squared distances to the assigned centroids)."""
     batch, width, _ = gram.shape
@@ -114,7 +118,9 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor,
     valid = torch.arange(width)[None, :] < counts[:, None]
     diag = gram.diagonal(dim1=1, dim2=2)
 
-    def to_point(index: torch.Tensor) -> torch.Tensor:  # squared distance of every point to point ``index`` of its problem
+    def to_point(
+        index: torch.Tensor,
+    ) -> torch.Tensor:  # squared distance of every point to point ``index`` of its problem
         column = torch.gather(gram, 2, index[:, None, None].expand(-1, width, 1))[:, :, 0]
         return (diag + torch.gather(diag, 1, index[:, None]) - 2 * column).clamp_min(0)
 
@@ -129,7 +135,7 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor,
         cumulative = nearest.cumsum(1)
         total = cumulative[:, -1]
         first = 1 + (step - 1) * MAX_TRIALS
-        target = uniforms[:, first:first + most] * total[:, None]
+        target = uniforms[:, first : first + most] * total[:, None]
         picks = (cumulative[:, None, :] <= target[:, :, None]).sum(2).clamp_max((counts - 1)[:, None])
         picks = torch.where(total[:, None] > 0, picks, torch.zeros_like(picks))
         column = torch.gather(gram, 2, picks[:, None, :].expand(-1, width, -1))  # (B, A, trials)
@@ -142,7 +148,11 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor,
         nearest = torch.where(active[:, None], chosen, nearest)
 
     usable = torch.arange(k_max)[None, :] < k[:, None]
-    distance = diag[:, :, None] + torch.gather(diag, 1, centers)[:, None, :] - 2 * torch.gather(gram, 2, centers[:, None, :].expand(-1, width, -1))
+    distance = (
+        diag[:, :, None]
+        + torch.gather(diag, 1, centers)[:, None, :]
+        - 2 * torch.gather(gram, 2, centers[:, None, :].expand(-1, width, -1))
+    )
     assign = distance.masked_fill(~usable[:, None, :], float("inf")).argmin(-1)
     inertia = torch.zeros(batch, dtype=gram.dtype)
     active = torch.arange(batch)  # problems still moving: converged ones leave the loop (most do within a few steps)
@@ -161,15 +171,16 @@ def _kmeans(gram: torch.Tensor, counts: torch.Tensor, uniforms: torch.Tensor,
     return assign, inertia
 
 
-def _to_centroids(gram: torch.Tensor, diag: torch.Tensor, assign: torch.Tensor, valid: torch.Tensor,
-                  usable: torch.Tensor, k_max: int) -> torch.Tensor:
+def _to_centroids(
+    gram: torch.Tensor, diag: torch.Tensor, assign: torch.Tensor, valid: torch.Tensor, usable: torch.Tensor, k_max: int
+) -> torch.Tensor:
     """(B, A, K) squared distances of every point to every non-empty cluster's centroid (inf for the others)."""
     members = torch.nn.functional.one_hot(assign, k_max).to(gram.dtype) * valid[:, :, None]
     size = members.sum(1)
     pulled = torch.bmm(gram, members)
     within = (members * pulled).sum(1)
     safe = size.clamp_min(1)
-    distance = diag[:, :, None] - 2 * pulled / safe[:, None, :] + (within / safe ** 2)[:, None, :]
+    distance = diag[:, :, None] - 2 * pulled / safe[:, None, :] + (within / safe**2)[:, None, :]
     return distance.masked_fill(~(usable & (size > 0))[:, None, :], float("inf"))
 
 

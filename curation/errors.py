@@ -1,4 +1,5 @@
 """`CocuError`, the base of every error cocu raises about its inputs, and its one-line message contract."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ class CocuError(ValueError):
 
     def __init__(self, message: str):
         lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-        if len(lines) > 1 and any(line.startswith("Traceback") or line == "Original Traceback (most recent call last):"
-                                  for line in lines):
+        if len(lines) > 1 and any(
+            line.startswith("Traceback") or line == "Original Traceback (most recent call last):" for line in lines
+        ):
             name, colon, cause = lines[-1].partition(": ")
             lines = [cause if colon and name.endswith("Error") else lines[-1]]
         super().__init__(" ".join(lines))
@@ -35,4 +37,3 @@ class FileError(CocuError):
 
 class VocabularyError(FileError):
     """A vocabulary JSON that cannot be read or is not one cocu wrote."""
-

@@ -4,6 +4,7 @@ Inner product on L2-normalized vectors is cosine similarity. Exact ``Flat`` sear
 to about a million vectors; beyond that an IVF index with an HNSW coarse quantizer and compressed
 codes keeps memory and query time bounded (FAISS guidelines for choosing an index).
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,9 @@ def training_size(factory: str, rows: int) -> int:
     return min(rows, max(64 * int(match.group(1)) if match else 0, 100_000))
 
 
-def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: bool | None = None,
-                  train_rows: int | None = None) -> faiss.Index:
+def trained_index(
+    vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: bool | None = None, train_rows: int | None = None
+) -> faiss.Index:
     """An empty index of ``factory``, trained on a seeded sample of ``vectors``; IVF k-means on the GPUs when present.
 
     ``train_rows`` overrides the sample size (``training_size``), e.g. to bound k-means time on a CPU.
@@ -100,7 +102,7 @@ def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: boo
         sample = np.sort(np.random.default_rng(seed).choice(rows, size=size, replace=False))
         train = np.empty((len(sample), dim), np.float32)  # filled a chunk at a time: no float16 copy of the sample
         for start in range(0, len(sample), 65536):
-            train[start:start + 65536] = vectors[sample[start:start + 65536]]
+            train[start : start + 65536] = vectors[sample[start : start + 65536]]
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
@@ -114,13 +116,19 @@ def trained_index(vectors: np.ndarray, factory: str, seed: int = 0, use_gpu: boo
     return index
 
 
-def build_index(vectors: np.ndarray, factory: str, seed: int = 0, chunk: int = 65536, use_gpu: bool | None = None,
-                progress: Callable[[int], None] | None = None) -> faiss.Index:
+def build_index(
+    vectors: np.ndarray,
+    factory: str,
+    seed: int = 0,
+    chunk: int = 65536,
+    use_gpu: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> faiss.Index:
     """Train (on a seeded sample) and fill an inner-product index from float16/float32 rows, a chunk at a time."""
     rows = len(vectors)
     index = trained_index(vectors, factory, seed, use_gpu)
     for start in range(0, rows, chunk):
-        index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
+        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
         if progress is not None:
             progress(min(chunk, rows - start))
     return index

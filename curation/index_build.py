@@ -16,6 +16,7 @@ index one ``add`` of all rows gives. A part's rows are read from the memory-mapp
 at a time; FAISS's own threads parallelize each add, and parts are independent, so another engine could
 fill them on other machines.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,17 +39,34 @@ def is_ivf(factory: str) -> bool:
     return "IVF" in factory
 
 
-def build_index_in_parts(vectors: np.ndarray, factory: str, workdir: str | Path, digest: str, seed: int = 0,
-                         part_rows: int = PART_ROWS, use_gpu: bool | None = None, train_rows: int | None = None,
-                         progress: Callable[[int], None] | None = None) -> faiss.Index:
+def build_index_in_parts(
+    vectors: np.ndarray,
+    factory: str,
+    workdir: str | Path,
+    digest: str,
+    seed: int = 0,
+    part_rows: int = PART_ROWS,
+    use_gpu: bool | None = None,
+    train_rows: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> faiss.Index:
     """The IVF index of ``vectors`` (float16/float32 rows, e.g. a memmap), resuming from ``workdir``.
 
     ``digest`` names everything the result depends on (embeddings, factory, seed); parts made under
     another digest are discarded. The caller removes ``workdir`` once the merged index is saved.
     """
     workdir = Path(workdir)
-    _start_or_resume(workdir, {"digest": digest, "factory": factory, "seed": seed, "part_rows": part_rows,
-                               "rows": len(vectors), "train_rows": train_rows})
+    _start_or_resume(
+        workdir,
+        {
+            "digest": digest,
+            "factory": factory,
+            "seed": seed,
+            "part_rows": part_rows,
+            "rows": len(vectors),
+            "train_rows": train_rows,
+        },
+    )
     trained_file = workdir / "trained.faiss"
     if not trained_file.exists():
         write_index(trained_index(vectors, factory, seed, use_gpu, train_rows), trained_file)
@@ -62,7 +80,7 @@ def build_index_in_parts(vectors: np.ndarray, factory: str, workdir: str | Path,
             continue
         part = faiss.read_index(str(trained_file))
         for chunk in range(start, stop, ADD_CHUNK):
-            rows = np.ascontiguousarray(vectors[chunk:min(chunk + ADD_CHUNK, stop)], dtype=np.float32)
+            rows = np.ascontiguousarray(vectors[chunk : min(chunk + ADD_CHUNK, stop)], dtype=np.float32)
             part.add_with_ids(rows, np.arange(chunk, chunk + len(rows), dtype=np.int64))  # global row numbers
             if progress is not None:
                 progress(len(rows))

@@ -10,6 +10,7 @@ one shard per tar, through ``run_stage`` so it is parallel and resumable like ev
 img2dataset and webdataset are imported inside the functions: they pull in wandb, albumentations,
 OpenCV and torch, and img2dataset's ``spawn`` workers re-import the caller's modules.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,12 +68,14 @@ class DownloadConfig:
     extra_columns: tuple[str, ...] = ()  # input columns carried into the shards (img2dataset's save_additional_columns)
     overwrite: bool = False  # start from an empty output folder instead of resuming
     distributor: str = "multiprocessing"  # img2dataset's: multiprocessing, pyspark (a session is made if none) or ray
-    ray_address: str | None = None  # with distributor "ray": the cluster to join (None: the running one, else a local one)
+    ray_address: str | None = (
+        None  # with distributor "ray": the cluster to join (None: the running one, else a local one)
+    )
     disallowed_header_directives: list[str] | None = None  # None: img2dataset's opt-out default; [] turns it off
     img2dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # any other img2dataset.download argument
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "DownloadConfig":
+    def preset(cls, name: str, **overrides: Any) -> DownloadConfig:
         if name not in LIST_LAYOUTS:
             raise ValueError(f"unknown preset '{name}' (known: {', '.join(LIST_LAYOUTS)})")
         return cls(columns=LIST_LAYOUTS[name], url_col="url", caption_col="caption", **overrides)
@@ -105,10 +108,12 @@ class DownloadSummary:
 
     def line(self) -> str:
         failed = f", {self.shards_failed} failed (run again to retry them)" if self.shards_failed else ""
-        text = (f"download: {self.shards} shard(s) done ({self.shards_skipped} from an earlier run){failed}; "
-                f"{self.count} urls: success {self.successes}, failed_to_download {self.failed_to_download}, "
-                f"failed_to_resize {self.failed_to_resize}; {self.count_this_run} urls this run in {self.seconds:.1f}s "
-                f"({self.images_per_second:.1f} urls/s while downloading)")
+        text = (
+            f"download: {self.shards} shard(s) done ({self.shards_skipped} from an earlier run){failed}; "
+            f"{self.count} urls: success {self.successes}, failed_to_download {self.failed_to_download}, "
+            f"failed_to_resize {self.failed_to_resize}; {self.count_this_run} urls this run in {self.seconds:.1f}s "
+            f"({self.images_per_second:.1f} urls/s while downloading)"
+        )
         if self.errors:
             text += "; top errors: " + ", ".join(f"{message!r} x{n}" for message, n in self.errors.most_common(3))
         return text
@@ -122,13 +127,16 @@ class DownloadInterrupted(KeyboardInterrupt):
     """img2dataset exits on SIGINT; finished shards are kept and a rerun resumes after them."""
 
 
-def download(url_list: str | os.PathLike, out: str | os.PathLike, config: DownloadConfig | None = None,
-             progress: bool = True) -> DownloadSummary:
+def download(
+    url_list: str | os.PathLike, out: str | os.PathLike, config: DownloadConfig | None = None, progress: bool = True
+) -> DownloadSummary:
     """Download a URL + caption list into Parquet shards of the data contract with img2dataset."""
     cfg = config or DownloadConfig()
     clash = sorted(set(cfg.img2dataset_kwargs) & set(OWN_ARGUMENTS))
     if clash:
-        raise ValueError(f"img2dataset_kwargs may not set {', '.join(clash)}: cocu fixes them to keep the data contract")
+        raise ValueError(
+            f"img2dataset_kwargs may not set {', '.join(clash)}: cocu fixes them to keep the data contract"
+        )
     if cfg.distributor not in DISTRIBUTORS:
         raise ValueError(f"distributor '{cfg.distributor}' is not one of {', '.join(DISTRIBUTORS)}")
     out = Path(out).absolute()
@@ -139,7 +147,9 @@ def download(url_list: str | os.PathLike, out: str | os.PathLike, config: Downlo
     if cfg.columns:
         source = _normalize_headerless(source, fmt, cfg.columns, out / INPUT_DIR, cfg.processes_count, progress)
         fmt = "parquet"
-    rows = [_scan_list(path, fmt, [cfg.url_col, cfg.caption_col, *cfg.extra_columns]) for path in _list_files(source, fmt)]
+    rows = [
+        _scan_list(path, fmt, [cfg.url_col, cfg.caption_col, *cfg.extra_columns]) for path in _list_files(source, fmt)
+    ]
     total = None if None in rows else sum(rows)
     expected = None if total is None else sum(math.ceil(n / cfg.number_sample_per_shard) for n in rows)
     previous = _read_stats(out)
@@ -147,15 +157,33 @@ def download(url_list: str | os.PathLike, out: str | os.PathLike, config: Downlo
     if expected is None or not set(range(expected)) <= set(previous):  # else every shard is done: nothing to start
         if cfg.distributor == "ray":
             _connect_ray(cfg.ray_address)
-        _run_img2dataset(dict(
-            url_list=str(source), output_folder=str(out), output_format="parquet", input_format=fmt,
-            url_col=cfg.url_col, caption_col=cfg.caption_col, save_additional_columns=list(cfg.extra_columns) or None,
-            image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-            encode_format="jpg", encode_quality=cfg.encode_quality, processes_count=cfg.processes_count,
-            thread_count=cfg.thread_count, number_sample_per_shard=cfg.number_sample_per_shard, timeout=cfg.timeout,
-            retries=cfg.retries, incremental_mode="incremental", enable_wandb=False, distributor=cfg.distributor,
-            disallowed_header_directives=cfg.disallowed_header_directives, **cfg.img2dataset_kwargs,
-        ), _StatsWatcher(out, previous, total, progress))
+        _run_img2dataset(
+            dict(
+                url_list=str(source),
+                output_folder=str(out),
+                output_format="parquet",
+                input_format=fmt,
+                url_col=cfg.url_col,
+                caption_col=cfg.caption_col,
+                save_additional_columns=list(cfg.extra_columns) or None,
+                image_size=cfg.image_size,
+                resize_mode=cfg.resize_mode,
+                resize_only_if_bigger=cfg.resize_only_if_bigger,
+                encode_format="jpg",
+                encode_quality=cfg.encode_quality,
+                processes_count=cfg.processes_count,
+                thread_count=cfg.thread_count,
+                number_sample_per_shard=cfg.number_sample_per_shard,
+                timeout=cfg.timeout,
+                retries=cfg.retries,
+                incremental_mode="incremental",
+                enable_wandb=False,
+                distributor=cfg.distributor,
+                disallowed_header_directives=cfg.disallowed_header_directives,
+                **cfg.img2dataset_kwargs,
+            ),
+            _StatsWatcher(out, previous, total, progress),
+        )
     summary = summarize(out, set(previous))
     summary.shards_expected = expected
     summary.seconds = time.perf_counter() - started
@@ -172,7 +200,7 @@ def _connect_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
 
 
-def _run_img2dataset(kwargs: dict[str, Any], watcher: "_StatsWatcher") -> None:
+def _run_img2dataset(kwargs: dict[str, Any], watcher: _StatsWatcher) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
     import img2dataset
 
@@ -181,8 +209,9 @@ def _run_img2dataset(kwargs: dict[str, Any], watcher: "_StatsWatcher") -> None:
     try:
         img2dataset.download(**kwargs)
     except SystemExit as exit_:  # img2dataset's SIGINT handler removes _tmp and calls sys.exit(0)
-        raise DownloadInterrupted(f"download into {kwargs['output_folder']} interrupted; "
-                                  f"run the same command again to resume") from exit_
+        raise DownloadInterrupted(
+            f"download into {kwargs['output_folder']} interrupted; run the same command again to resume"
+        ) from exit_
     finally:
         signal.signal(signal.SIGINT, previous_handler)  # img2dataset replaces it for good otherwise
         watcher.stop()
@@ -224,11 +253,24 @@ def _read_stats(out: Path, skip: set[int] = frozenset()) -> dict[int, dict[str, 
 class _StatsWatcher:
     """A tqdm bar in images: img2dataset reports per finished shard, through its stats files."""
 
-    def __init__(self, out: Path, previous: Mapping[int, Mapping[str, Any]], total: int | None, enabled: bool,
-                 interval: float = 0.5):
+    def __init__(
+        self,
+        out: Path,
+        previous: Mapping[int, Mapping[str, Any]],
+        total: int | None,
+        enabled: bool,
+        interval: float = 0.5,
+    ):
         self._out, self._seen, self._interval = out, set(previous), interval
-        self._bar = tqdm(total=total, initial=sum(stats["count"] for stats in previous.values()), unit="img",
-                         unit_scale=True, desc="download", disable=not enabled, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total,
+            initial=sum(stats["count"] for stats in previous.values()),
+            unit="img",
+            unit_scale=True,
+            desc="download",
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -256,8 +298,11 @@ def _infer_format(source: Path) -> str:
     if source.is_dir():
         found = {fmt for fmt in LIST_FORMATS if any(source.glob(f"*.{fmt}"))}
         if len(found) != 1:
-            raise ShardError(source, f"cannot tell the list format from the files here ({', '.join(sorted(found)) or 'none'}); "
-                                     f"pass --input-format")
+            raise ShardError(
+                source,
+                f"cannot tell the list format from the files here ({', '.join(sorted(found)) or 'none'}); "
+                f"pass --input-format",
+            )
         return found.pop()
     if not source.exists():
         raise ShardError(source, "no such file or directory")
@@ -265,9 +310,14 @@ def _infer_format(source: Path) -> str:
         if source.name.endswith("." + fmt):
             return fmt
     if source.name.endswith((".txt", ".txt.gz")):
-        raise ShardError(source, "a .txt list holds URLs only, and cocu needs captions: use a tsv/csv/parquet/jsonl list "
-                                 "with a caption column")
-    raise ShardError(source, f"unknown URL list format (expected one of: {', '.join(LIST_FORMATS)}); pass --input-format")
+        raise ShardError(
+            source,
+            "a .txt list holds URLs only, and cocu needs captions: use a tsv/csv/parquet/jsonl list "
+            "with a caption column",
+        )
+    raise ShardError(
+        source, f"unknown URL list format (expected one of: {', '.join(LIST_FORMATS)}); pass --input-format"
+    )
 
 
 def _list_files(source: Path, fmt: str) -> list[Path]:
@@ -305,19 +355,27 @@ def _scan_list(path: Path, fmt: str, needed: Sequence[str]) -> int | None:
 
 def _scan_csv(path: Path, fmt: str, needed: Sequence[str]) -> int:
     tsv = fmt.startswith("tsv")
-    with pa.input_stream(path, compression="detect") as stream, \
-            pacsv.open_csv(stream, parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",")) as reader:
+    with (
+        pa.input_stream(path, compression="detect") as stream,
+        pacsv.open_csv(stream, parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",")) as reader,
+    ):
         _check_columns(path, fmt, reader.schema, needed)
         rows = 0
         for batch in reader:
-            if tsv:  # img2dataset reads TSV with CSV quoting: a caption opening with an unmatched " eats the lines after it
+            if (
+                tsv
+            ):  # img2dataset reads TSV with CSV quoting: a caption opening with an unmatched " eats the lines after it
                 for column in needed[:2]:
                     spans = pc.match_substring(batch.column(column), "\n")
                     if pc.any(spans).as_py():
                         row = rows + pc.index(spans, True).as_py()
-                        raise ShardError(path, f"a quote character in column '{column}' joins the following lines into "
-                                               f"this row; drop the header line and pass --columns (header-less TSV is "
-                                               f"read without quoting)", row=row)
+                        raise ShardError(
+                            path,
+                            f"a quote character in column '{column}' joins the following lines into "
+                            f"this row; drop the header line and pass --columns (header-less TSV is "
+                            f"read without quoting)",
+                            row=row,
+                        )
             rows += batch.num_rows
     return rows
 
@@ -325,7 +383,9 @@ def _scan_csv(path: Path, fmt: str, needed: Sequence[str]) -> int:
 def _check_columns(path: Path, fmt: str, schema: pa.Schema, needed: Sequence[str]) -> None:
     for column in needed:
         if column not in schema.names:
-            hint = " (a header-less list needs --preset cc3m|cc12m or --columns)" if fmt.startswith(("csv", "tsv")) else ""
+            hint = (
+                " (a header-less list needs --preset cc3m|cc12m or --columns)" if fmt.startswith(("csv", "tsv")) else ""
+            )
             raise ShardError(path, f"missing column '{column}' (has: {', '.join(map(str, schema.names))}){hint}")
     for column in needed[:2]:  # img2dataset copies their type into the shards, and the data contract wants text
         kind = schema.field(column).type
@@ -333,7 +393,9 @@ def _check_columns(path: Path, fmt: str, schema: pa.Schema, needed: Sequence[str
             raise ShardError(path, f"column '{column}' holds {kind}, not text")
 
 
-def _normalize_headerless(source: Path, fmt: str, columns: Sequence[str], folder: Path, workers: int, progress: bool) -> Path:
+def _normalize_headerless(
+    source: Path, fmt: str, columns: Sequence[str], folder: Path, workers: int, progress: bool
+) -> Path:
     """Write a header-bearing Parquet copy of each header-less CSV/TSV file into ``folder``; resumable."""
     if not fmt.startswith(("csv", "tsv")):
         raise ShardError(source, f"--columns/--preset apply to header-less csv/tsv lists, not {fmt}")
@@ -346,8 +408,15 @@ def _normalize_headerless(source: Path, fmt: str, columns: Sequence[str], folder
         if stale not in targets:
             stale.unlink()
             manifest_path(stale).unlink(missing_ok=True)
-    summary = run_stage("prepare-list", tasks, _normalize_one, {"format": fmt, "columns": list(columns)},
-                        workers=min(workers, len(tasks)), unit="row", progress=progress)
+    summary = run_stage(
+        "prepare-list",
+        tasks,
+        _normalize_one,
+        {"format": fmt, "columns": list(columns)},
+        workers=min(workers, len(tasks)),
+        unit="row",
+        progress=progress,
+    )
     if summary.failures:
         raise IngestError(summary.failures[0])
     return tasks[0].target if len(tasks) == 1 and not source.is_dir() else folder
@@ -362,21 +431,31 @@ def _normalize_one(task: ShardTask, params: Mapping[str, Any], progress: Progres
     read = pacsv.ReadOptions(column_names=list(columns), block_size=16 << 20)
     rows = 0
     try:
-        with pa.input_stream(task.source, compression="detect") as stream, \
-                pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert) as reader, \
-                ShardWriter(task.target, reader.schema, row_group_size=1 << 16) as writer:
+        with (
+            pa.input_stream(task.source, compression="detect") as stream,
+            pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert) as reader,
+            ShardWriter(task.target, reader.schema, row_group_size=1 << 16) as writer,
+        ):
             for batch in reader:
                 writer.write(batch)
                 rows += batch.num_rows
                 progress(batch.num_rows)
     except (pa.ArrowException, OSError) as err:
-        raise ShardError(task.source, f"not a header-less {params['format']} list with columns "
-                                      f"{', '.join(columns)} after row {rows} ({str(err).strip().splitlines()[0]})") from None
+        raise ShardError(
+            task.source,
+            f"not a header-less {params['format']} list with columns "
+            f"{', '.join(columns)} after row {rows} ({str(err).strip().splitlines()[0]})",
+        ) from None
     return {"rows": rows}
 
 
-def convert_webdataset(tars: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, workers: int = 1,
-                       batch_rows: int = 512, progress: bool = True) -> StageSummary:
+def convert_webdataset(
+    tars: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    workers: int = 1,
+    batch_rows: int = 512,
+    progress: bool = True,
+) -> StageSummary:
     """Convert webdataset tars (``jpg``/``png`` + ``txt``) to Parquet shards, one per tar, atomically and resumably.
 
     Brace patterns (``cc3m-{000000..000436}.tar``), globs, folders and plain paths are accepted.
@@ -391,9 +470,15 @@ def convert_webdataset(tars: str | os.PathLike | Sequence[str | os.PathLike], ou
     tasks = [ShardTask(path, out / (path.name[: -len(".tar")] + ".parquet")) for path in paths]
     clashes = [name for name, n in Counter(task.target.name for task in tasks).items() if n > 1]
     if clashes:
-        raise ShardError(out / clashes[0], "two input tars would write this same shard (same file name in different folders)")
-    params = {"format": "webdataset", "image_extensions": list(IMAGE_EXTENSIONS),
-              "caption_extensions": list(CAPTION_EXTENSIONS), "batch_rows": batch_rows}
+        raise ShardError(
+            out / clashes[0], "two input tars would write this same shard (same file name in different folders)"
+        )
+    params = {
+        "format": "webdataset",
+        "image_extensions": list(IMAGE_EXTENSIONS),
+        "caption_extensions": list(CAPTION_EXTENSIONS),
+        "batch_rows": batch_rows,
+    }
     return run_stage("convert", tasks, _convert_tar, params, workers=workers, unit="img", progress=progress)
 
 
@@ -405,7 +490,11 @@ def _convert_tar(task: ShardTask, params: Mapping[str, Any], progress: Progress)
         for sample in _tar_samples(task.source):
             key = sample["__key__"]
             if key in seen:
-                raise ShardError(task.source, f"duplicate key '{key}' (its members are not adjacent in the tar)", row=rows + incomplete)
+                raise ShardError(
+                    task.source,
+                    f"duplicate key '{key}' (its members are not adjacent in the tar)",
+                    row=rows + incomplete,
+                )
             seen.add(key)
             image = next((sample[ext] for ext in params["image_extensions"] if ext in sample), None)
             text = next((sample[ext] for ext in params["caption_extensions"] if ext in sample), None)
@@ -447,11 +536,16 @@ def _tar_samples(path: Path) -> Iterator[dict[str, Any]]:
                 samples += 1
     except Exception as err:  # tarfile.ReadError, EOFError, webdataset's ValueError on duplicate members, ...
         message = str(err.args[0] if err.args else err).split(" @ ")[0].strip().splitlines()
-        raise ShardError(path, f"not a readable webdataset tar after {samples} sample(s) "
-                               f"({type(err).__name__}: {message[0] if message else ''})") from None
+        raise ShardError(
+            path,
+            f"not a readable webdataset tar after {samples} sample(s) "
+            f"({type(err).__name__}: {message[0] if message else ''})",
+        ) from None
     if not _has_end_marker(path):
         # tarfile takes a cut at a member boundary for the end of the archive: samples would be lost silently
-        raise ShardError(path, f"truncated tar: {samples} sample(s) read, then the data stops without the end-of-archive marker")
+        raise ShardError(
+            path, f"truncated tar: {samples} sample(s) read, then the data stops without the end-of-archive marker"
+        )
 
 
 def _has_end_marker(path: Path) -> bool:

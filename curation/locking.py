@@ -9,6 +9,7 @@ only clean up their own temporaries, so they share the folder: each holds the fo
 plus its own slot's lock exclusively. A whole run still needs the folder to itself, and two copies of
 the same task still meet.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,10 @@ def _acquire(path: Path, folder: Path, shared: bool) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "an array task"
             os.close(fd)
-            raise FolderInUse(f"{folder}: in use by another cocu run (pid {holder}); wait for it to finish or "
-                              f"choose another output folder") from None
+            raise FolderInUse(
+                f"{folder}: in use by another cocu run (pid {holder}); wait for it to finish or "
+                f"choose another output folder"
+            ) from None
         try:
             current = os.stat(path).st_ino
         except FileNotFoundError:

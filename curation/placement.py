@@ -6,6 +6,7 @@ uses that one GPU). A batch scheduler's array task (SLURM, or any scheduler give
 ``--num-shards``) takes every ``n``-th shard of the sorted list, so the tasks of an array split the shards
 without talking to each other and their outputs are exactly those of one run over all shards.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,7 +73,7 @@ class ShardSlice:
         return self.count == 1
 
     def take(self, items: Sequence[T]) -> list[T]:
-        return list(items[self.index::self.count])
+        return list(items[self.index :: self.count])
 
     def describe(self) -> str:
         return f"slice {self.index} of {self.count}"

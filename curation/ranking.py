@@ -21,6 +21,7 @@ per-pair sums/counts/maxima with ``bincount``/``maximum.at``, and ``t_c·v_a`` w
 product, so there is no per-image Python loop. The neighbours' terms ``t_c·v`` for ``c`` in a
 neighbour's own caption concepts do not depend on the anchor: the bank stores them once per image.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,8 +52,10 @@ class Formula:
     floor_local: bool = True
 
 
-FORMULAS = {"release": Formula(exclude_anchor=False, anchor_once=False, own_concepts=False, floor_local=False),
-            "cocu": Formula()}
+FORMULAS = {
+    "release": Formula(exclude_anchor=False, anchor_once=False, own_concepts=False, floor_local=False),
+    "cocu": Formula(),
+}
 
 
 def local_floor(named_sims: np.ndarray, quantile: float = FLOOR_QUANTILE) -> float:
@@ -84,7 +87,7 @@ class Ragged:
     values: np.ndarray
 
     @classmethod
-    def from_lists(cls, rows: Sequence[Sequence], dtype=np.int64) -> "Ragged":
+    def from_lists(cls, rows: Sequence[Sequence], dtype=np.int64) -> Ragged:
         lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         flat = np.fromiter((v for r in rows for v in r), dtype=dtype, count=int(lengths.sum()))
         return cls(offsets_from_lengths(lengths), flat)
@@ -113,11 +116,11 @@ class Ragged:
         index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
         return offsets, index
 
-    def take(self, rows: np.ndarray) -> "Ragged":
+    def take(self, rows: np.ndarray) -> Ragged:
         offsets, index = self.take_index(rows)
         return Ragged(offsets, self.values[index])
 
-    def concat(self, other: "Ragged") -> "Ragged":
+    def concat(self, other: Ragged) -> Ragged:
         """Row ``i`` of this followed by row ``i`` of ``other`` (both with the same number of rows)."""
         order = np.argsort(np.concatenate([self.owners(), other.owners()]), kind="stable")
         values = np.concatenate([self.values, other.values.astype(self.values.dtype)])[order]
@@ -165,13 +168,21 @@ def anchor_first(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
     drop = own.copy()
     drop[inside & ~own.any(axis=1), -1] = True
     rest = np.where(drop, np.iinfo(np.int64).max, np.arange(ids.shape[1])[None, :]).argsort(axis=1, kind="stable")
-    others = np.take_along_axis(ids, rest, axis=1)[:, :ids.shape[1] - 1]
+    others = np.take_along_axis(ids, rest, axis=1)[:, : ids.shape[1] - 1]
     return np.where(inside[:, None], np.concatenate([self_ids[:, None], others], axis=1), ids)
 
 
-def rank(anchors: np.ndarray, neighbours: np.ndarray, extra: Ragged, bank_concepts: Ragged, bank_sims: np.ndarray,
-         text: np.ndarray, top_k: int | None, self_ids: np.ndarray | None = None,
-         floor: float | None = None) -> Ranking:
+def rank(
+    anchors: np.ndarray,
+    neighbours: np.ndarray,
+    extra: Ragged,
+    bank_concepts: Ragged,
+    bank_sims: np.ndarray,
+    text: np.ndarray,
+    top_k: int | None,
+    self_ids: np.ndarray | None = None,
+    floor: float | None = None,
+) -> Ranking:
     """Rank every anchor's archive.
 
     anchors: (B, D) normalized image embeddings; neighbours: (B, L) index ids, -1 for none;
@@ -197,7 +208,7 @@ def rank(anchors: np.ndarray, neighbours: np.ndarray, extra: Ragged, bank_concep
     entries, inverse = np.unique(keys, return_inverse=True)
     owner, concept = entries // vocab, entries % vocab
     n = len(entries)
-    pair_entry = inverse[len(extra.values):][reference]
+    pair_entry = inverse[len(extra.values) :][reference]
     pair_sim = pair_sim[reference]
     count = np.bincount(pair_entry, minlength=n)
     total = np.bincount(pair_entry, weights=pair_sim, minlength=n)
@@ -220,10 +231,14 @@ def rank(anchors: np.ndarray, neighbours: np.ndarray, extra: Ragged, bank_concep
     cut = n if not top_k else top_k
     keep = order[(np.arange(n) - archive_offsets[owner[order]]) < cut]
     best_offsets = offsets_from_lengths(np.minimum(np.diff(archive_offsets), cut))
-    return Ranking(Ragged(archive_offsets, concept.astype(np.int32)), Ragged(best_offsets, keep), score[keep].astype(np.float32))
+    return Ranking(
+        Ragged(archive_offsets, concept.astype(np.int32)), Ragged(best_offsets, keep), score[keep].astype(np.float32)
+    )
 
 
-def rowwise_dots(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
+def rowwise_dots(
+    left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray, chunk: int = 2048
+) -> np.ndarray:
     """``left[left_rows[i]] · right[right_rows[i]]`` for every i, accumulated in float64.
 
     Float64 accumulation of float16-valued inputs is exact to rounding, so the same pair gives the
@@ -233,8 +248,12 @@ def rowwise_dots(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, rig
     out = np.empty(len(left_rows), np.float64)
     for start in range(0, len(out), chunk):
         rows = slice(start, start + chunk)
-        out[rows] = np.einsum("ij,ij->i", np.asarray(np.take(left, left_rows[rows], axis=0), dtype=np.float32),
-                              np.asarray(np.take(right, right_rows[rows], axis=0), dtype=np.float32), dtype=np.float64)
+        out[rows] = np.einsum(
+            "ij,ij->i",
+            np.asarray(np.take(left, left_rows[rows], axis=0), dtype=np.float32),
+            np.asarray(np.take(right, right_rows[rows], axis=0), dtype=np.float32),
+            dtype=np.float64,
+        )
     return out
 
 

@@ -12,6 +12,7 @@ a fresh actor up to ``max_retries`` times when the failure is the machine's (act
 an unexpected exception); a ``ShardError`` is the data's fault and is reported at once. Every shard
 ends either written or in the summary's failures.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,10 +31,10 @@ class RayExecutor:
     """How to run on Ray. ``address``: None starts a local cluster, "auto" joins the one this node belongs to."""
 
     address: str | None = None
-    workers: int | None = None       # actors; None: one per GPU when they use GPUs, else one per CPU they ask for
-    num_cpus: float = 1.0            # per actor (its image decoders run inside it)
-    num_gpus: float | None = None    # per actor; None: 1 when the cluster has GPUs (stages on --device cpu set 0)
-    max_retries: int = 2             # extra tries of a shard after its first failed one
+    workers: int | None = None  # actors; None: one per GPU when they use GPUs, else one per CPU they ask for
+    num_cpus: float = 1.0  # per actor (its image decoders run inside it)
+    num_gpus: float | None = None  # per actor; None: 1 when the cluster has GPUs (stages on --device cpu set 0)
+    max_retries: int = 2  # extra tries of a shard after its first failed one
 
     def connect(self) -> None:
         """Join or start the cluster (once per driver process)."""
@@ -57,8 +58,16 @@ class RayExecutor:
         by_gpu = int(cluster.get("GPU", 0) // gpus) if gpus else 0
         return max(1, by_gpu or int(cluster.get("CPU", 1) // max(self.num_cpus, 1e-9))), self.num_cpus, gpus
 
-    def run(self, pending: Sequence, fn: Callable, params: Any, progress: Callable[[int], None],
-            finish: Callable[[Any, Any], None], initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    def run(
+        self,
+        pending: Sequence,
+        fn: Callable,
+        params: Any,
+        progress: Callable[[int], None],
+        finish: Callable[[Any, Any], None],
+        initializer: Callable[..., None] | None,
+        initargs: tuple,
+    ) -> None:
         """Run ``fn`` on every pending task; call ``finish(task, (counts, seconds) | error)`` once per task."""
         import ray
 
@@ -84,16 +93,25 @@ class RayExecutor:
                 cause = _cause(err)
                 attempts[task] = attempts.get(task, 0) + 1
                 retry = not isinstance(cause, ShardError) and attempts[task] <= self.max_retries
-                log.warning("%s: attempt %d failed (%s)%s", task.source, attempts[task], _first_line(cause),
-                            "; retrying" if retry else "")
+                log.warning(
+                    "%s: attempt %d failed (%s)%s",
+                    task.source,
+                    attempts[task],
+                    _first_line(cause),
+                    "; retrying" if retry else "",
+                )
                 if not _alive(actor):
                     ray.kill(actor, no_restart=True)
                     actor = actor_class.remote(initializer, initargs)
                 if retry:
                     queue.append(task)
                 else:  # one line for the summary, however long Ray's own message is
-                    finish(task, cause if isinstance(cause, ShardError) else
-                           RuntimeError(f"failed {attempts[task]} time(s), last: {_first_line(cause)}"))
+                    finish(
+                        task,
+                        cause
+                        if isinstance(cause, ShardError)
+                        else RuntimeError(f"failed {attempts[task]} time(s), last: {_first_line(cause)}"),
+                    )
             else:
                 finish(task, outcome)
                 _report_rows(task, progress)

@@ -4,6 +4,7 @@ An input shard is what img2dataset writes with ``output_format="parquet"``: one 
 ``key`` (string), ``jpg`` (encoded image bytes) and ``caption`` (string); every other column is
 carried through untouched. Nothing here ever holds more than one batch of one shard in memory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,7 +67,9 @@ def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
         raise ShardError(path, f"not a readable Parquet file ({_first_line(err)})") from None
 
 
-def check_schema(path: str | os.PathLike, schema: pa.Schema, required: Mapping[str, tuple[pa.DataType, ...]] = REQUIRED_COLUMNS) -> None:
+def check_schema(
+    path: str | os.PathLike, schema: pa.Schema, required: Mapping[str, tuple[pa.DataType, ...]] = REQUIRED_COLUMNS
+) -> None:
     """Raise a ShardError naming the first missing column or wrong type."""
     for name, types in required.items():
         index = schema.get_field_index(name)
@@ -164,8 +167,11 @@ def check_keys_across_shards(sources: Sequence[Path]) -> None:
         return
     counts = pc.value_counts(everything)
     duplicate = pc.filter(counts, pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-    where = [(path, pc.index(k, duplicate).as_py()) for path, k in zip(readable, keys)
-             if pc.any(pc.equal(k, duplicate)).as_py()]
+    where = [
+        (path, pc.index(k, duplicate).as_py())
+        for path, k in zip(readable, keys)
+        if pc.any(pc.equal(k, duplicate)).as_py()
+    ]
     if len(where) < 2:
         return  # a duplicate inside one shard: the embed stage names it with its row
     (first, _), (second, row) = where[0], where[1]
@@ -235,7 +241,9 @@ def remove_stale_temporaries(directory: str | os.PathLike, owners: Collection[st
 class ShardWriter:
     """Write one Parquet file batch by batch; it appears under its final name only when closed cleanly."""
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, row_group_size: int = 1024, compression: str = "zstd"):
+    def __init__(
+        self, path: str | os.PathLike, schema: pa.Schema, row_group_size: int = 1024, compression: str = "zstd"
+    ):
         self.path = Path(path)
         self.schema = schema
         self.rows = 0
@@ -244,9 +252,14 @@ class ShardWriter:
         self._context = atomic_path(self.path)
         self._writer: pq.ParquetWriter | None = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         tmp = self._context.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema, compression=self._compression, write_statistics=["key"] if "key" in self.schema.names else True)
+        self._writer = pq.ParquetWriter(
+            tmp,
+            self.schema,
+            compression=self._compression,
+            write_statistics=["key"] if "key" in self.schema.names else True,
+        )
         return self
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:

@@ -6,6 +6,7 @@ made from (input fingerprint, parameters, tool version), so a rerun skips exactl
 inputs and parameters are unchanged and redoes the rest. Killing a stage at any moment therefore
 costs at most the shards in flight, and the rerun's result equals one clean run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,7 +71,9 @@ class StageSummary:
         return not self.failures
 
     def line(self) -> str:
-        parts = [f"{self.stage}: {self.done} shard(s) written, {self.skipped} skipped (already done), {len(self.failures)} failed"]
+        parts = [
+            f"{self.stage}: {self.done} shard(s) written, {self.skipped} skipped (already done), {len(self.failures)} failed"
+        ]
         parts += [f"{name} {value}" for name, value in sorted(self.counts.items())]
         parts.append(f"{self.seconds:.1f}s")
         return "; ".join(parts)
@@ -108,21 +111,26 @@ def is_done(task: ShardTask, digest: str) -> bool:
     return source_sha256(task.source, manifest) == manifest.get("source_sha256")
 
 
-def _write_manifest(task: ShardTask, stage: str, params: Mapping[str, Any], digest: str, counts: Mapping[str, int], seconds: float) -> None:
-    atomic_write_json(task.manifest, {
-        "stage": stage,
-        "source": str(task.source),
-        "source_stat": _fingerprint(task.source),
-        "source_sha256": sha256_file(task.source),
-        "target": task.target.name,
-        "target_stat": _fingerprint(task.target),
-        "target_sha256": sha256_file(task.target),
-        "params_digest": digest,
-        "params": dict(params),
-        "counts": dict(counts),
-        "seconds": round(seconds, 3),
-        "cocu_version": tool_version(),
-    })
+def _write_manifest(
+    task: ShardTask, stage: str, params: Mapping[str, Any], digest: str, counts: Mapping[str, int], seconds: float
+) -> None:
+    atomic_write_json(
+        task.manifest,
+        {
+            "stage": stage,
+            "source": str(task.source),
+            "source_stat": _fingerprint(task.source),
+            "source_sha256": sha256_file(task.source),
+            "target": task.target.name,
+            "target_stat": _fingerprint(task.target),
+            "target_sha256": sha256_file(task.target),
+            "params_digest": digest,
+            "params": dict(params),
+            "counts": dict(counts),
+            "seconds": round(seconds, 3),
+            "cocu_version": tool_version(),
+        },
+    )
 
 
 def run_stage(
@@ -170,7 +178,11 @@ def run_stage(
 
     def finish(task: ShardTask, outcome: tuple[Mapping[str, int], float] | BaseException) -> None:
         if isinstance(outcome, BaseException):
-            summary.failures.append(str(outcome) if isinstance(outcome, ShardError) else f"{task.source}: {type(outcome).__name__}: {outcome}")
+            summary.failures.append(
+                str(outcome)
+                if isinstance(outcome, ShardError)
+                else f"{task.source}: {type(outcome).__name__}: {outcome}"
+            )
             return
         counts, seconds = outcome
         _write_manifest(task, stage, params, digest, counts, seconds)
@@ -194,8 +206,9 @@ def run_stage(
     return summary
 
 
-def _timed(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progress: Progress,
-           context: tuple = ()) -> tuple[Mapping[str, int], float]:
+def _timed(
+    fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progress: Progress, context: tuple = ()
+) -> tuple[Mapping[str, int], float]:
     started = time.perf_counter()
     counts = fn(task, params, progress, *context)
     return counts, time.perf_counter() - started
@@ -204,8 +217,9 @@ def _timed(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progre
 _worker: dict[str, Any] = {}  # this pool process's progress queue and initializer context, set by _worker_init
 
 
-def _worker_init(progress_queue: Any, initializer: Callable[..., Any] | None, initargs: tuple,
-                 device_queue: Any) -> None:
+def _worker_init(
+    progress_queue: Any, initializer: Callable[..., Any] | None, initargs: tuple, device_queue: Any
+) -> None:
     if device_queue is not None:  # before the initializer loads a model: it must see only its own GPU
         pin_to_device(device_queue.get())
     context = (initializer(*initargs),) if initializer is not None else ()
@@ -226,8 +240,12 @@ def _run_parallel(pending, fn, params, workers, bar, finish, initializer, initar
             device_queue = manager.Queue()
             for slot in range(workers):  # one per worker process, each started once
                 device_queue.put(devices[slot % len(devices)])
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                                 initargs=(progress_queue, initializer, initargs, device_queue)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_worker_init,
+            initargs=(progress_queue, initializer, initargs, device_queue),
+        ) as pool:
             futures: dict[Future, ShardTask] = {pool.submit(_worker_run, fn, task, params): task for task in pending}
             while futures:
                 finished, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)

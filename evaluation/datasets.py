@@ -9,6 +9,7 @@ made: a missing folder, split file or annotation is one line naming the path.
 ``root`` is the dataset's own folder (``.../VOCdevkit/VOC2012``) or a data root that holds it under
 its usual name (``local_data/`` with ``VOCdevkit/VOC2012`` inside), as in the GroupViT/CoCu/TCL configs.
 """
+
 from __future__ import annotations
 
 import os
@@ -97,33 +98,128 @@ class Layout:
 
 
 LAYOUTS: dict[str, Layout] = {
-    "voc": Layout("PASCAL VOC 2012", ("VOCdevkit/VOC2012",), "JPEGImages", "SegmentationClass", ".jpg", ".png",
-                  cn.VOC, has_background=True, split="ImageSets/Segmentation/val.txt"),
-    "voc20": Layout("PASCAL VOC 2012 (20 classes, background ignored)", ("VOCdevkit/VOC2012",), "JPEGImages",
-                    "SegmentationClass", ".jpg", ".png", cn.VOC20, reduce_zero_label=True,
-                    split="ImageSets/Segmentation/val.txt"),
-    "context": Layout("PASCAL Context", ("VOCdevkit/VOC2010",), "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
-                      cn.CONTEXT, has_background=True, split="ImageSets/SegmentationContext/val.txt"),
-    "context59": Layout("PASCAL Context 59 (background ignored)", ("VOCdevkit/VOC2010",), "JPEGImages",
-                        "SegmentationClassContext", ".jpg", ".png", cn.CONTEXT59, reduce_zero_label=True,
-                        split="ImageSets/SegmentationContext/val.txt"),
-    "coco_object": Layout("COCO-Object", ("coco", "coco_stuff164k"), "images/val2017", "annotations/val2017", ".jpg",
-                          "_instanceTrainIds.png", cn.COCO_OBJECT, has_background=True,
-                          raw_fallback=(".png", COCO_OBJECT_LUT)),
-    "coco_stuff": Layout("COCO-Stuff-164k", ("coco_stuff164k",), "images/val2017", "annotations/val2017", ".jpg",
-                         "_labelTrainIds.png", cn.COCO_STUFF, raw_fallback=(".png", COCO_STUFF_LUT)),
-    "cityscapes": Layout("Cityscapes", ("cityscapes", "city"), "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
-                         "_gtFine_labelTrainIds.png", cn.CITYSCAPES, recursive=True),
-    "ade20k": Layout("ADE20K", ("ADEChallengeData2016", "ade/ADEChallengeData2016"), "images/validation",
-                     "annotations/validation", ".jpg", ".png", cn.ADE20K, reduce_zero_label=True),
-    "imagenet_s50": Layout("ImageNet-S50", ("ImageNetS/ImageNetS50", "ImageNetS50"), "validation",
-                           "validation-segmentation", ".JPEG", ".png", cn.IMAGENET_S50, has_background=True,
-                           ignore_index=1000, recursive=True, label_format="rgb", downsample_above=1000 * 1000),
-    "imagenet_s300": Layout("ImageNet-S300", ("ImageNetS/ImageNetS300", "ImageNetS300"), "validation",
-                            "validation-segmentation", ".JPEG", ".png", cn.IMAGENET_S300, has_background=True,
-                            ignore_index=1000, recursive=True, label_format="rgb", downsample_above=1000 * 1000),
-    "synthetic": Layout("cocu synthetic world (val split)", ("val",), "images", "annotations", ".jpg", ".png",
-                        classes_file="classes.txt"),
+    "voc": Layout(
+        "PASCAL VOC 2012",
+        ("VOCdevkit/VOC2012",),
+        "JPEGImages",
+        "SegmentationClass",
+        ".jpg",
+        ".png",
+        cn.VOC,
+        has_background=True,
+        split="ImageSets/Segmentation/val.txt",
+    ),
+    "voc20": Layout(
+        "PASCAL VOC 2012 (20 classes, background ignored)",
+        ("VOCdevkit/VOC2012",),
+        "JPEGImages",
+        "SegmentationClass",
+        ".jpg",
+        ".png",
+        cn.VOC20,
+        reduce_zero_label=True,
+        split="ImageSets/Segmentation/val.txt",
+    ),
+    "context": Layout(
+        "PASCAL Context",
+        ("VOCdevkit/VOC2010",),
+        "JPEGImages",
+        "SegmentationClassContext",
+        ".jpg",
+        ".png",
+        cn.CONTEXT,
+        has_background=True,
+        split="ImageSets/SegmentationContext/val.txt",
+    ),
+    "context59": Layout(
+        "PASCAL Context 59 (background ignored)",
+        ("VOCdevkit/VOC2010",),
+        "JPEGImages",
+        "SegmentationClassContext",
+        ".jpg",
+        ".png",
+        cn.CONTEXT59,
+        reduce_zero_label=True,
+        split="ImageSets/SegmentationContext/val.txt",
+    ),
+    "coco_object": Layout(
+        "COCO-Object",
+        ("coco", "coco_stuff164k"),
+        "images/val2017",
+        "annotations/val2017",
+        ".jpg",
+        "_instanceTrainIds.png",
+        cn.COCO_OBJECT,
+        has_background=True,
+        raw_fallback=(".png", COCO_OBJECT_LUT),
+    ),
+    "coco_stuff": Layout(
+        "COCO-Stuff-164k",
+        ("coco_stuff164k",),
+        "images/val2017",
+        "annotations/val2017",
+        ".jpg",
+        "_labelTrainIds.png",
+        cn.COCO_STUFF,
+        raw_fallback=(".png", COCO_STUFF_LUT),
+    ),
+    "cityscapes": Layout(
+        "Cityscapes",
+        ("cityscapes", "city"),
+        "leftImg8bit/val",
+        "gtFine/val",
+        "_leftImg8bit.png",
+        "_gtFine_labelTrainIds.png",
+        cn.CITYSCAPES,
+        recursive=True,
+    ),
+    "ade20k": Layout(
+        "ADE20K",
+        ("ADEChallengeData2016", "ade/ADEChallengeData2016"),
+        "images/validation",
+        "annotations/validation",
+        ".jpg",
+        ".png",
+        cn.ADE20K,
+        reduce_zero_label=True,
+    ),
+    "imagenet_s50": Layout(
+        "ImageNet-S50",
+        ("ImageNetS/ImageNetS50", "ImageNetS50"),
+        "validation",
+        "validation-segmentation",
+        ".JPEG",
+        ".png",
+        cn.IMAGENET_S50,
+        has_background=True,
+        ignore_index=1000,
+        recursive=True,
+        label_format="rgb",
+        downsample_above=1000 * 1000,
+    ),
+    "imagenet_s300": Layout(
+        "ImageNet-S300",
+        ("ImageNetS/ImageNetS300", "ImageNetS300"),
+        "validation",
+        "validation-segmentation",
+        ".JPEG",
+        ".png",
+        cn.IMAGENET_S300,
+        has_background=True,
+        ignore_index=1000,
+        recursive=True,
+        label_format="rgb",
+        downsample_above=1000 * 1000,
+    ),
+    "synthetic": Layout(
+        "cocu synthetic world (val split)",
+        ("val",),
+        "images",
+        "annotations",
+        ".jpg",
+        ".png",
+        classes_file="classes.txt",
+    ),
 }
 
 
@@ -168,12 +264,14 @@ class FolderDataset:
         image = read_image(image_path)
         label = self.read_label(label_path)
         if label.shape != image.shape[:2]:
-            raise DatasetError(f"{label_path}: label is {label.shape[1]}x{label.shape[0]} but its image "
-                               f"{image_path.name} is {image.shape[1]}x{image.shape[0]}")
+            raise DatasetError(
+                f"{label_path}: label is {label.shape[1]}x{label.shape[0]} but its image "
+                f"{image_path.name} is {image.shape[1]}x{image.shape[0]}"
+            )
         limit = self.layout.downsample_above
         if limit is not None and image.shape[0] * image.shape[1] > limit:
             h, w = image.shape[:2]
-            side = round(limit ** 0.5)
+            side = round(limit**0.5)
             size = (side, int(side * w / h)) if h > w else (int(side * h / w), side)
             image = resize_image(image, size)  # the prediction is resized back to the label (nearest)
         return name, image, label
@@ -198,9 +296,11 @@ class FolderDataset:
             label = self._lut[array] if self._lut is not None else array
         bad = (label >= self.num_label_ids) & (label != self.ignore_index)
         if bad.any():
-            raise DatasetError(f"{path}: label value {int(label[bad][0])} is neither a class id "
-                               f"(0..{self.num_label_ids - 1}) "
-                               f"nor the ignore index {self.ignore_index} ({int(bad.sum())} pixels)")
+            raise DatasetError(
+                f"{path}: label value {int(label[bad][0])} is neither a class id "
+                f"(0..{self.num_label_ids - 1}) "
+                f"nor the ignore index {self.ignore_index} ({int(bad.sum())} pixels)"
+            )
         return label
 
 
@@ -223,8 +323,9 @@ def open_dataset(name: str, root: str | os.PathLike) -> FolderDataset:
     ann_suffix, lut, label_source = layout.ann_suffix, None, f"{layout.ann_dir}/*{layout.ann_suffix}"
     if layout.raw_fallback and not _has_files(ann_dir, layout.ann_suffix, layout.recursive):
         ann_suffix, lut = layout.raw_fallback
-        label_source = (f"{layout.ann_dir}/*{ann_suffix} (raw COCO-Stuff stuffthingmaps, "
-                        "mapped as the reference converter does)")
+        label_source = (
+            f"{layout.ann_dir}/*{ann_suffix} (raw COCO-Stuff stuffthingmaps, mapped as the reference converter does)"
+        )
     names = _split_names(base, layout)
     items = [(n, base / layout.img_dir / f"{n}{layout.img_suffix}", ann_dir / f"{n}{ann_suffix}") for n in names]
     _check_items(base, layout, items)
@@ -242,7 +343,9 @@ def _find_home(root: Path, layout: Layout) -> Path:
                 raise DatasetError(f"{base}: {layout.title} layout incomplete, missing {', '.join(missing)}")
             return base
     homes = " or ".join(str(root / home) for home in layout.homes)
-    raise DatasetError(f"{root}: no {layout.title} layout here; expected {{{', '.join(required)}}} under {root} or {homes}")
+    raise DatasetError(
+        f"{root}: no {layout.title} layout here; expected {{{', '.join(required)}}} under {root} or {homes}"
+    )
 
 
 def _required(layout: Layout) -> list[str]:

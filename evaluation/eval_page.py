@@ -3,6 +3,7 @@
 The page is written from what the evaluation left in its folder (``metrics.json`` and ``overlays/``),
 so it can be made again at any time without the model, and it sits beside them so its links are relative.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,16 @@ def _value(percent: float | None) -> str:
 def class_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-class IoU and accuracy in label-id order; a class absent from labels and predictions has no bar."""
     accuracy = record.get("per_class_accuracy", {})
-    return [{"name": name.strip() or repr(name), "iou": _value(iou), "absent": iou is None,
-             "width": 0.0 if iou is None else max(0.0, min(iou, 100.0)), "accuracy": _value(accuracy.get(name))}
-            for name, iou in record["per_class_iou"].items()]
+    return [
+        {
+            "name": name.strip() or repr(name),
+            "iou": _value(iou),
+            "absent": iou is None,
+            "width": 0.0 if iou is None else max(0.0, min(iou, 100.0)),
+            "accuracy": _value(accuracy.get(name)),
+        }
+        for name, iou in record["per_class_iou"].items()
+    ]
 
 
 def write_eval_page(folder: str | os.PathLike) -> Path:
@@ -42,15 +50,24 @@ def write_eval_page(folder: str | os.PathLike) -> Path:
     preset = record.get("preset", {})
     checkpoint = record.get("checkpoint", {})
     overlays = sorted(p.relative_to(folder).as_posix() for p in (folder / "overlays").glob("*.png"))
-    summary = [("dataset", record.get("dataset_title", record.get("dataset", "-"))),
-               ("preset", preset.get("name", "-")),
-               ("images", f"{record.get('images', '-')} / {record.get('split_size', '-')}"),
-               ("mIoU", _value(record["miou"])),
-               ("pixel accuracy", _value(record.get("pixel_accuracy"))),
-               ("mean accuracy", _value(record.get("mean_accuracy"))),
-               ("classes counted", f"{record.get('classes_counted', '-')} of {len(record['per_class_iou'])}"),
-               ("images/s", f"{record.get('images_per_second', '-')} on {record.get('device', '-')}"),
-               ("checkpoint", f"{Path(checkpoint.get('path', '-')).name} {checkpoint.get('sha256', '')[:12]}".strip())]
+    summary = [
+        ("dataset", record.get("dataset_title", record.get("dataset", "-"))),
+        ("preset", preset.get("name", "-")),
+        ("images", f"{record.get('images', '-')} / {record.get('split_size', '-')}"),
+        ("mIoU", _value(record["miou"])),
+        ("pixel accuracy", _value(record.get("pixel_accuracy"))),
+        ("mean accuracy", _value(record.get("mean_accuracy"))),
+        ("classes counted", f"{record.get('classes_counted', '-')} of {len(record['per_class_iou'])}"),
+        ("images/s", f"{record.get('images_per_second', '-')} on {record.get('device', '-')}"),
+        ("checkpoint", f"{Path(checkpoint.get('path', '-')).name} {checkpoint.get('sha256', '')[:12]}".strip()),
+    ]
     title = f"Zero-shot segmentation: {record.get('dataset_title', record.get('dataset', ''))}"
-    return write_page(folder / PAGE, "eval.html.j2", title=title, summary=summary, classes=class_rows(record),
-                      overlays=overlays, preset=preset)
+    return write_page(
+        folder / PAGE,
+        "eval.html.j2",
+        title=title,
+        summary=summary,
+        classes=class_rows(record),
+        overlays=overlays,
+        preset=preset,
+    )

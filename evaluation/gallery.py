@@ -6,6 +6,7 @@ empty archives, errors, and with the synthetic world's truth how many additions 
 concepts with scores and clusters. Cards are data (``data.js``) that the page filters, sorts and pages in
 the browser, so a 10,000-row shard shows 60 cards at a time. The folder appears complete or not at all.
 """
+
 from __future__ import annotations
 
 import io
@@ -66,9 +67,11 @@ class GallerySummary:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        return (f"gallery {self.out}: {self.cards} cards of {self.rows} rows from {self.shards} shard(s), "
-                f"{self.errors} with cocu_error, {self.seconds:.1f}s ({self.rows_per_second:.0f} rows/s); "
-                f"open {self.out / 'index.html'}")
+        return (
+            f"gallery {self.out}: {self.cards} cards of {self.rows} rows from {self.shards} shard(s), "
+            f"{self.errors} with cocu_error, {self.seconds:.1f}s ({self.rows_per_second:.0f} rows/s); "
+            f"open {self.out / 'index.html'}"
+        )
 
 
 def read_truth(folder: str | os.PathLike) -> dict[str, frozenset[str]]:
@@ -76,8 +79,11 @@ def read_truth(folder: str | os.PathLike) -> dict[str, frozenset[str]]:
     truth: dict[str, frozenset[str]] = {}
     for path in expand_shards(folder):
         shard = open_parquet(path)
-        check_schema(path, shard.schema_arrow, {"key": REQUIRED_COLUMNS["key"],
-                                                "present": (pa.list_(pa.string()), pa.list_(pa.large_string()))})
+        check_schema(
+            path,
+            shard.schema_arrow,
+            {"key": REQUIRED_COLUMNS["key"], "present": (pa.list_(pa.string()), pa.list_(pa.large_string()))},
+        )
         table = pq.read_table(path, columns=["key", "present"])
         truth.update(zip(table.column("key").to_pylist(), map(frozenset, table.column("present").to_pylist())))
     return truth
@@ -142,13 +148,31 @@ class Cards:
             present = self.truth[row["key"]]
             right = [int(c in present) for c in curated]
             missed = self._ids(sorted(present - set(named) - set(curated)))
-        self.rows.append([row["key"], row["caption"] or "", path, self._ids(named), self._ids(curated),
-                          [round(float(s), 3) for s in row["cocu_scores"] or []], list(row["cocu_clusters"] or []),
-                          row["cocu_error"], right, missed, shard, index])
+        self.rows.append(
+            [
+                row["key"],
+                row["caption"] or "",
+                path,
+                self._ids(named),
+                self._ids(curated),
+                [round(float(s), 3) for s in row["cocu_scores"] or []],
+                list(row["cocu_clusters"] or []),
+                row["cocu_error"],
+                right,
+                missed,
+                shard,
+                index,
+            ]
+        )
 
     def payload(self, page_size: int, shards: Sequence[str]) -> dict[str, Any]:
-        return {"concepts": list(self.concepts), "rows": self.rows, "truth": self.truth is not None,
-                "page_size": page_size, "shards": list(shards)}
+        return {
+            "concepts": list(self.concepts),
+            "rows": self.rows,
+            "truth": self.truth is not None,
+            "page_size": page_size,
+            "shards": list(shards),
+        }
 
 
 def _check_row(path: Path, row: dict[str, Any], number: int, truth: dict[str, frozenset[str]] | None) -> None:
@@ -156,14 +180,19 @@ def _check_row(path: Path, row: dict[str, Any], number: int, truth: dict[str, fr
     if len(scores) != len(concepts):
         raise ShardError(path, f"cocu_scores has {len(scores)} values for {len(concepts)} cocu_concepts", row=number)
     if clusters and len(clusters) != len(concepts):
-        raise ShardError(path, f"cocu_clusters has {len(clusters)} values for {len(concepts)} cocu_concepts",
-                         row=number)
+        raise ShardError(
+            path, f"cocu_clusters has {len(clusters)} values for {len(concepts)} cocu_concepts", row=number
+        )
     if truth is not None and row["key"] not in truth:
         raise ShardError(path, f"key '{row['key']}' has no row in the truth folder", row=number)
 
 
-def write_gallery(curated: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
-                  truth: str | os.PathLike | None = None, config: GalleryConfig = GalleryConfig()) -> GallerySummary:
+def write_gallery(
+    curated: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    truth: str | os.PathLike | None = None,
+    config: GalleryConfig = GalleryConfig(),
+) -> GallerySummary:
     """Write ``out/index.html`` (the cards), ``out/summary.html`` and what they show, from curated shards."""
     started = time.perf_counter()
     shards = expand_shards(curated)
@@ -185,7 +214,7 @@ def write_gallery(curated: str | os.PathLike | Sequence[str | os.PathLike], out:
                     _check_row(path, row, number + offset, answers)
                     tally.update(row, answers[row["key"]] if answers is not None else None)
                 if len(cards.rows) < limit:
-                    cards.add(rows[:limit - len(cards.rows)], shard_number, number)
+                    cards.add(rows[: limit - len(cards.rows)], shard_number, number)
                 number += len(rows)
         names = [path.name for path in shards]
         payload = cards.payload(config.page_size, names)
@@ -194,9 +223,14 @@ def write_gallery(curated: str | os.PathLike | Sequence[str | os.PathLike], out:
         context = {"source": source, "rows": tally.rows, "cards": len(cards.rows), "truth": answers is not None}
         write_page(work / "index.html", "gallery.html.j2", **context)
         write_summary(work, tally, config.top_concepts, **context)
-        record = {"tool": "cocu-curate show", "shards": [str(p) for p in shards],
-                  "truth": str(truth) if truth else None, "rows": tally.rows, "cards": len(cards.rows),
-                  "config": asdict(config)}
+        record = {
+            "tool": "cocu-curate show",
+            "shards": [str(p) for p in shards],
+            "truth": str(truth) if truth else None,
+            "rows": tally.rows,
+            "cards": len(cards.rows),
+            "config": asdict(config),
+        }
         (work / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     seconds = time.perf_counter() - started
     return GallerySummary(Path(out), tally.rows, len(cards.rows), len(shards), tally.errors, seconds)

@@ -1,4 +1,5 @@
 """The gallery's summary page: what curation added across every row, counted in one pass, with three plots."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -29,8 +30,9 @@ class CurationTally:
         self.added_right: Counter[str] = Counter()
         self.per_image = {"curated": Counter(), "added": Counter(), "caption": Counter()}
         self.omitted = self.omitted_found = 0
-        self.scores: dict[str, list[float]] = {"named": [], "added": []} if not truth else \
-            {"named": [], "added, right": [], "added, wrong": []}
+        self.scores: dict[str, list[float]] = (
+            {"named": [], "added": []} if not truth else {"named": [], "added, right": [], "added, wrong": []}
+        )
 
     def update(self, row: dict[str, Any], present: Set[str] | None) -> None:
         self.rows += 1
@@ -69,26 +71,49 @@ class CurationTally:
         out = [
             {"name": "rows", "value": f"{self.rows:,}", "means": "every row of every curated shard"},
             {"name": "cocu_error", "value": _share(self.errors, self.rows), "means": "rows curation could not process"},
-            {"name": "empty archives", "value": _share(self.empty, self.curated_rows),
-             "means": "curated rows that got no concept at all (no neighbour or caption concept)"},
-            {"name": "rows with additions", "value": _share(self.with_added, self.curated_rows),
-             "means": "curated rows that got at least one concept their caption does not name"},
-            {"name": "concepts per image", "value": f"{mean['curated']:.2f}",
-             "means": f"curated; {mean['added']:.2f} added, caption names {mean['caption']:.2f}"},
+            {
+                "name": "empty archives",
+                "value": _share(self.empty, self.curated_rows),
+                "means": "curated rows that got no concept at all (no neighbour or caption concept)",
+            },
+            {
+                "name": "rows with additions",
+                "value": _share(self.with_added, self.curated_rows),
+                "means": "curated rows that got at least one concept their caption does not name",
+            },
+            {
+                "name": "concepts per image",
+                "value": f"{mean['curated']:.2f}",
+                "means": f"curated; {mean['added']:.2f} added, caption names {mean['caption']:.2f}",
+            },
         ]
         if self.truth:
             total = sum(self.added.values())
-            out += [{"name": "additions right", "value": _share(sum(self.added_right.values()), total),
-                     "means": "added concepts the image really shows (the world's truth)"},
-                    {"name": "omissions found", "value": _share(self.omitted_found, self.omitted),
-                     "means": "concepts the image shows but its caption omits, found among the curated ones"}]
+            out += [
+                {
+                    "name": "additions right",
+                    "value": _share(sum(self.added_right.values()), total),
+                    "means": "added concepts the image really shows (the world's truth)",
+                },
+                {
+                    "name": "omissions found",
+                    "value": _share(self.omitted_found, self.omitted),
+                    "means": "concepts the image shows but its caption omits, found among the curated ones",
+                },
+            ]
         return out
 
     def top_added(self, count: int) -> list[dict[str, Any]]:
         rows = max(self.curated_rows, 1)
-        return [{"concept": name, "count": n, "share": f"{100 * n / rows:.1f}%",
-                 "right": _share(self.added_right[name], n) if self.truth else None}
-                for name, n in self.added.most_common(count)]
+        return [
+            {
+                "concept": name,
+                "count": n,
+                "share": f"{100 * n / rows:.1f}%",
+                "right": _share(self.added_right[name], n) if self.truth else None,
+            }
+            for name, n in self.added.most_common(count)
+        ]
 
 
 def _share(part: int, whole: int) -> str:
@@ -141,8 +166,14 @@ def plot_scores(tally: CurationTally, path: Path) -> None:
     colours = {"named": NAMED, "added": "#e08e0b", "added, right": RIGHT, "added, wrong": WRONG}
     for kind, kept in tally.scores.items():
         if kept:
-            ax.hist(np.clip(kept, low, high), bins=bins, histtype="step", linewidth=1.6, color=colours[kind],
-                    label=f"{kind} ({len(kept):,})")
+            ax.hist(
+                np.clip(kept, low, high),
+                bins=bins,
+                histtype="step",
+                linewidth=1.6,
+                color=colours[kind],
+                label=f"{kind} ({len(kept):,})",
+            )
     ax.set_xlabel("cocu score (1st to 99th percentile; the rest in the end bins)")
     ax.set_ylabel("concepts")
     ax.set_title("Scores of curated concepts", fontsize=10)
@@ -163,5 +194,6 @@ def write_summary(folder: Path, tally: CurationTally, top: int, **context: Any) 
     plot_added(tally, top, folder / "plots" / "added_most.png")
     plot_per_image(tally, folder / "plots" / "per_image.png")
     plot_scores(tally, folder / "plots" / "scores.png")
-    return write_page(folder / "summary.html", "summary.html.j2", figures=tally.figures(), top=tally.top_added(top),
-                      **context)
+    return write_page(
+        folder / "summary.html", "summary.html.j2", figures=tally.figures(), top=tally.top_added(top), **context
+    )

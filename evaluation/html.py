@@ -3,6 +3,7 @@
 The pages use no server, no network and no CDN: styles and scripts are inlined from ``templates/``,
 pictures are files beside the page, so a gallery folder can be copied anywhere and opened.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,13 @@ MARKER = "cocu-page.json"  # written last into every folder made by ``page_folde
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("cocu.evaluation", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cocu.evaluation", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.globals["asset"] = asset
     return env
 

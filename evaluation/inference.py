@@ -11,6 +11,7 @@ resized bilinearly to the original image size and arg-maxed.
 Windows of one size from several images run through the model together, which is what makes the
 tiny-image synthetic split fast; the result is identical to mmseg's batch-size-1 loop.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -69,8 +70,13 @@ def slide_windows(height: int, width: int, crop: int, stride: int) -> list[Windo
 
 
 @torch.no_grad()
-def build_text_embeddings(model: Any, classnames: Sequence[str], templates: Sequence[str],
-                          tokenize: Tokenizer | None = None, batch_size: int = 256) -> torch.Tensor:
+def build_text_embeddings(
+    model: Any,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    tokenize: Tokenizer | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """One L2-normalised embedding per class: the mean over templates of the normalised prompt embeddings."""
     if tokenize is None:
         from cocu.training.text import tokenize
@@ -78,14 +84,15 @@ def build_text_embeddings(model: Any, classnames: Sequence[str], templates: Sequ
     prompts = [template.format(name) for name in classnames for template in templates]
     chunks = []
     for start in range(0, len(prompts), batch_size):
-        tokens = tokenize(prompts[start:start + batch_size], model.context_length).to(device)
+        tokens = tokenize(prompts[start : start + batch_size], model.context_length).to(device)
         chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
     embeds = torch.cat(chunks).view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(embeds, dim=-1)
 
 
-def group_class_scores(group_embeds: torch.Tensor, image_embed: torch.Tensor, text: torch.Tensor,
-                       logit_scale: float, topk: int) -> torch.Tensor:
+def group_class_scores(
+    group_embeds: torch.Tensor, image_embed: torch.Tensor, text: torch.Tensor, logit_scale: float, topk: int
+) -> torch.Tensor:
     """GroupViT's group -> class scores ``[B, G, C]``: ``softmax(top-k masked L) * softmax(L)``.
 
     ``L = s * group @ text^T``; the top-k classes of the image embedding's softmax stay, the others get
@@ -131,8 +138,16 @@ class ZeroShotSegmenter:
     and ``logit_scale_value()``. ``text`` holds the foreground class embeddings ``[C_fg, D]``.
     """
 
-    def __init__(self, model: Any, text: torch.Tensor, preset: Preset, has_background: bool, batch_size: int = 16,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    def __init__(
+        self,
+        model: Any,
+        text: torch.Tensor,
+        preset: Preset,
+        has_background: bool,
+        batch_size: int = 16,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
         if has_background and preset.bg_thresh is None:
             raise ValueError(f"preset {preset.name} has no background threshold but the dataset has a background class")
         self.model = model.eval()
@@ -158,9 +173,13 @@ class ZeroShotSegmenter:
     def window_logits(self, crops: torch.Tensor) -> torch.Tensor:
         """Class scores ``[B, C, h, w]`` for a batch of same-sized windows (background first when present)."""
         feats = self.model.group_features(crops)
-        groups = group_class_scores(F.normalize(feats.group_embeds.float(), dim=-1),
-                                    F.normalize(feats.image_embed.float(), dim=-1),
-                                    self.text, self.logit_scale, self.preset.topk)
+        groups = group_class_scores(
+            F.normalize(feats.group_embeds.float(), dim=-1),
+            F.normalize(feats.image_embed.float(), dim=-1),
+            self.text,
+            self.logit_scale,
+            self.preset.topk,
+        )
         scores = pixel_scores(feats.attn, groups, tuple(crops.shape[-2:]))
         if self.has_background:
             scores = with_background(scores, groups, self.preset.bg_thresh, self.preset.bg_rule)
@@ -178,7 +197,7 @@ class ZeroShotSegmenter:
         counts = [torch.zeros(1, *t.shape[-2:], device=self.device) for t in prepared]
         for jobs in by_shape.values():
             for start in range(0, len(jobs), self.batch_size):
-                chunk = jobs[start:start + self.batch_size]
+                chunk = jobs[start : start + self.batch_size]
                 crops = torch.stack([prepared[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
                 for (i, (y1, y2, x1, x2)), scores in zip(chunk, self.window_logits(crops)):
                     sums[i][:, y1:y2, x1:x2] += scores

@@ -7,6 +7,7 @@ does there). Over the split the areas are *summed*, then ``IoU_c = sum I_c / sum
 union is zero over the whole split is NaN and left out of the mean. Pixel accuracy is
 ``sum I / sum labelled``. Counts are int64, so the sums are exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ def prepare_label(label: np.ndarray | torch.Tensor, reduce_zero: bool) -> torch.
     return reduce_zero_label(tensor) if reduce_zero else tensor
 
 
-def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
-                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def intersect_and_union(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class (intersection, union, predicted area, labelled area) of one image or a batch, int64."""
     keep = label != ignore_index
     pred, label = pred[keep], label[keep]
@@ -112,7 +114,7 @@ class SegMetric:
         self.label_area += label_area
         self.images += 1 if pred.dim() == 2 else pred.shape[0]
 
-    def merge(self, other: "SegMetric") -> None:
+    def merge(self, other: SegMetric) -> None:
         for name in ("intersect", "union", "pred_area", "label_area"):
             getattr(self, name).add_(getattr(other, name))
         self.images += other.images
@@ -133,16 +135,23 @@ class SegMetric:
         )
 
 
-def ranking_metrics(scores: np.ndarray, targets: np.ndarray, salient: np.ndarray, stuff: np.ndarray, classes: Sequence[str]) -> dict:
+def ranking_metrics(
+    scores: np.ndarray, targets: np.ndarray, salient: np.ndarray, stuff: np.ndarray, classes: Sequence[str]
+) -> dict:
     """Multi-label ranking quality of image-to-concept scores (N x C) against presence (N x C)."""
     k = targets.sum(1)
     ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
     found = targets & (ranks < k[:, None])  # present and among the |present| best
     per_image = found.sum(1) / k
     things = ~stuff
-    per_class = {c: round(float(found[:, i].sum() / targets[:, i].sum()), 4) for i, c in enumerate(classes) if targets[:, i].any()}
-    mean_ap = multilabel_average_precision(torch.from_numpy(scores), torch.from_numpy(targets.astype(np.int64)),
-                                           num_labels=len(classes), average="macro")
+    per_class = {
+        c: round(float(found[:, i].sum() / targets[:, i].sum()), 4)
+        for i, c in enumerate(classes)
+        if targets[:, i].any()
+    }
+    mean_ap = multilabel_average_precision(
+        torch.from_numpy(scores), torch.from_numpy(targets.astype(np.int64)), num_labels=len(classes), average="macro"
+    )
     return {
         "images": int(len(scores)),
         "classes": len(classes),

@@ -19,6 +19,7 @@ geometry between both harnesses; only the templates differ.
 Every ``metrics.json`` records the full preset (``Preset.to_dict``), so a number is never separated
 from the settings that produced it.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -73,10 +74,14 @@ class Preset:
         """The foreground class names to embed, checked against the dataset's label count."""
         names = self.classes if self.classes is not None else tuple(dataset_classes)
         if len(names) != len(dataset_classes):
-            raise ValueError(f"preset {self.name} names {len(names)} classes but the dataset has {len(dataset_classes)}")
+            raise ValueError(
+                f"preset {self.name} names {len(names)} classes but the dataset has {len(dataset_classes)}"
+            )
         if has_background:
             if self.bg_thresh is None:
-                raise ValueError(f"preset {self.name} has no background threshold but the dataset has a background class")
+                raise ValueError(
+                    f"preset {self.name} has no background threshold but the dataset has a background class"
+                )
             return names[1:]
         return names
 
@@ -89,39 +94,56 @@ class Preset:
 
 
 def _gv(dataset: str, short_side: int, crop: int, stride: int, classes, bg_thresh=None, source="") -> Preset:
-    return Preset("groupvit", dataset, short_side, crop, stride, classes, SIMPLE_TEMPLATES, bg_thresh, "groupvit",
-                  source=source)
+    return Preset(
+        "groupvit", dataset, short_side, crop, stride, classes, SIMPLE_TEMPLATES, bg_thresh, "groupvit", source=source
+    )
 
 
 def _tcl(dataset: str, classes, bg_thresh=None, short_side: int = 448, crop: int = 448, stride: int = 224) -> Preset:
-    return Preset("tcl", dataset, short_side, crop, stride, classes, TCL_TEMPLATES, bg_thresh, "constant",
-                  source="TCL segmentation/configs/_base_/datasets + configs/eval.yml (bg 0.5 = TCL without PAMR)")
+    return Preset(
+        "tcl",
+        dataset,
+        short_side,
+        crop,
+        stride,
+        classes,
+        TCL_TEMPLATES,
+        bg_thresh,
+        "constant",
+        source="TCL segmentation/configs/_base_/datasets + configs/eval.yml (bg 0.5 = TCL without PAMR)",
+    )
 
 
 _GV = "GroupViT/CoCu segmentation/configs/_base_/datasets/"
 SEGMENTATION_PRESETS: dict[str, dict[str, Preset]] = {
-    "groupvit": {p.dataset: p for p in (
-        _gv("voc", 448, 448, 224, cn.VOC_GROUPVIT, 0.95, _GV + "pascal_voc12.py (paper: 0.9)"),
-        _gv("context", 448, 448, 224, cn.CONTEXT_GROUPVIT, 0.35, _GV + "pascal_context.py (paper: 0.5)"),
-        _gv("coco_object", 448, 448, 224, cn.COCO_OBJECT, 0.95, _GV + "coco.py"),
-        _gv("coco_stuff", 512, 224, 112, cn.COCO_STUFF, None, _GV + "coco_stuff.py (CoCu)"),
-        _gv("cityscapes", 1024, 448, 224, cn.CITYSCAPES, None, _GV + "cityscapes.py (CoCu, img_scale 2048x1024)"),
-        _gv("ade20k", 512, 224, 112, cn.ADE20K, None, _GV + "ade.py (CoCu)"),
-        _gv("imagenet_s50", 448, 448, 224, cn.IMAGENET_S50, 0.95, _GV + "imagenet-s-50.py (CoCu)"),
-        _gv("imagenet_s300", 448, 448, 224, cn.IMAGENET_S300, 0.75, _GV + "imagenet-s-300.py (CoCu)"),
-        _gv("synthetic", 64, 64, 32, None, None, "cocu: the synthetic world's 64 px, one window per image"),
-    )},
-    "tcl": {p.dataset: p for p in (
-        _tcl("voc", cn.VOC, 0.5),
-        _tcl("voc20", cn.VOC20),
-        _tcl("context", cn.CONTEXT, 0.5),
-        _tcl("context59", cn.CONTEXT59),
-        _tcl("coco_object", cn.COCO_OBJECT, 0.5),
-        _tcl("coco_stuff", cn.COCO_STUFF),
-        _tcl("cityscapes", cn.CITYSCAPES),
-        _tcl("ade20k", cn.ADE20K),
-        _tcl("synthetic", None, short_side=64, crop=64, stride=32),
-    )},
+    "groupvit": {
+        p.dataset: p
+        for p in (
+            _gv("voc", 448, 448, 224, cn.VOC_GROUPVIT, 0.95, _GV + "pascal_voc12.py (paper: 0.9)"),
+            _gv("context", 448, 448, 224, cn.CONTEXT_GROUPVIT, 0.35, _GV + "pascal_context.py (paper: 0.5)"),
+            _gv("coco_object", 448, 448, 224, cn.COCO_OBJECT, 0.95, _GV + "coco.py"),
+            _gv("coco_stuff", 512, 224, 112, cn.COCO_STUFF, None, _GV + "coco_stuff.py (CoCu)"),
+            _gv("cityscapes", 1024, 448, 224, cn.CITYSCAPES, None, _GV + "cityscapes.py (CoCu, img_scale 2048x1024)"),
+            _gv("ade20k", 512, 224, 112, cn.ADE20K, None, _GV + "ade.py (CoCu)"),
+            _gv("imagenet_s50", 448, 448, 224, cn.IMAGENET_S50, 0.95, _GV + "imagenet-s-50.py (CoCu)"),
+            _gv("imagenet_s300", 448, 448, 224, cn.IMAGENET_S300, 0.75, _GV + "imagenet-s-300.py (CoCu)"),
+            _gv("synthetic", 64, 64, 32, None, None, "cocu: the synthetic world's 64 px, one window per image"),
+        )
+    },
+    "tcl": {
+        p.dataset: p
+        for p in (
+            _tcl("voc", cn.VOC, 0.5),
+            _tcl("voc20", cn.VOC20),
+            _tcl("context", cn.CONTEXT, 0.5),
+            _tcl("context59", cn.CONTEXT59),
+            _tcl("coco_object", cn.COCO_OBJECT, 0.5),
+            _tcl("coco_stuff", cn.COCO_STUFF),
+            _tcl("cityscapes", cn.CITYSCAPES),
+            _tcl("ade20k", cn.ADE20K),
+            _tcl("synthetic", None, short_side=64, crop=64, stride=32),
+        )
+    },
 }
 
 
@@ -133,5 +155,7 @@ def get_preset(harness: str, dataset: str) -> Preset:
     if dataset not in table:
         others = [h for h, t in SEGMENTATION_PRESETS.items() if dataset in t]
         hint = f"; '{dataset}' has presets: {', '.join(others)}" if others else ""
-        raise KeyError(f"preset '{harness}' has no setting for dataset '{dataset}' (it covers: {', '.join(table)}){hint}")
+        raise KeyError(
+            f"preset '{harness}' has no setting for dataset '{dataset}' (it covers: {', '.join(table)}){hint}"
+        )
     return table[dataset]

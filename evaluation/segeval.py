@@ -4,6 +4,7 @@ Images stream through the reader (optionally in DataLoader workers); windows fro
 batched through the model; the metric accumulates per image, so memory does not grow with the split.
 The record returned is what ``metrics.json`` holds; ``write_metrics`` adds the Markdown table.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,17 +24,35 @@ from tqdm.auto import tqdm
 from cocu.curation.shards import atomic_write_bytes
 
 from .datasets import FolderDataset, Sample
-from .inference import (IMAGENET_MEAN, IMAGENET_STD, Tokenizer, ZeroShotSegmenter, build_text_embeddings, rescale_size,
-                        slide_windows)
+from .inference import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Tokenizer,
+    ZeroShotSegmenter,
+    build_text_embeddings,
+    rescale_size,
+    slide_windows,
+)
 from .metrics import SegMetric, prepare_label
 from .presets import Preset
 from .visualize import save_overlay
 
 
-def evaluate(model: Any, dataset: FolderDataset, preset: Preset, *, batch_size: int = 16, workers: int = 0,
-             limit: int | None = None, save_images: int = 0, out_dir: str | os.PathLike | None = None,
-             tokenize: Tokenizer | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-             std: Sequence[float] = IMAGENET_STD, progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: Any,
+    dataset: FolderDataset,
+    preset: Preset,
+    *,
+    batch_size: int = 16,
+    workers: int = 0,
+    limit: int | None = None,
+    save_images: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    tokenize: Tokenizer | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run zero-shot segmentation over the split (or its first ``limit`` images) and score it."""
     if save_images and out_dir is None:
         raise ValueError("save_images needs out_dir")
@@ -57,9 +76,15 @@ def evaluate(model: Any, dataset: FolderDataset, preset: Preset, *, batch_size: 
                 metric.update(pred, label)
                 if overlays is not None and saved < save_images:
                     target = prepare_label(label, dataset.reduce_zero_label).numpy()
-                    save_overlay(overlays / f"{saved:04d}_{name.replace('/', '_')}.png", _at_label_size(image, label.shape),
-                                 target, pred.numpy(), dataset.classes, dataset.ignore_index,
-                                 title=f"{name} ({preset.name})")
+                    save_overlay(
+                        overlays / f"{saved:04d}_{name.replace('/', '_')}.png",
+                        _at_label_size(image, label.shape),
+                        target,
+                        pred.numpy(),
+                        dataset.classes,
+                        dataset.ignore_index,
+                        title=f"{name} ({preset.name})",
+                    )
                     saved += 1
             windows += sum(_window_count(image, preset) for image in images)
             bar.update(len(chunk))

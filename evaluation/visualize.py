@@ -1,4 +1,5 @@
 """Overlays for a look at what the model does: image | ground truth | prediction, with a class legend."""
+
 from __future__ import annotations
 
 import os
@@ -35,9 +36,17 @@ def colorize(label: np.ndarray, colours: np.ndarray, ignore_index: int) -> np.nd
     return out
 
 
-def save_overlay(path: str | os.PathLike, image: np.ndarray, label: np.ndarray, pred: np.ndarray,
-                 classes: Sequence[str], ignore_index: int, title: str = "", alpha: float = 0.65,
-                 max_legend: int = 16) -> None:
+def save_overlay(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    label: np.ndarray,
+    pred: np.ndarray,
+    classes: Sequence[str],
+    ignore_index: int,
+    title: str = "",
+    alpha: float = 0.65,
+    max_legend: int = 16,
+) -> None:
     """Write one PNG: the image, the ground truth and the prediction blended over it, and a legend.
 
     ``label`` and ``pred`` are in evaluation ids (after ``reduce_zero_label``). The legend lists the
@@ -60,13 +69,18 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, label: np.ndarray, 
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    handles = [Patch(facecolor=colours[c] / 255.0, edgecolor="black", linewidth=0.3,
-                     label=classes[c].strip() or repr(classes[c])) for c in shown]
+    handles = [
+        Patch(
+            facecolor=colours[c] / 255.0, edgecolor="black", linewidth=0.3, label=classes[c].strip() or repr(classes[c])
+        )
+        for c in shown
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6) or 1, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.88 if title else 0.93, bottom=0.05 + 0.05 * ((len(handles) + 5) // 6),
-                        wspace=0.03)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, top=0.88 if title else 0.93, bottom=0.05 + 0.05 * ((len(handles) + 5) // 6), wspace=0.03
+    )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

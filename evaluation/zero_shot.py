@@ -1,12 +1,13 @@
 """Zero-shot concept ranking of a CLIP (the teacher, or any CLIP curation can load) on a world's truth: how much it knows."""
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -19,26 +20,55 @@ from cocu.evaluation.metrics import ranking_metrics
 from cocu.training.teacher.config import DEFAULT_PROMPT
 from cocu.training.teacher.files import teacher_files
 
-TRUTH_COLUMNS = {"key": (pa.string(), pa.large_string()), "present": (pa.list_(pa.string()), pa.large_list(pa.string())),
-                 "salient": (pa.string(), pa.large_string())}
+TRUTH_COLUMNS = {
+    "key": (pa.string(), pa.large_string()),
+    "present": (pa.list_(pa.string()), pa.large_list(pa.string())),
+    "salient": (pa.string(), pa.large_string()),
+}
 
 
-def evaluate_teacher(model: str | os.PathLike, world: str | os.PathLike, split: str = "train", pretrained: str | None = None,
-                     max_images: int = 2000, prompt: str = DEFAULT_PROMPT, device: str = "auto", progress: bool = True) -> dict:
+def evaluate_teacher(
+    model: str | os.PathLike,
+    world: str | os.PathLike,
+    split: str = "train",
+    pretrained: str | None = None,
+    max_images: int = 2000,
+    prompt: str = DEFAULT_PROMPT,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Zero-shot concept ranking on a world's split of a teacher folder, or of any CLIP curation can load
     (a name plus a tag or checkpoint file, ``hf-hub:``, ``local-dir:``), loaded by curation's own loader."""
     if Path(model).is_dir():
         model, weights = teacher_files(model)
         pretrained = str(weights)
     clip = load_clip(str(model), pretrained, device=resolve_device(device))
-    return zero_shot(clip.model, clip.preprocess, clip.tokenizer, world, split, max_images, prompt=prompt, device=clip.device,
-                     progress=progress)
+    return zero_shot(
+        clip.model,
+        clip.preprocess,
+        clip.tokenizer,
+        world,
+        split,
+        max_images,
+        prompt=prompt,
+        device=clip.device,
+        progress=progress,
+    )
 
 
 @torch.no_grad()
-def zero_shot(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, world: str | os.PathLike, split: str = "train",
-              max_images: int = 2000, prompt: str = DEFAULT_PROMPT, batch_size: int = 256, device: torch.device | str = "cpu",
-              progress: bool = True) -> dict:
+def zero_shot(
+    model: torch.nn.Module,
+    preprocess: Callable,
+    tokenizer: Callable,
+    world: str | os.PathLike,
+    split: str = "train",
+    max_images: int = 2000,
+    prompt: str = DEFAULT_PROMPT,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Rank all class names of the world for each image whose present concepts are known.
 
     Reports recall@|present| (the share of present concepts among the |present| best-ranked, mean
@@ -94,7 +124,9 @@ def zero_shot(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
     if not scores:
         raise ShardError(world / split, "no images to evaluate")
     result = ranking_metrics(np.concatenate(scores), np.stack(targets), np.array(salient), stuff, classes)
-    result.update({"world": str(world), "split": split, "prompt": prompt, "seconds": round(time.perf_counter() - start, 2)})
+    result.update(
+        {"world": str(world), "split": split, "prompt": prompt, "seconds": round(time.perf_counter() - start, 2)}
+    )
     return result
 
 

@@ -1,4 +1,5 @@
 """Shared test settings: never reach the network, keep runs small and quiet."""
+
 import os
 
 for _name, _value in {
@@ -20,7 +21,9 @@ def small_world(tmp_path_factory):
     from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
-    record = generate_world(out, WorldConfig(train=2000, teacher=400, val=40, shard_size=500), workers=1, progress=False)
+    record = generate_world(
+        out, WorldConfig(train=2000, teacher=400, val=40, shard_size=500), workers=1, progress=False
+    )
     return out, record
 
 

@@ -1,4 +1,5 @@
 """`make benchmark` at a tiny size: every stage runs through the user's commands and the report is complete."""
+
 import re
 import sys
 
@@ -12,8 +13,15 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     out = tmp_path / "bench"
     report = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])
     text = report.read_text()
-    for heading in ("## Findings", "## Segmentation", "## Curation quality", "## Teacher CLIP", "## Throughput",
-                    "## Per-class IoU", "## Settings"):
+    for heading in (
+        "## Findings",
+        "## Segmentation",
+        "## Curation quality",
+        "## Teacher CLIP",
+        "## Throughput",
+        "## Per-class IoU",
+        "## Settings",
+    ):
         assert heading in text, heading
     for figure in ("per_class_iou.png", "curation.png", "examples.png"):
         assert (out / "figures" / figure).stat().st_size > 1000
@@ -22,22 +30,52 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     assert re.search(r"\| caption \(GroupViT baseline\) \| `caption` \| \*\*\d+\.\d\*\*", segmentation)
     assert "`cocu-cluster`" in segmentation and "`oracle`" not in segmentation
     curation = text.split("## Curation quality")[1].split("## Teacher")[0]
-    for row in ("release (the authors' formula)", "cocu (expansion + ranking)",
-                "cocu, hybrid archive (+ vocabulary top-M)", "neighbours' captions, most frequent",
-                "teacher CLIP over the whole vocabulary", "release top-3", "cocu-top (cocu formula, top-3)", "cocu-cluster (cluster-guided)", "oracle (true concepts)"):
+    for row in (
+        "release (the authors' formula)",
+        "cocu (expansion + ranking)",
+        "cocu, hybrid archive (+ vocabulary top-M)",
+        "neighbours' captions, most frequent",
+        "teacher CLIP over the whole vocabulary",
+        "release top-3",
+        "cocu-top (cocu formula, top-3)",
+        "cocu-cluster (cluster-guided)",
+        "oracle (true concepts)",
+    ):
         assert f"| {row} |" in curation, row
-    for row in ("`release`", "`+ exclude_anchor`", "`+ anchor_once`", "`+ floor_local`", "`+ own_concepts`",
-                "`+ prompt template`", "`cocu`"):
+    for row in (
+        "`release`",
+        "`+ exclude_anchor`",
+        "`+ anchor_once`",
+        "`+ floor_local`",
+        "`+ own_concepts`",
+        "`+ prompt template`",
+        "`cocu`",
+    ):
         assert f"| {row} |" in curation, row  # the departures, one at a time
     throughput = text.split("## Throughput")[1].split("##")[0]
-    for stage in ("synth", "teacher", "bank", "bank-release", "enrich", "enrich-release", "enrich-hybrid", "quality",
-                  "train-caption", "eval-caption", "train-cocu-cluster"):
+    for stage in (
+        "synth",
+        "teacher",
+        "bank",
+        "bank-release",
+        "enrich",
+        "enrich-release",
+        "enrich-hybrid",
+        "quality",
+        "train-caption",
+        "eval-caption",
+        "train-cocu-cluster",
+    ):
         assert f"| {stage} |" in throughput, stage
     assert "- `cocu-cluster` scores" in text
     pages = text.split("## Pages to look at")[1].split("##")[0]
     links = re.findall(r"\]\(([^)]+\.html)\)", pages)
-    assert links == ["gallery/index.html", "gallery/summary.html", "runs/caption/eval/index.html",
-                     "runs/cocu-cluster/eval/index.html"]
+    assert links == [
+        "gallery/index.html",
+        "gallery/summary.html",
+        "runs/caption/eval/index.html",
+        "runs/cocu-cluster/eval/index.html",
+    ]
     assert all((out / link).is_file() for link in links)
     assert "| gallery | 400 |" in throughput
     capsys.readouterr()
@@ -56,8 +94,12 @@ def test_runs_side_by_side_log_quietly_keep_their_order_and_fail_loudly(tmp_path
     def job(mode: str) -> None:
         started.append(mode)
         for stage in ("train", "eval"):
-            runner.run(f"{stage}-{mode}", [sys.executable, "-c", f"import time; time.sleep(0.2); print('{stage} {mode} ok')"],
-                       {"mode": mode}, quiet=True)
+            runner.run(
+                f"{stage}-{mode}",
+                [sys.executable, "-c", f"import time; time.sleep(0.2); print('{stage} {mode} ok')"],
+                {"mode": mode},
+                quiet=True,
+            )
 
     runner.side_by_side(job, ["b-run", "a-run"], lanes=2)
     assert [s.name for s in runner.stages] == ["train-b-run", "eval-b-run", "train-a-run", "eval-a-run"]

@@ -1,4 +1,5 @@
 """The concept vocabulary: mined from captions, matched on whole tokens, saved and loaded intact."""
+
 import json
 
 import pyarrow.parquet as pq
@@ -25,7 +26,11 @@ def vocab(*concepts: str) -> Vocabulary:
 
 
 def read_column(folder, column):
-    return [value for path in sorted(folder.glob("*.parquet")) for value in pq.read_table(path, columns=[column]).column(column).to_pylist()]
+    return [
+        value
+        for path in sorted(folder.glob("*.parquet"))
+        for value in pq.read_table(path, columns=[column]).column(column).to_pylist()
+    ]
 
 
 @pytest.mark.slow
@@ -57,10 +62,17 @@ def test_whole_tokens_only():
     assert v.match("cars, cars and more cars") == ["car"]
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("two buses", ["bus"]), ("autumn leaves", ["leaf"]), ("three fish", ["fish"]), ("boxes of fish", ["box", "fish"]),
-    ("a bus and a leaf", ["bus", "leaf"]), ("people", ["person"]),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("two buses", ["bus"]),
+        ("autumn leaves", ["leaf"]),
+        ("three fish", ["fish"]),
+        ("boxes of fish", ["box", "fish"]),
+        ("a bus and a leaf", ["bus", "leaf"]),
+        ("people", ["person"]),
+    ],
+)
 def test_plurals_collapse_to_one_concept(caption, expected):
     assert vocab("bus", "leaf", "fish", "box", "person").match(caption) == expected
 
@@ -84,8 +96,14 @@ def test_compounds_match_with_their_heads():
 
 
 def test_build_mines_compounds_and_drops_attributes_numbers_and_photo_words():
-    captions = ["a coffee mug on a desk", "two small red coffee mugs", "stock photo of a coffee mug",
-                "close-up of 3 coffee mugs", "a coffee mug seen from above", "the dog's bowl"] * 2
+    captions = [
+        "a coffee mug on a desk",
+        "two small red coffee mugs",
+        "stock photo of a coffee mug",
+        "close-up of 3 coffee mugs",
+        "a coffee mug seen from above",
+        "the dog's bowl",
+    ] * 2
     v = build_vocabulary(captions, min_count=2, progress=False)
     assert v.concepts == ("bowl", "coffee mug", "desk", "dog", "mug")
     assert v.counts[v.index("coffee mug")] == 10
@@ -138,12 +156,15 @@ def test_save_load_round_trip_and_digest(tmp_path):
     assert loaded.match("two coffee mugs at the café") == ["coffee mug", "mug", "café"]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(counts=[*d["counts"][:-1], 99]), "digest"),
-    (lambda d: d.update(concepts=["dogs"], counts=[1]), "row 0: 'dogs' is not canonical"),
-    (lambda d: d.update(normalization="old"), "rebuild the vocabulary"),
-    (lambda d: d.update(format="other"), "not a vocabulary file"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(counts=[*d["counts"][:-1], 99]), "digest"),
+        (lambda d: d.update(concepts=["dogs"], counts=[1]), "row 0: 'dogs' is not canonical"),
+        (lambda d: d.update(normalization="old"), "rebuild the vocabulary"),
+        (lambda d: d.update(format="other"), "not a vocabulary file"),
+    ],
+)
 def test_load_refuses_inconsistent_files(tmp_path, edit, message):
     path = tmp_path / "vocab.json"
     vocab("cup", "mug").save(path)
@@ -165,19 +186,22 @@ def test_load_refuses_unreadable_files(tmp_path):
         Vocabulary.load(tmp_path / "missing.json")
 
 
-@pytest.mark.parametrize("concept, template, expected", [
-    ("apple", "a photo of a {}.", "a photo of an apple."),
-    ("dogs", "a photo of a {}.", "a photo of a dog."),
-    ("Umbrellas", "a photo of a {}.", "a photo of an umbrella."),
-    ("unicorn", "a photo of a {}.", "a photo of a unicorn."),
-    ("hour glass", "itap of a {}.", "itap of an hour glass."),
-    ("egg", "a {} in a video game.", "an egg in a video game."),
-    ("egg", "A {}.", "An egg."),
-    ("cup", "a photo of an {}.", "a photo of a cup."),
-    ("apple", "a photo of the {}.", "a photo of the apple."),
-    ("leaves", "a bad photo of the {}.", "a bad photo of the leaf."),
-    ("tv monitors", "a photo of a {}.", "a photo of a tv monitor."),
-])
+@pytest.mark.parametrize(
+    "concept, template, expected",
+    [
+        ("apple", "a photo of a {}.", "a photo of an apple."),
+        ("dogs", "a photo of a {}.", "a photo of a dog."),
+        ("Umbrellas", "a photo of a {}.", "a photo of an umbrella."),
+        ("unicorn", "a photo of a {}.", "a photo of a unicorn."),
+        ("hour glass", "itap of a {}.", "itap of an hour glass."),
+        ("egg", "a {} in a video game.", "an egg in a video game."),
+        ("egg", "A {}.", "An egg."),
+        ("cup", "a photo of an {}.", "a photo of a cup."),
+        ("apple", "a photo of the {}.", "a photo of the apple."),
+        ("leaves", "a bad photo of the {}.", "a bad photo of the leaf."),
+        ("tv monitors", "a photo of a {}.", "a photo of a tv monitor."),
+    ],
+)
 def test_prompt_grammar(concept, template, expected):
     assert prompt(concept, template) == expected
 
@@ -190,6 +214,11 @@ def test_prompt_rejects_empty_concepts_and_slotless_templates():
 
 
 def test_caption_nouns():
-    assert caption_nouns(["Two brown dogs are playing with a red frisbee in the park.", None,
-                          "a man in a white t-shirt", "the children's toys"]) == [
-        ["dog", "frisbee", "park"], [], ["man", "t-shirt"], ["child", "toy"]]
+    assert caption_nouns(
+        [
+            "Two brown dogs are playing with a red frisbee in the park.",
+            None,
+            "a man in a white t-shirt",
+            "the children's toys",
+        ]
+    ) == [["dog", "frisbee", "park"], [], ["man", "t-shirt"], ["child", "toy"]]

@@ -1,4 +1,5 @@
 """End-to-end curation on a small synthetic world with a tiny random-init open_clip: build-bank, then enrich."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,11 @@ from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.shards import sha256_file
 
 MODEL = "cocu-test-tiny"
-TINY = {"embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+TINY = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 SHARD_ROWS = 100
 
 
@@ -49,16 +52,30 @@ def curated(tmp_path_factory):
     from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("curation")
-    generate_world(root / "world", WorldConfig(train=6 * SHARD_ROWS, teacher=0, val=0, shard_size=SHARD_ROWS), progress=False)
+    generate_world(
+        root / "world", WorldConfig(train=6 * SHARD_ROWS, teacher=0, val=0, shard_size=SHARD_ROWS), progress=False
+    )
     checkpoint = save_tiny_clip(root / "ckpt", seed=1)
-    summary = build_bank(root / "world" / "train", root / "bank",
-                         BankConfig(model=MODEL, pretrained=str(checkpoint), batch_size=64, decode_workers=1), progress=False)
+    summary = build_bank(
+        root / "world" / "train",
+        root / "bank",
+        BankConfig(model=MODEL, pretrained=str(checkpoint), batch_size=64, decode_workers=1),
+        progress=False,
+    )
     assert summary.ok, summary.embed.failures
     config = EnrichConfig(batch_size=40)
     stage = enrich(root / "bank", root / "world" / "train", root / "out", config, progress=False)
     assert stage.ok, stage.failures
-    return {"root": root, "world": root / "world", "bank": root / "bank", "out": root / "out", "checkpoint": checkpoint,
-            "summary": summary, "stage": stage, "config": config}
+    return {
+        "root": root,
+        "world": root / "world",
+        "bank": root / "bank",
+        "out": root / "out",
+        "checkpoint": checkpoint,
+        "summary": summary,
+        "stage": stage,
+        "config": config,
+    }
 
 
 # ------------------------------------------------------------------------------------------- bank
@@ -106,7 +123,9 @@ def test_bank_embeddings_are_what_open_clip_gives_a_user(curated):
     model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=str(curated["checkpoint"]))
     model.eval()
     shard = pq.read_table(sorted((curated["world"] / "train").glob("*.parquet"))[0]).slice(0, 8)
-    pixels = torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in shard.column("jpg").to_pylist()])
+    pixels = torch.stack(
+        [preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in shard.column("jpg").to_pylist()]
+    )
     with torch.no_grad():
         expected = model.encode_image(pixels, normalize=True).numpy()
         text = model.encode_text(open_clip.get_tokenizer(MODEL)(["a photo of a mug."]), normalize=True).numpy()[0]
@@ -169,7 +188,13 @@ def test_enrich_output_schema_rows_and_readers(curated):
         before, after = pq.read_table(source), pq.read_table(target)
         assert after.num_rows == before.num_rows == SHARD_ROWS
         assert after.select(before.column_names).equals(before)  # every input column, unchanged
-        assert after.schema.names == before.column_names + ["caption_concepts", "cocu_concepts", "cocu_scores", "cocu_clusters", "cocu_error"]
+        assert after.schema.names == before.column_names + [
+            "caption_concepts",
+            "cocu_concepts",
+            "cocu_scores",
+            "cocu_clusters",
+            "cocu_error",
+        ]
         assert after.schema.field("cocu_scores").type == pa.list_(pa.float32())
         assert after.schema.field("cocu_clusters").type == pa.list_(pa.int32())
         rows = after.drop_columns(["jpg"]).to_pylist()
@@ -184,7 +209,9 @@ def test_enrich_output_schema_rows_and_readers(curated):
             first_seen = list(dict.fromkeys(row["cocu_clusters"]))
             assert first_seen == list(range(len(first_seen)))  # canonical: the best concept is in cluster 0
     counts = curated["stage"].counts
-    assert counts["images"] == counts["curated"] == counts["reused"] == 600 and counts["embedded"] == counts["errors"] == 0
+    assert (
+        counts["images"] == counts["curated"] == counts["reused"] == 600 and counts["embedded"] == counts["errors"] == 0
+    )
 
     files = [str(p) for p in outputs]
     loaded = datasets.load_dataset("parquet", data_files=files, split="train")
@@ -206,12 +233,16 @@ def reference_rank(anchor, self_id, own, search, image_concepts, embeddings, tex
     stats, peak = {}, -math.inf
     for c in archive:
         g = float(np.dot(text[c].astype(np.float64), anchor.astype(np.float64)))
-        sims = [g] + [float(np.dot(text[c].astype(np.float64), embeddings[i].astype(np.float64))) for i in ids if c in image_concepts[i]]
+        sims = [g] + [
+            float(np.dot(text[c].astype(np.float64), embeddings[i].astype(np.float64)))
+            for i in ids
+            if c in image_concepts[i]
+        ]
         peak = max(peak, max(sims))
         stats[c] = (g, sum(sims) / len(sims))
     scale = peak if peak > 0 else 1.0
     scores = {c: g / scale + g / max(mean, floor) for c, (g, mean) in stats.items()}
-    best = sorted(scores, key=lambda c: (-scores[c], c))[:top_k or None]
+    best = sorted(scores, key=lambda c: (-scores[c], c))[: top_k or None]
     return best, [scores[c] for c in best]
 
 
@@ -227,8 +258,18 @@ def test_ranking_equals_per_image_reference(curated):
         ids = bank.lookup(table.column("key").combine_chunks())
         for row, bank_id in zip(table.to_pylist(), ids):
             own = [names.index(c) for c in row["caption_concepts"]]
-            best, scores = reference_rank(embeddings[bank_id], int(bank_id), own, bank.searcher.search, image_concepts,
-                                          embeddings, bank.text, config.neighbors, config.top_k, bank.local_floor)
+            best, scores = reference_rank(
+                embeddings[bank_id],
+                int(bank_id),
+                own,
+                bank.searcher.search,
+                image_concepts,
+                embeddings,
+                bank.text,
+                config.neighbors,
+                config.top_k,
+                bank.local_floor,
+            )
             assert row["cocu_concepts"] == [names[c] for c in best], row["key"]
             np.testing.assert_allclose(row["cocu_scores"], scores, rtol=1e-5, atol=1e-5)
             compared += 1
@@ -240,9 +281,23 @@ def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
     """kill -9 mid-run, rerun: the output equals the uninterrupted run's, byte for byte, with no temporaries left."""
     killed = tmp_path / "killed"
     batch = str(curated["config"].batch_size)
-    command = [sys.executable, "-m", "cocu.cli.curate", "enrich", "--bank", str(curated["bank"]),
-               "--shards", str(curated["world"] / "train"), "--out", str(killed), "--batch-size", batch]
-    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "cocu.cli.curate",
+        "enrich",
+        "--bank",
+        str(curated["bank"]),
+        "--shards",
+        str(curated["world"] / "train"),
+        "--out",
+        str(killed),
+        "--batch-size",
+        batch,
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not list(killed.glob("*.manifest.json")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -260,7 +315,9 @@ def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
 
 @pytest.mark.slow
 def test_parallel_workers_give_the_same_output(curated, tmp_path):
-    summary = enrich(curated["bank"], curated["world"] / "train", tmp_path / "parallel", curated["config"], workers=2, progress=False)
+    summary = enrich(
+        curated["bank"], curated["world"] / "train", tmp_path / "parallel", curated["config"], workers=2, progress=False
+    )
     assert summary.ok and summary.done == 6 and summary.counts == curated["stage"].counts
     for a, b in zip(_shards(tmp_path / "parallel"), _shards(curated["out"]), strict=True):
         assert a.read_bytes() == b.read_bytes()
@@ -272,12 +329,34 @@ def test_enrich_refuses_another_model(curated, tmp_path):
     from cocu.cli.curate import app
 
     with pytest.raises(BankError, match=f"built with {MODEL} / tiny.pt.*names ViT-B-32"):
-        enrich(curated["bank"], curated["world"] / "train", tmp_path / "a", EnrichConfig(model="ViT-B-32"), progress=False)
+        enrich(
+            curated["bank"], curated["world"] / "train", tmp_path / "a", EnrichConfig(model="ViT-B-32"), progress=False
+        )
     other = save_tiny_clip(tmp_path / "other", seed=2)  # same architecture, other weights
     with pytest.raises(BankError, match="built with .* but this run names"):
-        enrich(curated["bank"], curated["world"] / "train", tmp_path / "b", EnrichConfig(pretrained=str(other)), progress=False)
-    result = CliRunner().invoke(app, ["enrich", "--bank", str(curated["bank"]), "--shards", str(curated["world"] / "train"),
-                                      "--out", str(tmp_path / "c"), "--model", "ViT-B-16", "--pretrained", "openai"])
+        enrich(
+            curated["bank"],
+            curated["world"] / "train",
+            tmp_path / "b",
+            EnrichConfig(pretrained=str(other)),
+            progress=False,
+        )
+    result = CliRunner().invoke(
+        app,
+        [
+            "enrich",
+            "--bank",
+            str(curated["bank"]),
+            "--shards",
+            str(curated["world"] / "train"),
+            "--out",
+            str(tmp_path / "c"),
+            "--model",
+            "ViT-B-16",
+            "--pretrained",
+            "openai",
+        ],
+    )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and MODEL in lines[0] and "ViT-B-16 / openai" in lines[0]
@@ -297,12 +376,20 @@ def test_undecodable_and_missing_images_keep_their_rows(curated, tmp_path):
     images[7] = None
     captions = source.column("caption").to_pylist()
     captions[5], captions[6] = None, ""  # no caption is no error: the neighbours still bring concepts
-    shard = (source.set_column(0, "key", pa.array(keys)).set_column(1, "jpg", pa.array(images, pa.binary()))
-             .set_column(2, "caption", pa.array(captions, pa.string())))
+    shard = (
+        source.set_column(0, "key", pa.array(keys))
+        .set_column(1, "jpg", pa.array(images, pa.binary()))
+        .set_column(2, "caption", pa.array(captions, pa.string()))
+    )
     (tmp_path / "in").mkdir()
     pq.write_table(shard, tmp_path / "in" / "odd.parquet")
     summary = enrich(curated["bank"], tmp_path / "in", tmp_path / "out", EnrichConfig(batch_size=5), progress=False)
-    assert summary.ok and summary.counts["errors"] == 2 and summary.counts["embedded"] == 10 and summary.counts["reused"] == 0
+    assert (
+        summary.ok
+        and summary.counts["errors"] == 2
+        and summary.counts["embedded"] == 10
+        and summary.counts["reused"] == 0
+    )
     out = pq.read_table(tmp_path / "out" / "odd.parquet")
     assert out.num_rows == 12 and out.column("key").to_pylist() == keys
     rows = out.drop_columns(["jpg"]).to_pylist()
@@ -321,8 +408,17 @@ def test_undecodable_and_missing_images_keep_their_rows(curated, tmp_path):
     stored = np.asarray(bank.embeddings[bank.lookup(source.column("key").combine_chunks())], np.float32)
     np.testing.assert_allclose(fresh.vectors[ok].astype(np.float32), stored[ok], atol=2e-3)
     # build-bank leaves the two bad images out of the index and says so
-    built = build_bank(tmp_path / "in", tmp_path / "bank", BankConfig(model=MODEL, pretrained=str(curated["checkpoint"]),
-                       vocabulary=str(curated["bank"] / "vocabulary.json"), decode_workers=0), progress=False)
+    built = build_bank(
+        tmp_path / "in",
+        tmp_path / "bank",
+        BankConfig(
+            model=MODEL,
+            pretrained=str(curated["checkpoint"]),
+            vocabulary=str(curated["bank"] / "vocabulary.json"),
+            decode_workers=0,
+        ),
+        progress=False,
+    )
     assert built.ok and built.rows == 10 and built.undecodable == 2
 
 
@@ -337,7 +433,9 @@ def test_a_bad_shard_fails_alone_in_one_line(curated, tmp_path):
     assert all("\n" not in f for f in summary.failures)
     assert "zz-no-caption.parquet: missing required column 'caption'" in summary.failures[0]
     assert "zz-not-parquet.parquet: not a readable Parquet file" in summary.failures[1]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([good.name, good.name.replace(".parquet", ".manifest.json")])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [good.name, good.name.replace(".parquet", ".manifest.json")]
+    )
 
 
 @pytest.mark.slow
@@ -355,14 +453,38 @@ def test_cli_help_and_status(curated):
     assert status.exit_code == 0 and "enrich" in status.output and "6 shard(s) done" in status.output
     bank_status = runner.invoke(app, ["status", "--out", str(curated["bank"])])
     assert "complete; 600 images" in bank_status.output
-    missing = runner.invoke(app, ["enrich", "--bank", str(curated["root"] / "nope"), "--shards", str(curated["world"] / "train"),
-                                  "--out", str(curated["root"] / "x")])
+    missing = runner.invoke(
+        app,
+        [
+            "enrich",
+            "--bank",
+            str(curated["root"] / "nope"),
+            "--shards",
+            str(curated["world"] / "train"),
+            "--out",
+            str(curated["root"] / "x"),
+        ],
+    )
     assert missing.exit_code == 1 and "no such bank directory" in missing.stderr
-    bad_tag = runner.invoke(app, ["build-bank", "--shards", str(curated["world"] / "train"), "--model", MODEL,
-                                  "--pretrained", "no-such-tag", "--out", str(curated["root"] / "never")])
+    bad_tag = runner.invoke(
+        app,
+        [
+            "build-bank",
+            "--shards",
+            str(curated["world"] / "train"),
+            "--model",
+            MODEL,
+            "--pretrained",
+            "no-such-tag",
+            "--out",
+            str(curated["root"] / "never"),
+        ],
+    )
     assert bad_tag.exit_code == 1 and not (curated["root"] / "never").exists()
-    assert bad_tag.stderr.strip().splitlines() == [f"error: cannot load CLIP {MODEL} / no-such-tag: Pretrained value 'no-such-tag' "
-                                                   "is not a known tag or valid file path"]
+    assert bad_tag.stderr.strip().splitlines() == [
+        f"error: cannot load CLIP {MODEL} / no-such-tag: Pretrained value 'no-such-tag' "
+        "is not a known tag or valid file path"
+    ]
 
 
 def test_stages_give_back_the_callers_thread_counts(curated, tmp_path):
@@ -384,4 +506,3 @@ def test_stages_give_back_the_callers_thread_counts(curated, tmp_path):
     finally:
         torch.set_num_threads(saved[0])
         faiss.omp_set_num_threads(saved[1])
-

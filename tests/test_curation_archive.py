@@ -1,18 +1,18 @@
 """The archive around the ranking: the release's hits, the hybrid vocabulary archive, the whole archive kept and
 clustered before any top-K cut, and k-means against scikit-learn's."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+from test_curation import reference_rank
+from test_curation_units import clip_like_world, normalized
 
 from cocu.curation.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
 from cocu.curation.enrich import EnrichConfig, curate
 from cocu.curation.ranking import Ragged, anchor_first, local_floor
-
-from test_curation import reference_rank
-from test_curation_units import clip_like_world, normalized
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +36,27 @@ def test_hybrid_archive_adds_the_vocabulary_top_m_and_ranks_it_by_the_same_formu
     queries, self_ids = embeddings[:40], np.arange(40)
     own = Ragged.from_lists([concepts[i] for i in range(40)])
     m = 5
-    both = curate(bank, queries, self_ids, own, np.arange(40),
-                  EnrichConfig(archive="both", vocabulary_top=m, clusters=False))
-    alone = curate(bank, queries, self_ids, own, np.arange(40), EnrichConfig(archive="vocabulary", vocabulary_top=m,
-                                                                            clusters=False))
+    both = curate(
+        bank, queries, self_ids, own, np.arange(40), EnrichConfig(archive="both", vocabulary_top=m, clusters=False)
+    )
+    alone = curate(
+        bank,
+        queries,
+        self_ids,
+        own,
+        np.arange(40),
+        EnrichConfig(archive="vocabulary", vocabulary_top=m, clusters=False),
+    )
     plain = curate(bank, queries, self_ids, own, np.arange(40), EnrichConfig(clusters=False))
-    for i, (got, vocabulary, neighbours) in enumerate(zip(both.concepts.tolist(), alone.concepts.tolist(),
-                                                            plain.concepts.tolist())):
+    for i, (got, vocabulary, neighbours) in enumerate(
+        zip(both.concepts.tolist(), alone.concepts.tolist(), plain.concepts.tolist())
+    ):
         top = np.argsort(-(text @ queries[i]), kind="stable")[:m].tolist()
         assert set(top) <= set(vocabulary) and set(vocabulary) == set(top) | set(concepts[i])
         assert set(got) == set(neighbours) | set(top)
-        best, scores = reference_rank(queries[i], i, concepts[i] + top, bank.searcher.search, concepts, embeddings,
-                                      text, 8, 0, bank.local_floor)
+        best, scores = reference_rank(
+            queries[i], i, concepts[i] + top, bank.searcher.search, concepts, embeddings, text, 8, 0, bank.local_floor
+        )
         assert got == best
         span = slice(both.concepts.offsets[i], both.concepts.offsets[i + 1])
         np.testing.assert_allclose(both.scores[span], scores, rtol=1e-5)
@@ -63,9 +72,11 @@ def test_top_k_cuts_the_stored_list_after_clustering_the_whole_archive(world):
     for i in range(60):
         a, b = whole.concepts.offsets[i], cut.concepts.offsets[i]
         n = cut.concepts.offsets[i + 1] - b
-        assert np.array_equal(cut.concepts.values[b:b + n], whole.concepts.values[a:a + n])
+        assert np.array_equal(cut.concepts.values[b : b + n], whole.concepts.values[a : a + n])
         # the kept concepts carry the clusters of the whole archive (canonical numbering of the same prefix)
-        assert np.array_equal(cut.clusters[b:b + n], canonical_labels(np.zeros(n, np.int64), whole.clusters[a:a + n]))
+        assert np.array_equal(
+            cut.clusters[b : b + n], canonical_labels(np.zeros(n, np.int64), whole.clusters[a : a + n])
+        )
 
 
 def test_kmeans_mean_inertia_within_two_percent_of_scikit_learn():

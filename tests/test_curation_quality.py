@@ -22,7 +22,9 @@ def test_perfect_and_empty_rankings():
 
 
 def test_prompt_quality():
-    scores = prompt_quality([["dog", "grass", "photo"], ["cup"]], [["dog"], ["cup"]], [["dog", "grass", "sky"], ["cup", "mug"]])
+    scores = prompt_quality(
+        [["dog", "grass", "photo"], ["cup"]], [["dog"], ["cup"]], [["dog", "grass", "sky"], ["cup", "mug"]]
+    )
     assert scores.precision == pytest.approx(3 / 4)
     assert scores.present_recall == pytest.approx(3 / 5)
     assert scores.omitted_recall == pytest.approx(1 / 3)

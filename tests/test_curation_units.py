@@ -1,4 +1,5 @@
 """Curation building blocks on constructed data: ranking vs the per-image reference, clustering, index, CLIP loading."""
+
 from __future__ import annotations
 
 import io
@@ -10,15 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from test_curation import TINY, reference_rank
 
 from cocu.curation.bank import Bank
 from cocu.curation.clip import decode_image, load_clip
 from cocu.curation.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
 from cocu.curation.enrich import EnrichConfig, curate
-from cocu.curation.index import SearchParams, Searcher, build_index, choose_factory
+from cocu.curation.index import Searcher, SearchParams, build_index, choose_factory
 from cocu.curation.ranking import EPS, Ragged, exclude_self, rank
-
-from test_curation import TINY, reference_rank
 
 
 def normalized(x: np.ndarray) -> np.ndarray:
@@ -33,8 +33,18 @@ def memory_bank(embeddings: np.ndarray, concepts: list[list[int]], text: np.ndar
     sims = np.einsum("ij,ij->i", text[lists.values], embeddings[lists.owners()], dtype=np.float64)
     keys = pa.array([f"k{i}" for i in range(len(embeddings))])
     names = pa.array([f"c{i:03d}" for i in range(len(text))])
-    return Bank(None, {"bank_id": "memory"}, None, names, text, Ragged(lists.offsets, lists.values.astype(np.int32)), sims,
-                keys, embeddings.astype(np.float16), Searcher(index))
+    return Bank(
+        None,
+        {"bank_id": "memory"},
+        None,
+        names,
+        text,
+        Ragged(lists.offsets, lists.values.astype(np.int32)),
+        sims,
+        keys,
+        embeddings.astype(np.float16),
+        Searcher(index),
+    )
 
 
 def clip_like_world(seed: int, vocab: int, rows: int = 300, dim: int = 32):
@@ -64,8 +74,18 @@ def test_vectorized_ranking_equals_reference_with_clip_like_similarities(positiv
     got = curate(bank, queries, self_ids, Ragged.from_lists(own), np.arange(100), config)
     lists, scores = got.concepts.tolist(), np.split(got.scores, got.concepts.offsets[1:-1])
     for i in range(100):
-        best, expected = reference_rank(queries[i], int(self_ids[i]), own[i], bank.searcher.search, concepts, embeddings,
-                                        text, config.neighbors, config.top_k, bank.local_floor)
+        best, expected = reference_rank(
+            queries[i],
+            int(self_ids[i]),
+            own[i],
+            bank.searcher.search,
+            concepts,
+            embeddings,
+            text,
+            config.neighbors,
+            config.top_k,
+            bank.local_floor,
+        )
         assert lists[i] == best
         np.testing.assert_allclose(scores[i], expected, rtol=1e-5, atol=1e-5)
     # this data exercises the formula itself, not its guards
@@ -78,8 +98,14 @@ def test_self_match_is_dropped_once_and_missing_neighbours_are_ignored():
     rng = np.random.default_rng(0)
     text = normalized(rng.standard_normal((6, 8)))
     bank = memory_bank(normalized(rng.standard_normal((3, 8))), [[0], [1, 2], []], text)
-    got = curate(bank, np.asarray(bank.embeddings[:2], np.float32), np.array([0, 1]), Ragged.from_lists([[5], []]),
-                 np.arange(2), EnrichConfig(neighbors=8, top_k=16))  # only 3 images for L = 8
+    got = curate(
+        bank,
+        np.asarray(bank.embeddings[:2], np.float32),
+        np.array([0, 1]),
+        Ragged.from_lists([[5], []]),
+        np.arange(2),
+        EnrichConfig(neighbors=8, top_k=16),
+    )  # only 3 images for L = 8
     assert [sorted(c) for c in got.concepts.tolist()] == [[1, 2, 5], [0]]
 
 
@@ -94,7 +120,10 @@ def test_guards_keep_scores_finite_and_empty_archives_empty():
     sims = np.einsum("ij,ij->i", text[lists.values], image[lists.owners()], dtype=np.float64)
     hits, own = np.array([[1, 2], [3, -1]]), Ragged.from_lists([[0], []])
     ranking = rank(image[:2], hits, own, lists, sims, text, top_k=4, floor=0.1)
-    assert ranking.archive.lengths.tolist() == [2, 0]  # anchor 1's only neighbour (3) names nothing, nor does its caption
+    assert ranking.archive.lengths.tolist() == [
+        2,
+        0,
+    ]  # anchor 1's only neighbour (3) names nothing, nor does its caption
     g = np.sort(text[[0, 3]] @ image[0])[::-1]
     np.testing.assert_allclose(ranking.scores, g + g / 0.1, rtol=1e-6)  # M <= 0: g unscaled; means < 0: floor
     release = rank(image[:2], hits, own, lists, sims, text, top_k=4)
@@ -120,7 +149,9 @@ def test_clusters_do_not_change_the_ranking(positive_world):
 def test_kmeans_recovers_separated_groups():
     rng = np.random.default_rng(0)
     centres = normalized(rng.standard_normal((3, 16)))
-    text = normalized(np.repeat(centres, 2, axis=0) + 0.01 * rng.standard_normal((6, 16)))  # concepts 2g, 2g+1 belong together
+    text = normalized(
+        np.repeat(centres, 2, axis=0) + 0.01 * rng.standard_normal((6, 16))
+    )  # concepts 2g, 2g+1 belong together
     archive = Ragged.from_lists([[0, 1, 2, 3, 4, 5]] * 20)
     labels = cluster_archives(archive, ConceptGram(text), row_seeds(0, np.arange(20)))
     for row in np.split(labels, 20):
@@ -135,8 +166,12 @@ def test_kmeans_converges_counts_and_does_not_depend_on_batching():
     gram = ConceptGram(text)
     seeds = row_seeds(3, np.arange(64))
     labels = cluster_archives(archive, gram, seeds)
-    halves = np.concatenate([cluster_archives(Ragged.from_lists(lists[:23]), gram, seeds[:23]),
-                             cluster_archives(Ragged.from_lists(lists[23:]), gram, seeds[23:])])
+    halves = np.concatenate(
+        [
+            cluster_archives(Ragged.from_lists(lists[:23]), gram, seeds[:23]),
+            cluster_archives(Ragged.from_lists(lists[23:]), gram, seeds[23:]),
+        ]
+    )
     assert np.array_equal(labels, halves)
     assert np.array_equal(labels, cluster_archives(archive, ConceptGram(text, table_limit=0), seeds))
     for concepts, row in zip(lists, np.split(labels, archive.offsets[1:-1])):
@@ -147,7 +182,9 @@ def test_kmeans_converges_counts_and_does_not_depend_on_batching():
         assert len(set(row.tolist())) <= math.ceil(n / 2)
         points = text[concepts].astype(np.float64)
         centroids = {c: points[row == c].mean(0) for c in set(row.tolist())}
-        for point, label in zip(points, row):  # a fixed point of Lloyd's step: every point sits with its nearest centroid
+        for point, label in zip(
+            points, row
+        ):  # a fixed point of Lloyd's step: every point sits with its nearest centroid
             distances = {c: ((point - m) ** 2).sum() for c, m in centroids.items()}
             assert distances[label] <= min(distances.values()) + 1e-9
 
@@ -166,7 +203,9 @@ def test_factory_choice_by_corpus_size():
     assert mid.startswith("IVF") and "_HNSW32" in mid and mid.endswith("SQ8")
     assert large.startswith("OPQ64_256,IVF") and large.endswith("PQ64")
     for factory in (mid, large, choose_factory(20_000_000, 64)):
-        faiss.index_factory(512 if factory != choose_factory(20_000_000, 64) else 64, factory, faiss.METRIC_INNER_PRODUCT)
+        faiss.index_factory(
+            512 if factory != choose_factory(20_000_000, 64) else 64, factory, faiss.METRIC_INNER_PRODUCT
+        )
 
 
 def test_ivf_index_with_all_lists_probed_is_exact():

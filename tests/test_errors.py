@@ -1,4 +1,5 @@
 """Every error cocu raises about its inputs is a `CocuError` whose message is one line, also from a worker process."""
+
 import pickle
 
 import pytest

@@ -1,6 +1,6 @@
 """`cocu-eval seg`: bad input is one line and no output; a real checkpoint gives metrics.json, the table and overlays."""
+
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,14 +16,40 @@ def test_seg_refuses_a_missing_root_and_an_unknown_preset_pair_in_one_line(tmp_p
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"unused: the layout is checked first")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["seg", "--checkpoint", str(checkpoint), "--dataset", "ade20k", "--root",
-                                 str(tmp_path / "data"), "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "seg",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "ade20k",
+            "--root",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and str(tmp_path / "data") in result.output
     (tmp_path / "data" / "ImageNetS" / "ImageNetS50" / "validation" / "n01443537").mkdir(parents=True)
     (tmp_path / "data" / "ImageNetS" / "ImageNetS50" / "validation-segmentation").mkdir(parents=True)
-    result = runner.invoke(app, ["seg", "--checkpoint", str(checkpoint), "--dataset", "imagenet_s50", "--root",
-                                 str(tmp_path / "data"), "--preset", "tcl", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "seg",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "imagenet_s50",
+            "--root",
+            str(tmp_path / "data"),
+            "--preset",
+            "tcl",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2 and "preset 'tcl' has no setting for dataset 'imagenet_s50'" in result.output
     assert result.output.strip().count("\n") == 0
     assert not out.exists()
@@ -33,8 +59,20 @@ def test_seg_refuses_a_file_that_is_not_a_checkpoint(tmp_path, small_world):
     world, _ = small_world
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"not a checkpoint")
-    result = runner.invoke(app, ["seg", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--root", str(world),
-                                 "--out", str(tmp_path / "out")])
+    result = runner.invoke(
+        app,
+        [
+            "seg",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(world),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 1 and "model.ckpt: not a loadable checkpoint" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -46,8 +84,21 @@ def fitted_checkpoint(small_world, tmp_path_factory):
 
     world, _ = small_world
     run = tmp_path_factory.mktemp("fit")
-    train(["fit", "--config", "tiny-test", "--data.shards", str(world / "train"),
-           "--trainer.default_root_dir", str(run), "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"])
+    train(
+        [
+            "fit",
+            "--config",
+            "tiny-test",
+            "--data.shards",
+            str(world / "train"),
+            "--trainer.default_root_dir",
+            str(run),
+            "--trainer.max_steps",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -57,8 +108,26 @@ def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_pa
 
     world, record = small_world
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["seg", "--checkpoint", str(fitted_checkpoint), "--dataset", "synthetic", "--root",
-                                 str(world), "--out", str(out), "--save-images", "2", "--batch-size", "8", "--limit", "24"])
+    result = runner.invoke(
+        app,
+        [
+            "seg",
+            "--checkpoint",
+            str(fitted_checkpoint),
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(world),
+            "--out",
+            str(out),
+            "--save-images",
+            "2",
+            "--batch-size",
+            "8",
+            "--limit",
+            "24",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "synthetic" and metrics["split_size"] == 40 and metrics["images"] == 24

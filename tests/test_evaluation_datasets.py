@@ -1,4 +1,5 @@
 """Benchmark readers on fixture folders written here in each dataset's exact layout (mmseg conventions)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ def label_map(seed: int, values: list[int], border: int | None = None, size=(H, 
     return label
 
 
-def make_voc(root: Path, year="VOC2012", ann="SegmentationClass", split="ImageSets/Segmentation/val.txt",
-             values=(0, 1, 15, 20)) -> dict[str, np.ndarray]:
+def make_voc(
+    root: Path, year="VOC2012", ann="SegmentationClass", split="ImageSets/Segmentation/val.txt", values=(0, 1, 15, 20)
+) -> dict[str, np.ndarray]:
     base = root / "VOCdevkit" / year
     labels = {}
     for i, name in enumerate(["2007_000033", "2007_000042", "2008_000009"]):
@@ -49,8 +51,9 @@ def make_voc(root: Path, year="VOC2012", ann="SegmentationClass", split="ImageSe
     return {k: labels[k] for k in ("2007_000033", "2008_000009")}
 
 
-def make_flat(base: Path, img_dir: str, ann_dir: str, names, img_suffix: str, ann_suffix: str, values, border=None,
-              mode="L") -> dict[str, np.ndarray]:
+def make_flat(
+    base: Path, img_dir: str, ann_dir: str, names, img_suffix: str, ann_suffix: str, values, border=None, mode="L"
+) -> dict[str, np.ndarray]:
     labels = {}
     for i, name in enumerate(names):
         write_image(base / img_dir / f"{name}{img_suffix}", i)
@@ -82,8 +85,9 @@ def test_voc_reads_the_split_palette_pngs_and_keeps_the_ignore_border(tmp_path):
 
 
 def test_context_and_context59(tmp_path):
-    expected = make_voc(tmp_path, "VOC2010", "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt",
-                        values=(0, 1, 33, 59))
+    expected = make_voc(
+        tmp_path, "VOC2010", "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt", values=(0, 1, 33, 59)
+    )
     check_pairs(open_dataset("context", tmp_path), expected, 60)
     c59 = open_dataset("context59", tmp_path)
     assert c59.classes[0] == "aeroplane" and c59.classes[-1] == "wood" and c59.reduce_zero_label
@@ -91,8 +95,15 @@ def test_context_and_context59(tmp_path):
 
 def test_coco_object_from_converted_maps_and_from_raw_stuffthingmaps(tmp_path):
     names = ["000000000139", "000000000285"]
-    converted = make_flat(tmp_path / "coco", "images/val2017", "annotations/val2017", names, ".jpg",
-                          "_instanceTrainIds.png", values=(0, 1, 80))
+    converted = make_flat(
+        tmp_path / "coco",
+        "images/val2017",
+        "annotations/val2017",
+        names,
+        ".jpg",
+        "_instanceTrainIds.png",
+        values=(0, 1, 80),
+    )
     data = open_dataset("coco_object", tmp_path)
     check_pairs(data, converted, 81)
     assert data.has_background and "instanceTrainIds" in data.label_source
@@ -100,8 +111,9 @@ def test_coco_object_from_converted_maps_and_from_raw_stuffthingmaps(tmp_path):
     # raw 0-based COCO ids: person 0 -> 1, stop sign 12 -> 12, hair drier 88 -> 79, toothbrush 89 -> 80 (10 unused
     # ids skipped below them); stuff (91..181) and unlabelled 255 -> background 0, nothing ignored
     raw_values = [0, 12, 88, 89, 91, 181, 255]
-    raw = make_flat(tmp_path / "coco_stuff164k", "images/val2017", "annotations/val2017", names, ".jpg", ".png",
-                    values=raw_values)
+    raw = make_flat(
+        tmp_path / "coco_stuff164k", "images/val2017", "annotations/val2017", names, ".jpg", ".png", values=raw_values
+    )
     data = open_dataset("coco_object", tmp_path / "coco_stuff164k")
     assert "raw COCO-Stuff" in data.label_source
     check_pairs(data, {k: COCO_OBJECT_LUT[v] for k, v in raw.items()}, 81)
@@ -110,8 +122,16 @@ def test_coco_object_from_converted_maps_and_from_raw_stuffthingmaps(tmp_path):
 
 def test_coco_stuff_reads_label_train_ids(tmp_path):
     names = ["000000000139"]
-    expected = make_flat(tmp_path / "coco_stuff164k", "images/val2017", "annotations/val2017", names, ".jpg",
-                         "_labelTrainIds.png", values=(0, 80, 170), border=255)
+    expected = make_flat(
+        tmp_path / "coco_stuff164k",
+        "images/val2017",
+        "annotations/val2017",
+        names,
+        ".jpg",
+        "_labelTrainIds.png",
+        values=(0, 80, 170),
+        border=255,
+    )
     data = open_dataset("coco_stuff", tmp_path)
     check_pairs(data, expected, 171)
     assert not data.has_background and data.classes[-1] == "wood"
@@ -130,8 +150,15 @@ def test_cityscapes_reads_label_train_ids_from_city_folders(tmp_path):
 
 def test_ade20k_zero_label_is_ignored_after_reduction(tmp_path):
     names = ["ADE_val_00000001", "ADE_val_00000002"]
-    expected = make_flat(tmp_path / "ADEChallengeData2016", "images/validation", "annotations/validation", names,
-                         ".jpg", ".png", values=(0, 1, 8, 150))
+    expected = make_flat(
+        tmp_path / "ADEChallengeData2016",
+        "images/validation",
+        "annotations/validation",
+        names,
+        ".jpg",
+        ".png",
+        values=(0, 1, 8, 150),
+    )
     data = open_dataset("ade20k", tmp_path)
     check_pairs(data, expected, 150)
     assert data.classes[7] == "bed " and data.reduce_zero_label
@@ -143,8 +170,10 @@ def test_imagenet_s_decodes_rgb_ids_ignores_1000_and_downsamples_large_images(tm
     base = tmp_path / "ImageNetS" / "ImageNetS50"
     ids = np.array([[0, 1, 50], [1000, 50, 0]], dtype=np.int32).repeat(5, 0).repeat(7, 1)  # 10 x 21
     big = (1001, 1000)
-    for wnid, stem, size, label in [("n01443537", "ILSVRC2012_val_00000236", ids.shape, ids),
-                                    ("n01491361", "ILSVRC2012_val_00004894", big, np.full(big, 5, np.int32))]:
+    for wnid, stem, size, label in [
+        ("n01443537", "ILSVRC2012_val_00000236", ids.shape, ids),
+        ("n01491361", "ILSVRC2012_val_00004894", big, np.full(big, 5, np.int32)),
+    ]:
         write_image(base / "validation" / wnid / f"{stem}.JPEG", 0, size=size)
         rgb = np.stack([label % 256, label // 256, np.zeros_like(label)], axis=-1).astype(np.uint8)
         (base / "validation-segmentation" / wnid).mkdir(parents=True, exist_ok=True)
@@ -186,7 +215,9 @@ def test_missing_annotation_folder_split_or_file_is_named(tmp_path):
     with pytest.raises(DatasetError, match=r"SegmentationClass/2008_000009\.png: missing file .* listed in ImageSets"):
         open_dataset("voc", tmp_path)
     (base / "ImageSets" / "Segmentation" / "val.txt").unlink()
-    with pytest.raises(DatasetError, match=r"VOC2012: PASCAL VOC 2012 layout incomplete, missing ImageSets/Segmentation/"):
+    with pytest.raises(
+        DatasetError, match=r"VOC2012: PASCAL VOC 2012 layout incomplete, missing ImageSets/Segmentation/"
+    ):
         open_dataset("voc", tmp_path)
     for png in (base / "SegmentationClass").iterdir():
         png.unlink()
@@ -202,7 +233,9 @@ def test_wrong_label_files_are_refused_with_the_file_named(tmp_path):
     label_path = base / "gtFine/val/frankfurt" / f"{names[0]}_gtFine_labelTrainIds.png"
     write_label(label_path, label_map(0, [7, 33]))  # labelIds saved under the trainIds name
     data = open_dataset("cityscapes", tmp_path)
-    with pytest.raises(DatasetError, match=r"labelTrainIds\.png: label value \d+ is neither a class id \(0\.\.18\) nor the ignore"):
+    with pytest.raises(
+        DatasetError, match=r"labelTrainIds\.png: label value \d+ is neither a class id \(0\.\.18\) nor the ignore"
+    ):
         data[0]
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(label_path)  # an RGB colour map
     with pytest.raises(DatasetError, match="expected a palette or grayscale label PNG"):

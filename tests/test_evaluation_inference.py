@@ -1,4 +1,5 @@
 """Sliding-window zero-shot inference against GroupViT's rule, with a small fake model of cocu's interface."""
+
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -8,8 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cocu.evaluation.inference import (ZeroShotSegmenter, build_text_embeddings, group_class_scores, pixel_scores,
-                                       rescale_size, slide_windows, with_background)
+from cocu.evaluation.inference import (
+    ZeroShotSegmenter,
+    build_text_embeddings,
+    group_class_scores,
+    pixel_scores,
+    rescale_size,
+    slide_windows,
+    with_background,
+)
 from cocu.evaluation.presets import SEGMENTATION_PRESETS, Preset, get_preset
 
 
@@ -78,11 +86,14 @@ def test_rescale_size_follows_mmseg_keep_ratio():
     assert rescale_size(100, 5000, 448) == (41, 2048)  # the long side caps the scale
 
 
-@pytest.mark.parametrize("size, expected", [
-    ((10, 12), [(0, 10, 0, 12)]),  # smaller than the crop: one window of the image size
-    ((16, 16), [(0, 16, 0, 16)]),
-    ((16, 30), [(0, 16, 0, 16), (0, 16, 8, 24), (0, 16, 14, 30)]),  # the last window aligned to the border
-])
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((10, 12), [(0, 10, 0, 12)]),  # smaller than the crop: one window of the image size
+        ((16, 16), [(0, 16, 0, 16)]),
+        ((16, 30), [(0, 16, 0, 16), (0, 16, 8, 24), (0, 16, 14, 30)]),  # the last window aligned to the border
+    ],
+)
 def test_slide_windows(size, expected):
     assert slide_windows(*size, crop=16, stride=8) == expected
 
@@ -166,13 +177,17 @@ def test_presets_table_is_complete_and_names_its_settings():
     assert voc.classes[11] == "table" and get_preset("tcl", "voc").classes[11] == "diningtable"
     assert get_preset("groupvit", "ade20k").classes[7] == "bed "
     assert (get_preset("groupvit", "cityscapes").short_side, get_preset("groupvit", "coco_stuff").crop) == (1024, 224)
-    assert get_preset("groupvit", "imagenet_s300").bg_thresh == 0.75 and len(get_preset("tcl", "context").templates) == 9
+    assert (
+        get_preset("groupvit", "imagenet_s300").bg_thresh == 0.75 and len(get_preset("tcl", "context").templates) == 9
+    )
     synthetic = get_preset("groupvit", "synthetic")
     assert (synthetic.short_side, synthetic.crop, synthetic.stride, synthetic.bg_thresh) == (64, 64, 32, None)
     for harness, table in SEGMENTATION_PRESETS.items():
         for dataset, p in table.items():
             record = p.to_dict()
-            assert record["name"] == f"{harness}/{dataset}" and record["templates"] and record["stride"] <= record["crop"]
+            assert (
+                record["name"] == f"{harness}/{dataset}" and record["templates"] and record["stride"] <= record["crop"]
+            )
     with pytest.raises(KeyError, match="imagenet_s50' has presets: groupvit"):
         get_preset("tcl", "imagenet_s50")
     with pytest.raises(ValueError, match="names 21 classes but the dataset has 3"):

@@ -1,4 +1,5 @@
 """mmseg mIoU semantics: sums over the split, ignore index, reduce_zero_label, absent classes left out."""
+
 import math
 
 import numpy as np
@@ -39,7 +40,9 @@ def test_metric_equals_brute_force_on_random_predictions(reduce_zero):
         label[rng.random((h, w)) < 0.1] = 255
         # predictions agree with the truth on half the pixels, so IoUs are neither 0 nor 100
         truth = prepare_label(label, reduce_zero).numpy()
-        pred = np.where(rng.random((h, w)) < 0.5, np.clip(truth, 0, num_classes - 1), rng.integers(0, num_classes, (h, w)))
+        pred = np.where(
+            rng.random((h, w)) < 0.5, np.clip(truth, 0, num_classes - 1), rng.integers(0, num_classes, (h, w))
+        )
         pairs.append((pred, label))
     metric = SegMetric(num_classes, ignore_index=255, reduce_zero_label=reduce_zero)
     for pred, label in pairs:

@@ -1,4 +1,5 @@
 """`cocu-curate show` and the evaluation page: what the gallery holds matches the curated shards and the truth."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_curation import MODEL, save_tiny_clip
+from test_evaluation_cli import fitted_checkpoint  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
 from cocu.cli.curate import app as curate_app
 from cocu.cli.eval import app as eval_app
 from cocu.curation.bank import BankConfig, build_bank
 from cocu.curation.enrich import EnrichConfig, enrich
-from test_curation import MODEL, save_tiny_clip
-from test_evaluation_cli import fitted_checkpoint  # noqa: F401  (a fixture)
 
 runner = CliRunner()
 ROWS = 2 * 150 + 12
@@ -36,15 +37,21 @@ def corpus(tmp_path_factory):
     keys = [f"odd-{k}" for k in source.column("key").to_pylist()]
     images = source.column("jpg").to_pylist()
     images[3], images[7] = b"\xff\xd8\xff\xe0 not a jpeg", None
-    pq.write_table(source.set_column(0, "key", pa.array(keys)).set_column(1, "jpg", pa.array(images, pa.binary())),
-                   shards / "odd.parquet")
+    pq.write_table(
+        source.set_column(0, "key", pa.array(keys)).set_column(1, "jpg", pa.array(images, pa.binary())),
+        shards / "odd.parquet",
+    )
     truth = root / "truth"
     shutil.copytree(root / "world" / "truth" / "train", truth)
     copied = pq.read_table(truth / "00000.parquet").slice(0, 12)
     pq.write_table(copied.set_column(0, "key", pa.array(keys)), truth / "odd.parquet")
     checkpoint = save_tiny_clip(root / "ckpt", seed=1)
-    built = build_bank(root / "world" / "train", root / "bank", BankConfig(model=MODEL, pretrained=str(checkpoint),
-                       batch_size=64, decode_workers=0), progress=False)
+    built = build_bank(
+        root / "world" / "train",
+        root / "bank",
+        BankConfig(model=MODEL, pretrained=str(checkpoint), batch_size=64, decode_workers=0),
+        progress=False,
+    )
     assert built.ok
     done = enrich(root / "bank", shards, root / "curated", EnrichConfig(batch_size=64), progress=False)
     assert done.ok and done.counts["errors"] == 2
@@ -53,17 +60,23 @@ def corpus(tmp_path_factory):
 
 def read_data(gallery: Path) -> dict:
     text = (gallery / "data.js").read_text()
-    return json.loads(text[text.index("=") + 1:].rstrip().rstrip(";"))
+    return json.loads(text[text.index("=") + 1 :].rstrip().rstrip(";"))
 
 
 def curated_rows(folder: Path) -> list[dict]:
-    return [row for path in sorted(folder.glob("*.parquet"))
-            for row in pq.read_table(path).drop_columns(["jpg"]).to_pylist()]
+    return [
+        row
+        for path in sorted(folder.glob("*.parquet"))
+        for row in pq.read_table(path).drop_columns(["jpg"]).to_pylist()
+    ]
 
 
 def truth_of(folder: Path) -> dict[str, set[str]]:
-    return {row["key"]: set(row["present"]) for path in sorted(folder.glob("*.parquet"))
-            for row in pq.read_table(path, columns=["key", "present"]).to_pylist()}
+    return {
+        row["key"]: set(row["present"])
+        for path in sorted(folder.glob("*.parquet"))
+        for row in pq.read_table(path, columns=["key", "present"]).to_pylist()
+    }
 
 
 def show(*args: str):
@@ -140,12 +153,25 @@ def test_bad_input_is_one_line_naming_file_and_row_and_writes_nothing(corpus, tm
     table = pq.read_table(corpus["curated"] / "00001.parquet")
     scores = table.column("cocu_scores").to_pylist()
     scores[7] = scores[7][:-1]
-    pq.write_table(table.set_column(table.schema.get_field_index("cocu_scores"), "cocu_scores",
-                                    pa.array(scores, pa.list_(pa.float32()))), broken / "b.parquet")
+    pq.write_table(
+        table.set_column(
+            table.schema.get_field_index("cocu_scores"), "cocu_scores", pa.array(scores, pa.list_(pa.float32()))
+        ),
+        broken / "b.parquet",
+    )
     _one_line_error(show("--curated", str(broken), "--out", str(out)), "b.parquet: row 7:", "cocu_scores has")
-    _one_line_error(show("--curated", str(corpus["curated"] / "odd.parquet"), "--out", str(out), "--truth",
-                         str(corpus["root"] / "world" / "truth" / "train")),
-                    "odd.parquet: row 0:", "key 'odd-000000000' has no row in the truth folder")
+    _one_line_error(
+        show(
+            "--curated",
+            str(corpus["curated"] / "odd.parquet"),
+            "--out",
+            str(out),
+            "--truth",
+            str(corpus["root"] / "world" / "truth" / "train"),
+        ),
+        "odd.parquet: row 0:",
+        "key 'odd-000000000' has no row in the truth folder",
+    )
     assert not out.exists() and not list(tmp_path.glob(".gallery.*"))
     mine = tmp_path / "notes"
     mine.mkdir()
@@ -176,12 +202,28 @@ def test_a_crash_keeps_the_previous_gallery_and_a_rerun_is_one_clean_run(corpus,
 
 
 @pytest.mark.slow
-def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, small_world,
-                                                                  fitted_checkpoint):  # noqa: F811
+def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, small_world, fitted_checkpoint):  # noqa: F811
     world, record = small_world
     out = tmp_path / "eval"
-    result = runner.invoke(eval_app, ["seg", "--checkpoint", str(fitted_checkpoint), "--dataset", "synthetic", "--root",
-                                      str(world), "--out", str(out), "--save-images", "2", "--limit", "6", "--html"])
+    result = runner.invoke(
+        eval_app,
+        [
+            "seg",
+            "--checkpoint",
+            str(fitted_checkpoint),
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(world),
+            "--out",
+            str(out),
+            "--save-images",
+            "2",
+            "--limit",
+            "6",
+            "--html",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert str(out / "index.html") in result.output
     metrics = json.loads((out / "metrics.json").read_text())

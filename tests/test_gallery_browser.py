@@ -3,6 +3,7 @@
 Uses Debian's ``chromium`` (``make test`` installs it when run as root) through Playwright; skipped, with the
 reason, where either is missing. Screenshots go to ``.pytest_cache/cocu-screenshots/`` for a person to look at.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,13 +12,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from cocu.evaluation.gallery import write_gallery
 from test_gallery import ROWS, corpus, curated_rows, truth_of  # noqa: F401  (corpus is a fixture)
 
+from cocu.evaluation.gallery import write_gallery
+
 SCREENSHOTS = Path(__file__).resolve().parents[1] / ".pytest_cache" / "cocu-screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> str | None:
@@ -26,8 +35,9 @@ def chromium_path() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (it is in the test extra)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (it is in the test extra)"
+    )
     executable = chromium_path()
     if executable is None:
         pytest.skip("no Chromium: install Debian's chromium (make test does, as root) or set COCU_CHROMIUM")

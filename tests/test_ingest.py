@@ -1,4 +1,5 @@
 """Ingestion: img2dataset against a loopback server, resume after an interruption, webdataset tars round trip."""
+
 import functools
 import io
 import json
@@ -21,10 +22,12 @@ from cocu.cli.data import app
 from cocu.curation.ingest import DownloadConfig, download, summarize
 from cocu.curation.shards import expand_shards, iter_batches, validate_shard
 
-TIMEOUT = 12  # img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land
+TIMEOUT = (
+    12  # img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jpeg(index: int, size=(40, 24)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, ((index * 37) % 256, (index * 91) % 256, 128)).save(buffer, format="JPEG")
@@ -81,8 +84,18 @@ def server():
 
 SHARD = 10
 GOOD, MISSING, SLOW, JUNK = 26, 2, 1, 1  # 30 URLs, 3 shards of 10
-ARGS = ["--processes-count", "1", "--thread-count", "4", "--shard-size", str(SHARD), "--timeout", str(TIMEOUT),
-        "--image-size", "16"]
+ARGS = [
+    "--processes-count",
+    "1",
+    "--thread-count",
+    "4",
+    "--shard-size",
+    str(SHARD),
+    "--timeout",
+    str(TIMEOUT),
+    "--image-size",
+    "16",
+]
 
 
 def url_rows(base: str) -> list[tuple[str, str]]:
@@ -90,8 +103,12 @@ def url_rows(base: str) -> list[tuple[str, str]]:
     things, places = ("dog", "bicycle", "boat", "tree", "horse"), ("beach", "street", "garden")
     rows = [(f"{base}/img/{i}.jpg", f"a {things[i % 5]} on the {places[i % 3]} ({i})") for i in range(GOOD)]
     rows[3] = (rows[3][0], 'the "best" tree on the beach')  # a stray quote, as in real CC3M captions
-    for index, row in ((12, ("missing/a.jpg", "a dead link")), (15, ("slow/a.jpg", "a slow server")),
-                       (21, ("junk/a.jpg", "a page that is not an image")), (25, ("missing/b.jpg", "another dead link"))):
+    for index, row in (
+        (12, ("missing/a.jpg", "a dead link")),
+        (15, ("slow/a.jpg", "a slow server")),
+        (21, ("junk/a.jpg", "a page that is not an image")),
+        (25, ("missing/b.jpg", "another dead link")),
+    ):
         rows.insert(index, (f"{base}/{row[0]}", row[1]))
     return rows
 
@@ -123,8 +140,13 @@ def downloaded(server, tmp_path_factory):
     interrupter.start()
     first = CliRunner().invoke(app, command)
     interrupter.join()
-    after_first = {"returncode": first.exit_code, "output": first.output, "requests": Counter(server.requests),
-                   "stats": sorted(p.name for p in out.glob("*_stats.json")), "mtime": (out / "00000.parquet").stat().st_mtime_ns}
+    after_first = {
+        "returncode": first.exit_code,
+        "output": first.output,
+        "requests": Counter(server.requests),
+        "stats": sorted(p.name for p in out.glob("*_stats.json")),
+        "mtime": (out / "00000.parquet").stat().st_mtime_ns,
+    }
     second = CliRunner().invoke(app, command)
     return {"rows": rows, "list": urls, "out": out, "first": after_first, "second": second}
 
@@ -139,7 +161,10 @@ def test_download_counts_add_up_and_shards_are_cocu_input(downloaded):
     assert summary.failed_to_download == MISSING + SLOW
     assert summary.failed_to_resize == JUNK
     assert summary.successes + summary.failed_to_download + summary.failed_to_resize == len(rows)
-    assert f"{len(rows)} urls: success {GOOD}, failed_to_download {MISSING + SLOW}, failed_to_resize {JUNK}" in result.output
+    assert (
+        f"{len(rows)} urls: success {GOOD}, failed_to_download {MISSING + SLOW}, failed_to_resize {JUNK}"
+        in result.output
+    )
 
     shards = expand_shards(out)
     assert [p.name for p in shards] == ["00000.parquet", "00001.parquet", "00002.parquet"]
@@ -167,7 +192,7 @@ def test_interrupted_download_resumes_without_refetching_finished_shards(downloa
     assert first["stats"] == ["00000_stats.json"]
     paths = [url.split(server.url, 1)[1] for url, _ in rows]
     assert all(first["requests"][p] == 1 for p in paths[:SHARD])
-    assert not any(first["requests"][p] for p in paths[2 * SHARD:])  # shard 2 had not started
+    assert not any(first["requests"][p] for p in paths[2 * SHARD :])  # shard 2 had not started
     # The rerun fetched shards 1 and 2 and never touched shard 0.
     assert all(server.requests[p] == 1 for p in paths[:SHARD])
     assert all(server.requests[p] - first["requests"][p] == 1 for p in paths[SHARD:])
@@ -176,7 +201,9 @@ def test_interrupted_download_resumes_without_refetching_finished_shards(downloa
     # A third run finds every shard done and starts no download at all.
     before = Counter(server.requests)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    third = download(downloaded["list"], out, DownloadConfig.preset("cc3m", number_sample_per_shard=SHARD), progress=False)
+    third = download(
+        downloaded["list"], out, DownloadConfig.preset("cc3m", number_sample_per_shard=SHARD), progress=False
+    )
     assert (third.shards, third.shards_skipped, third.count_this_run) == (3, 3, 0) and server.requests == before
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
 
@@ -186,9 +213,20 @@ def test_list_with_header_passes_through_with_extra_columns(server, tmp_path):
     rows = [(f"{server.url}/img/{i}.jpg", f"caption {i}", f"cc-by-{i}") for i in range(4)]
     urls = tmp_path / "urls.csv"
     urls.write_text("image_url,text,license\n" + "".join(f"{u},{c},{lic}\n" for u, c, lic in rows))
-    summary = download(urls, tmp_path / "out", DownloadConfig(url_col="image_url", caption_col="text", extra_columns=("license",),
-                                                               processes_count=1, thread_count=4, timeout=TIMEOUT, image_size=16),
-                       progress=False)
+    summary = download(
+        urls,
+        tmp_path / "out",
+        DownloadConfig(
+            url_col="image_url",
+            caption_col="text",
+            extra_columns=("license",),
+            processes_count=1,
+            thread_count=4,
+            timeout=TIMEOUT,
+            image_size=16,
+        ),
+        progress=False,
+    )
     assert (summary.successes, summary.count, summary.shards_expected, summary.shards_failed) == (4, 4, 1, 0)
     table = pq.read_table(tmp_path / "out" / "00000.parquet")
     assert sorted(zip(table["url"].to_pylist(), table["caption"].to_pylist(), table["license"].to_pylist())) == rows
@@ -200,8 +238,9 @@ def test_ray_distributor_downloads_the_same_shards(server, ray_cluster, tmp_path
     rows = [(f"{server.url}/img/{i}.jpg", f"caption {i}") for i in range(6)]
     urls = tmp_path / "urls.csv"
     urls.write_text("url,caption\n" + "".join(f"{u},{c}\n" for u, c in rows))
-    config = DownloadConfig(processes_count=2, thread_count=4, timeout=TIMEOUT, image_size=16, number_sample_per_shard=3,
-                            distributor="ray")
+    config = DownloadConfig(
+        processes_count=2, thread_count=4, timeout=TIMEOUT, image_size=16, number_sample_per_shard=3, distributor="ray"
+    )
     summary = download(urls, tmp_path / "out", config, progress=False)
     assert (summary.successes, summary.shards, summary.shards_expected, summary.shards_failed) == (6, 2, 2, 0)
     table = pq.read_table([tmp_path / "out" / "00000.parquet", tmp_path / "out" / "00001.parquet"])
@@ -210,13 +249,18 @@ def test_ray_distributor_downloads_the_same_shards(server, ray_cluster, tmp_path
         download(urls, tmp_path / "other", DownloadConfig(distributor="dask"), progress=False)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("link\tcaption\nhttp://x/1.jpg\tone\n", "missing column 'url' (has: link, caption)"),
-    ("http://x/1.jpg\tone\n", "header-less list needs --preset"),
-    ("url\tcaption\nhttp://x/1.jpg\t1\nhttp://x/2.jpg\t2\n", "column 'caption' holds int64, not text"),
-    ('url\tcaption\nhttp://x/1.jpg\tfine\nhttp://x/2.jpg\t"unclosed quote\nhttp://x/3.jpg\tlost\n',
-     "row 1: a quote character in column 'caption' joins the following lines"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("link\tcaption\nhttp://x/1.jpg\tone\n", "missing column 'url' (has: link, caption)"),
+        ("http://x/1.jpg\tone\n", "header-less list needs --preset"),
+        ("url\tcaption\nhttp://x/1.jpg\t1\nhttp://x/2.jpg\t2\n", "column 'caption' holds int64, not text"),
+        (
+            'url\tcaption\nhttp://x/1.jpg\tfine\nhttp://x/2.jpg\t"unclosed quote\nhttp://x/3.jpg\tlost\n',
+            "row 1: a quote character in column 'caption' joins the following lines",
+        ),
+    ],
+)
 def test_bad_url_list_fails_before_any_download_in_one_line(tmp_path, content, message):
     urls = tmp_path / "urls.tsv"
     urls.write_text(content)
@@ -249,9 +293,15 @@ def png(index: int) -> bytes:
 
 
 def make_samples(shard: int, n: int):
-    return [(f"{shard:05d}{i:04d}", "png" if i % 3 == 0 else "jpg", png(i) if i % 3 == 0 else jpeg(i),
-             f"shard {shard} picture {i} with ünïcode")
-            for i in range(n)]
+    return [
+        (
+            f"{shard:05d}{i:04d}",
+            "png" if i % 3 == 0 else "jpg",
+            png(i) if i % 3 == 0 else jpeg(i),
+            f"shard {shard} picture {i} with ünïcode",
+        )
+        for i in range(n)
+    ]
 
 
 def test_convert_round_trips_tars(tmp_path):
@@ -266,7 +316,9 @@ def test_convert_round_trips_tars(tmp_path):
             samples.insert(4, ("00001orphan", None, None, "a caption whose image is missing"))
         write_tar(tars / f"gcc-train-{shard:06d}.tar", samples)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["convert", str(tars / "gcc-train-{000000..000002}.tar"), str(out), "--workers", "1"])
+    result = CliRunner().invoke(
+        app, ["convert", str(tars / "gcc-train-{000000..000002}.tar"), str(out), "--workers", "1"]
+    )
     assert result.exit_code == 0, result.output
     shards = expand_shards(out)
     assert [p.name for p in shards] == [f"gcc-train-{s:06d}.parquet" for s in range(3)]
@@ -303,9 +355,11 @@ def test_corrupt_tar_is_one_line_and_the_others_convert(tmp_path):
     assert "1 shard(s) written, 0 skipped (already done), 4 failed" in result.stdout
 
 
-TINY_CLIP = {"embed_dim": 64,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
 
 
 @pytest.mark.slow
@@ -317,17 +371,39 @@ def test_downloaded_shards_feed_build_bank_and_enrich_as_they_are(downloaded, tm
     config = tmp_path / "cocu-ingest-tiny.json"
     config.write_text(json.dumps(TINY_CLIP))
     bank = tmp_path / "bank"
-    result = CliRunner().invoke(curate, ["build-bank", "--shards", str(out), "--model", "cocu-ingest-tiny",
-                                         "--model-config", str(config), "--min-count", "2", "--out", str(bank),
-                                         "--batch-size", "16", "--decode-workers", "0"])
+    result = CliRunner().invoke(
+        curate,
+        [
+            "build-bank",
+            "--shards",
+            str(out),
+            "--model",
+            "cocu-ingest-tiny",
+            "--model-config",
+            str(config),
+            "--min-count",
+            "2",
+            "--out",
+            str(bank),
+            "--batch-size",
+            "16",
+            "--decode-workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((bank / "manifest.json").read_text())
     assert (manifest["rows"], manifest["undecodable"]) == (GOOD, len(rows) - GOOD)
-    assert sorted(Path(s["path"]).name for s in manifest["sources"]) == ["00000.parquet", "00001.parquet", "00002.parquet"]
+    assert sorted(Path(s["path"]).name for s in manifest["sources"]) == [
+        "00000.parquet",
+        "00001.parquet",
+        "00002.parquet",
+    ]
 
     curated = tmp_path / "curated"
-    result = CliRunner().invoke(curate, ["enrich", "--bank", str(bank), "--shards", str(out), "--out", str(curated),
-                                         "--decode-workers", "0"])
+    result = CliRunner().invoke(
+        curate, ["enrich", "--bank", str(bank), "--shards", str(out), "--out", str(curated), "--decode-workers", "0"]
+    )
     assert result.exit_code == 0, result.output
     table = pa.concat_tables(pq.read_table(p) for p in sorted(curated.glob("*.parquet")))
     assert table.num_rows == len(rows)

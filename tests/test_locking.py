@@ -1,4 +1,5 @@
 """The output-folder lock: one whole run at a time, array tasks of one job side by side."""
+
 from __future__ import annotations
 
 import subprocess

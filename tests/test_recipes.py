@@ -1,4 +1,5 @@
 """The shipped training recipes are package data that `cocu-train fit --config NAME` finds by name."""
+
 import pytest
 
 from cocu.training.recipes import recipe_names, recipe_path, resolve_recipes

@@ -5,6 +5,7 @@ the bank's files as the release reads its own (image embeddings, FAISS index, ca
 and keeps only the crash-class fixes that ``release`` is allowed: caption concepts compared as a list (no substring
 match), a zero maximum or mean leaves the score finite, ties broken alphabetically instead of by set order.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_curation import MODEL, save_tiny_clip
 from typer.testing import CliRunner
 
 from cocu.cli.curate import app
-from test_curation import MODEL, save_tiny_clip
 
 IMAGES, SHARD = 400, 200
 
@@ -56,13 +57,44 @@ def release_run(tmp_path_factory):
     generate_world(root / "world", WorldConfig(train=IMAGES, teacher=0, val=0, shard_size=SHARD), progress=False)
     checkpoint = save_tiny_clip(root / "ckpt", seed=2)
     runner = CliRunner()
-    built = runner.invoke(app, ["build-bank", "--shards", str(root / "world" / "train"), "--model", MODEL,
-                                "--pretrained", str(checkpoint), "--out", str(root / "bank"), "--template", "release",
-                                "--min-count", "2", "--decode-workers", "1"])
+    built = runner.invoke(
+        app,
+        [
+            "build-bank",
+            "--shards",
+            str(root / "world" / "train"),
+            "--model",
+            MODEL,
+            "--pretrained",
+            str(checkpoint),
+            "--out",
+            str(root / "bank"),
+            "--template",
+            "release",
+            "--min-count",
+            "2",
+            "--decode-workers",
+            "1",
+        ],
+    )
     assert built.exit_code == 0, built.output
-    curated = runner.invoke(app, ["enrich", "--bank", str(root / "bank"), "--shards", str(root / "world" / "train"),
-                                  "--out", str(root / "out"), "--formula", "release", "--no-clusters",
-                                  "--batch-size", "64"])
+    curated = runner.invoke(
+        app,
+        [
+            "enrich",
+            "--bank",
+            str(root / "bank"),
+            "--shards",
+            str(root / "world" / "train"),
+            "--out",
+            str(root / "out"),
+            "--formula",
+            "release",
+            "--no-clusters",
+            "--batch-size",
+            "64",
+        ],
+    )
     assert curated.exit_code == 0, curated.output
     return root
 
@@ -84,8 +116,11 @@ def test_release_formula_equals_the_ported_release_on_every_bank_image(release_r
     assert all(row["prompt"] == f"a photo of a {row['concept']}" for row in concepts)  # always "a", no period
     semantics = [row["caption_concepts"] for row in images]
     row_of = {row["key"]: i for i, row in enumerate(images)}
-    curated = [row for path in sorted((release_run / "out").glob("*.parquet"))
-               for row in pq.read_table(path, columns=["key", "cocu_concepts", "cocu_scores"]).to_pylist()]
+    curated = [
+        row
+        for path in sorted((release_run / "out").glob("*.parquet"))
+        for row in pq.read_table(path, columns=["key", "cocu_concepts", "cocu_scores"]).to_pylist()
+    ]
     assert len(curated) == len(images) == IMAGES
     compared = large = 0
     for row in curated:
@@ -111,21 +146,48 @@ def test_enrich_says_in_one_line_when_the_bank_prompts_are_not_the_release(relea
     shard = sorted((release_run / "world" / "train").glob("*.parquet"))[0]
     runner = CliRunner()
     for formula, expected in (("release", 1), ("cocu", 0)):
-        result = runner.invoke(app, ["enrich", "--bank", str(bank), "--shards", str(shard), "--out",
-                                     str(tmp_path / formula), "--formula", formula, "--no-clusters"])
+        result = runner.invoke(
+            app,
+            [
+                "enrich",
+                "--bank",
+                str(bank),
+                "--shards",
+                str(shard),
+                "--out",
+                str(tmp_path / formula),
+                "--formula",
+                formula,
+                "--no-clusters",
+            ],
+        )
         assert result.exit_code == 0, result.output
         notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
         assert len(notes) == expected and all("--template release" in line for line in notes)
-    same = runner.invoke(app, ["enrich", "--bank", str(release_run / "bank"), "--shards", str(shard), "--out",
-                               str(tmp_path / "same"), "--formula", "release", "--no-clusters"])
+    same = runner.invoke(
+        app,
+        [
+            "enrich",
+            "--bank",
+            str(release_run / "bank"),
+            "--shards",
+            str(shard),
+            "--out",
+            str(tmp_path / "same"),
+            "--formula",
+            "release",
+            "--no-clusters",
+        ],
+    )
     assert same.exit_code == 0 and "note: " not in same.output
 
 
 def test_release_formula_equals_the_port_for_images_outside_the_bank_too():
     """Fresh anchors (self id -1) rank with their L hits, none excluded, and not their own caption's concepts."""
+    from test_curation_units import memory_bank, normalized
+
     from cocu.curation.enrich import EnrichConfig, curate
     from cocu.curation.ranking import Ragged
-    from test_curation_units import memory_bank, normalized
 
     rng = np.random.default_rng(9)
     common = np.eye(24)[0] * 3.0
@@ -142,8 +204,16 @@ def test_release_formula_equals_the_port_for_images_outside_the_bank_too():
     index = faiss.IndexFlatIP(24)
     index.add(embeddings)
     for i, row in enumerate(got.concepts.tolist()):
-        expected = release_cocu(i, 8, index, queries.astype(np.float64), embeddings.astype(np.float64), semantics,
-                                {n: j for j, n in enumerate(names)}, text.astype(np.float64))
+        expected = release_cocu(
+            i,
+            8,
+            index,
+            queries.astype(np.float64),
+            embeddings.astype(np.float64),
+            semantics,
+            {n: j for j, n in enumerate(names)},
+            text.astype(np.float64),
+        )
         assert [names[c] for c in row] == list(expected)
-        scores = got.scores[got.concepts.offsets[i]:got.concepts.offsets[i + 1]]
+        scores = got.scores[got.concepts.offsets[i] : got.concepts.offsets[i + 1]]
         np.testing.assert_allclose(scores, list(expected.values()), rtol=1e-5, atol=1e-5)

@@ -1,9 +1,9 @@
 """Curation at scale without a cluster: GPU placement with a faked device count, array-task slices plus
 --finalize, and a local 2-CPU Ray cluster whose outputs must be the local executor's bytes."""
+
 from __future__ import annotations
 
 import json
-
 import os
 import signal
 import subprocess
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_curation import MODEL, save_tiny_clip
 
 from cocu.curation.bank import BankConfig, BankError, build_bank
 from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.placement import ShardSlice, default_workers, shard_slice, worker_devices
 from cocu.curation.stage import ShardTask, run_stage
-from test_curation import MODEL, save_tiny_clip
 
 SHARDS, ROWS = 6, 40
 # build.json is the build's own bookkeeping (it records each file's mtime to skip re-hashing): compared without those
@@ -76,8 +76,9 @@ def test_each_parallel_worker_sees_only_its_own_gpu(tmp_path):
 def test_array_slice_from_flags_or_slurm():
     assert shard_slice(None, None, {}) == ShardSlice(0, 1)
     assert shard_slice(1, 3, {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "9"}) == ShardSlice(1, 3)
-    assert shard_slice(None, None, {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4",
-                                    "SLURM_ARRAY_TASK_MIN": "1"}) == ShardSlice(3, 4)
+    assert shard_slice(
+        None, None, {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}
+    ) == ShardSlice(3, 4)
     assert ShardSlice(1, 3).take(list("abcdefg")) == ["b", "e"]
     with pytest.raises(ValueError, match="--shard-index must be in"):
         shard_slice(2, 2, {})
@@ -135,8 +136,12 @@ def test_array_tasks_then_finalize_equal_one_plain_run(reference, tmp_path):
     same_files(bank, reference["bank"], BANK_FILES)
     same_files(bank / "parts", reference["bank"] / "parts", data_files(reference["bank"] / "parts"))
     for index in range(2):
-        assert enrich(bank, reference["shards"], out, EnrichConfig(batch_size=16), progress=False,
-                      part=ShardSlice(index, 2)).done == SHARDS // 2
+        assert (
+            enrich(
+                bank, reference["shards"], out, EnrichConfig(batch_size=16), progress=False, part=ShardSlice(index, 2)
+            ).done
+            == SHARDS // 2
+        )
     assert data_files(out) == data_files(reference["out"])
     same_files(out, reference["out"], data_files(out))
 
@@ -149,13 +154,15 @@ def test_ray_run_is_byte_identical_to_the_local_run(reference, ray_cluster, tmp_
     from cocu.curation.ray_executor import RayExecutor
 
     bank, out = tmp_path / "bank", tmp_path / "out"
-    summary = build_bank(reference["shards"], bank, reference["config"], progress=False,
-                         executor=RayExecutor(workers=2))
+    summary = build_bank(
+        reference["shards"], bank, reference["config"], progress=False, executor=RayExecutor(workers=2)
+    )
     assert summary.ok and summary.embed.done == SHARDS
     same_files(bank, reference["bank"], BANK_FILES)
     same_files(bank / "parts", reference["bank"] / "parts", data_files(reference["bank"] / "parts"))
-    stage = enrich(bank, reference["shards"], out, EnrichConfig(batch_size=16), progress=False,
-                   executor=RayExecutor(workers=2))
+    stage = enrich(
+        bank, reference["shards"], out, EnrichConfig(batch_size=16), progress=False, executor=RayExecutor(workers=2)
+    )
     assert stage.ok and stage.done == SHARDS and stage.counts["images"] == SHARDS * ROWS
     assert data_files(out) == data_files(reference["out"])
     same_files(out, reference["out"], data_files(out))
@@ -203,10 +210,32 @@ def test_killed_ray_run_resumes(reference, ray_cluster, tmp_path):
     bank = tmp_path / "bank"
     address = ray_cluster.get_runtime_context().gcs_address
     config = reference["config"]
-    command = [sys.executable, "-m", "cocu.cli.curate", "build-bank", "--shards", str(reference["shards"]),
-               "--model", MODEL, "--pretrained", config.pretrained, "--out", str(bank), "--batch-size", "32",
-               "--decode-workers", "0", "--min-count", "3", "--executor", "ray", "--ray-address", address,
-               "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "cocu.cli.curate",
+        "build-bank",
+        "--shards",
+        str(reference["shards"]),
+        "--model",
+        MODEL,
+        "--pretrained",
+        config.pretrained,
+        "--out",
+        str(bank),
+        "--batch-size",
+        "32",
+        "--decode-workers",
+        "0",
+        "--min-count",
+        "3",
+        "--executor",
+        "ray",
+        "--ray-address",
+        address,
+        "--workers",
+        "1",
+    ]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list((bank / "parts").glob("*.manifest.json")) and time.monotonic() < deadline:

@@ -8,13 +8,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cocu.curation.shards import ShardError, ShardWriter, expand_shards, iter_batches, remove_stale_temporaries, validate_shard
+from cocu.curation.shards import (
+    ShardError,
+    ShardWriter,
+    expand_shards,
+    iter_batches,
+    remove_stale_temporaries,
+    validate_shard,
+)
 from cocu.curation.stage import ShardTask, run_stage
 
 
 def make_table(n=10, start=0, **extra):
-    data = {"key": [f"{start + i:05d}" for i in range(n)], "jpg": [bytes([i % 256]) * 8 for i in range(n)],
-            "caption": [f"a photo of thing {i}" for i in range(n)]}
+    data = {
+        "key": [f"{start + i:05d}" for i in range(n)],
+        "jpg": [bytes([i % 256]) * 8 for i in range(n)],
+        "caption": [f"a photo of thing {i}" for i in range(n)],
+    }
     data.update(extra)
     return pa.table(data)
 
@@ -29,11 +39,17 @@ def test_round_trip_keeps_extra_columns(tmp_path):
     assert validate_shard(tmp_path / "a.parquet") == 25
 
 
-@pytest.mark.parametrize("table, message", [
-    (make_table().drop(["caption"]), "missing required column 'caption'"),
-    (make_table().set_column(2, "caption", pa.array(range(10))), "column 'caption' has type int64"),
-    (make_table().set_column(0, "key", pa.array(["a", "b", "c", "d", "e", "f", "g", "c", "i", "j"])), "row 7: duplicate key 'c'"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        (make_table().drop(["caption"]), "missing required column 'caption'"),
+        (make_table().set_column(2, "caption", pa.array(range(10))), "column 'caption' has type int64"),
+        (
+            make_table().set_column(0, "key", pa.array(["a", "b", "c", "d", "e", "f", "g", "c", "i", "j"])),
+            "row 7: duplicate key 'c'",
+        ),
+    ],
+)
 def test_invalid_shard_gives_one_line_naming_file(tmp_path, table, message):
     path = tmp_path / "bad.parquet"
     pq.write_table(table, path)
@@ -73,7 +89,7 @@ def test_killed_write_leaves_no_partial_file(tmp_path):
         import sys, time, pyarrow as pa
         from cocu.curation.shards import ShardWriter
         table = pa.table({{"key": ["k"], "jpg": [b"x"], "caption": ["c"]}})
-        with ShardWriter({str(tmp_path / 'out.parquet')!r}, table.schema) as writer:
+        with ShardWriter({str(tmp_path / "out.parquet")!r}, table.schema) as writer:
             writer.write(table)
             print("writing", flush=True)
             time.sleep(60)
@@ -130,7 +146,9 @@ def test_stage_reports_bad_shard_and_finishes_the_others(tmp_path):
 def test_validate_cli_names_each_bad_file(tmp_path):
     pq.write_table(make_table(10), tmp_path / "good.parquet")
     pq.write_table(make_table(10).drop(["jpg"]), tmp_path / "bad.parquet")
-    result = subprocess.run([sys.executable, "-m", "cocu.cli.data", "validate", str(tmp_path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "cocu.cli.data", "validate", str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bad.parquet: missing required column 'jpg'" in errors[0]

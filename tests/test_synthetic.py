@@ -19,10 +19,19 @@ def test_layout_and_world_record(small_world):
     root, record = small_world
     assert len(THING_NAMES) >= 30 and len(STUFF_NAMES) >= 6
     assert record["classes"] == CLASSES
-    assert sorted(p.name for p in (root / "train").iterdir()) == ["00000.parquet", "00001.parquet", "00002.parquet", "00003.parquet"]
+    assert sorted(p.name for p in (root / "train").iterdir()) == [
+        "00000.parquet",
+        "00001.parquet",
+        "00002.parquet",
+        "00003.parquet",
+    ]
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in (root / "teacher").glob("*.parquet")) == 400
     assert (root / "val" / "classes.txt").read_text().split("\n")[:-1] == CLASSES
-    assert len(list((root / "val" / "images").glob("*.jpg"))) == len(list((root / "val" / "annotations").glob("*.png"))) == 40
+    assert (
+        len(list((root / "val" / "images").glob("*.jpg")))
+        == len(list((root / "val" / "annotations").glob("*.png")))
+        == 40
+    )
     assert set(pq.read_schema(root / "train" / "00000.parquet").names) == {"key", "jpg", "caption", "width", "height"}
     groups = record["confusable_groups"]
     assert all(len(members) >= 2 for members in groups.values()) and {"cup", "mug"} <= set(groups["container"])
@@ -40,7 +49,9 @@ def test_gap_matches_the_flag(small_world):
 @pytest.mark.slow
 @pytest.mark.parametrize("omit", [0.4, 0.55])
 def test_gap_follows_other_flag_values(tmp_path, omit):
-    record = generate_world(tmp_path, WorldConfig(train=2000, teacher=0, val=0, omit=omit, shard_size=1000), progress=False)
+    record = generate_world(
+        tmp_path, WorldConfig(train=2000, teacher=0, val=0, omit=omit, shard_size=1000), progress=False
+    )
     assert abs(record["omission"]["measured_train"] - omit) < 0.02
 
 
@@ -114,13 +125,19 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     cfg = WorldConfig(train=300, teacher=100, val=10, shard_size=150)
     generate_world(tmp_path / "a", cfg, progress=False)
     generate_world(tmp_path / "b", cfg, workers=2, progress=False)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "world.json")
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "world.json"
+    )
     assert len(files) > 10
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    other = generate_world(tmp_path / "c", WorldConfig(seed=1, train=300, teacher=0, val=0, shard_size=150), progress=False)
+    other = generate_world(
+        tmp_path / "c", WorldConfig(seed=1, train=300, teacher=0, val=0, shard_size=150), progress=False
+    )
     assert other["config"]["seed"] == 1
-    assert (tmp_path / "c" / "train" / "00000.parquet").read_bytes() != (tmp_path / "a" / "train" / "00000.parquet").read_bytes()
+    assert (tmp_path / "c" / "train" / "00000.parquet").read_bytes() != (
+        tmp_path / "a" / "train" / "00000.parquet"
+    ).read_bytes()
 
 
 def test_shards_load_with_datasets_pandas_and_duckdb(small_world):

@@ -1,4 +1,5 @@
 """The teacher CLIP: trains on teacher shards, saves a standard open_clip checkpoint, loads back identically."""
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,8 @@ import pytest
 import torch
 
 from cocu.cli.teacher import main
-from cocu.curation.shards import ShardError, write_table
 from cocu.curation.clip import load_clip, register_config_file
+from cocu.curation.shards import ShardError, write_table
 from cocu.evaluation.metrics import ranking_metrics
 from cocu.evaluation.zero_shot import evaluate_teacher
 from cocu.training.teacher import TeacherConfig, fit_teacher, save_teacher, train_teacher
@@ -39,8 +40,23 @@ def trained(small_world, tiny_config, tmp_path_factory) -> Path:
     world, _ = small_world
     out = tmp_path_factory.mktemp("teacher")
     with pytest.raises(SystemExit) as done:
-        main([str(world), "--out", str(out), "--model-config", str(tiny_config), "--samples", "96", "--batch-size", "32",
-              "--workers", "1", "--eval-images", "120"])
+        main(
+            [
+                str(world),
+                "--out",
+                str(out),
+                "--model-config",
+                str(tiny_config),
+                "--samples",
+                "96",
+                "--batch-size",
+                "32",
+                "--workers",
+                "1",
+                "--eval-images",
+                "120",
+            ]
+        )
     assert done.value.code == 0
     return out
 
@@ -48,8 +64,13 @@ def trained(small_world, tiny_config, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_cli_writes_a_standard_open_clip_checkpoint(trained, small_world):
     names = {p.name for p in trained.iterdir()}
-    assert {"cocu-teacher-tiny.json", "cocu-teacher-tiny.safetensors", "open_clip_config.json", "open_clip_model.safetensors",
-            "teacher.json"} <= names
+    assert {
+        "cocu-teacher-tiny.json",
+        "cocu-teacher-tiny.safetensors",
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+        "teacher.json",
+    } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     record = json.loads((trained / "teacher.json").read_text())
     assert record["model"] == "cocu-teacher-tiny"
@@ -73,6 +94,7 @@ def test_fit_then_load_through_open_clip_gives_identical_embeddings(small_world,
     tokenizer = open_clip.get_tokenizer("cocu-teacher-tiny")
     jpgs = pq.read_table(next((world / "train").glob("*.parquet")), columns=["jpg"]).column("jpg").to_pylist()[:8]
     from PIL import Image
+
     images = torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in jpgs])
     tokens = tokenizer(["a photo of a cup.", "two buses on the grass", "sky"])
     with torch.no_grad():
@@ -90,8 +112,15 @@ def test_saved_teacher_reproduces_its_recorded_zero_shot_scores(trained, small_w
     again = evaluate_teacher(trained, world, max_images=120, device="cpu", progress=False)
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in recorded.items() if k != "seconds"}
     assert again["images"] == 120 and again["classes"] == len(record_world["classes"]) == 52
-    for key in ("recall_at_present", "thing_recall", "stuff_recall", "salient_top1", "salient_top1_among_things", "mean_ap",
-                "chance_recall"):
+    for key in (
+        "recall_at_present",
+        "thing_recall",
+        "stuff_recall",
+        "salient_top1",
+        "salient_top1_among_things",
+        "mean_ap",
+        "chance_recall",
+    ):
         assert 0.0 <= again[key] <= 1.0
     assert 3.0 <= again["present_per_image"] <= 8.0
     assert again["chance_recall"] == pytest.approx(again["present_per_image"] / 52, abs=0.02)
@@ -136,12 +165,19 @@ def test_ranking_metrics_on_known_rankings():
     bad = ranking_metrics(-perfect, targets, salient, stuff, classes)
     assert bad["recall_at_present"] == bad["salient_top1"] == bad["stuff_recall"] == 0.0
     half = ranking_metrics(np.array([[4, 3, 2, 1], [4, 3, 2, 1]], float), targets, salient, stuff, classes)
-    assert half["recall_at_present"] == 0.5 and half["per_class_recall"] == {"cup": 1.0, "mug": 1.0, "ring": 0.0, "sky": 0.0}
+    assert half["recall_at_present"] == 0.5 and half["per_class_recall"] == {
+        "cup": 1.0,
+        "mug": 1.0,
+        "ring": 0.0,
+        "sky": 0.0,
+    }
     stuff_first = ranking_metrics(np.array([[2, 1, 0, 9], [0, 1, 2, 9]], float), targets, salient, stuff, classes)
     assert stuff_first["salient_top1"] == 0.0 and stuff_first["salient_top1_among_things"] == 1.0
 
 
-@pytest.mark.parametrize("column, value, problem", [("jpg", b"not a jpeg", "undecodable image"), ("caption", "  ", "empty caption")])
+@pytest.mark.parametrize(
+    "column, value, problem", [("jpg", b"not a jpeg", "undecodable image"), ("caption", "  ", "empty caption")]
+)
 def test_bad_row_is_named_and_nothing_is_written(small_world, tiny_config, tmp_path, column, value, problem):
     world, _ = small_world
     table = pq.read_table(next((world / "teacher").glob("*.parquet"))).slice(0, 40)

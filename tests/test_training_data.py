@@ -1,4 +1,5 @@
 """Training text modes, prompts and the Parquet data module (cocu.training.prompts, cocu.training.data)."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,8 +17,17 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from cocu.curation.shards import ShardError
-from cocu.training.data import (IMAGE_MEAN, IMAGE_STD, CachedTokenizer, CuratedShardsDataModule, ImageAugment, assign_units,
-                                cached_tokenizer, plan_units, scan_shards)
+from cocu.training.data import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    CachedTokenizer,
+    CuratedShardsDataModule,
+    ImageAugment,
+    assign_units,
+    cached_tokenizer,
+    plan_units,
+    scan_shards,
+)
 from cocu.training.prompts import TEMPLATES, build_texts, draw_cluster_guided, draw_uniform, take_top
 
 K = 3
@@ -93,7 +103,9 @@ def test_cluster_guided_frequencies_follow_softmax_of_mean_scores():
         members = [c for c in CLUSTER_ROW["concepts"] if cluster_of[c] == cid]
         picks = Counter(c for d in drawn for c in d if cluster_of[c] == cid)
         total = sum(picks.values())
-        np.testing.assert_allclose([picks[m] / total for m in members], softmax([score_of[m] for m in members]), atol=0.015)
+        np.testing.assert_allclose(
+            [picks[m] / total for m in members], softmax([score_of[m] for m in members]), atol=0.015
+        )
     # how often each cluster is among the k drawn equals sequential sampling without replacement, computed exactly
     weights = softmax(means)
     exact = Counter()
@@ -115,8 +127,9 @@ def test_cluster_guided_without_clusters_samples_by_score_and_fills_short_rows()
     np.testing.assert_allclose([first[c] / n for c in row["concepts"]], softmax(row["scores"]), atol=0.012)
     assert all(len(set(d)) == K for d in drawn)
     # two clusters for k=3: both clusters' winners first, then one more concept; never padded while concepts remain
-    two = draw_cluster_guided([["a", "b", "c", "d"]] * 500, [[1.0, 0.5, 0.2, 0.1]] * 500, [[0, 0, 1, 1]] * 500, K,
-                              np.random.default_rng(4))
+    two = draw_cluster_guided(
+        [["a", "b", "c", "d"]] * 500, [[1.0, 0.5, 0.2, 0.1]] * 500, [[0, 0, 1, 1]] * 500, K, np.random.default_rng(4)
+    )
     for d in two:
         assert len(set(d)) == K and {d[0] in "ab", d[1] in "ab"} == {True, False}
     short = draw_cluster_guided([["a"], []], [[0.3], []], [[5], []], K, np.random.default_rng(5))
@@ -144,7 +157,9 @@ def test_simple_augment_normalizes_with_imagenet_statistics_in_rgb_order():
 
 def test_deit_augment_survives_posterize_at_full_magnitude():
     augment = ImageAugment("deit", 32)
-    posterize = [op for step in augment.sample.transforms for op in getattr(step, "ops", ()) if op.name == "PosterizeIncreasing"]
+    posterize = [
+        op for step in augment.sample.transforms for op in getattr(step, "ops", ()) if op.name == "PosterizeIncreasing"
+    ]
     assert len(posterize) == 1
     picture = Image.new("RGB", (32, 32), (200, 120, 40))
     random.seed(0)
@@ -186,18 +201,32 @@ def curated(world, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
                 concepts = concepts[:1]
             elif i % 11 == 0:
                 concepts = []
-            row.update(caption_concepts=truth[row["key"]]["named"], cocu_concepts=concepts,
-                       cocu_scores=[2.0 - 0.3 * j for j in range(len(concepts))],
-                       cocu_clusters=[] if i % 3 == 0 else [j // 2 for j in range(len(concepts))], cocu_error=None)
+            row.update(
+                caption_concepts=truth[row["key"]]["named"],
+                cocu_concepts=concepts,
+                cocu_scores=[2.0 - 0.3 * j for j in range(len(concepts))],
+                cocu_clusters=[] if i % 3 == 0 else [j // 2 for j in range(len(concepts))],
+                cocu_error=None,
+            )
             if i % 10 == 3:  # enrich keeps the row with empty lists and says why
-                row.update(caption_concepts=[], cocu_concepts=[], cocu_scores=[], cocu_clusters=[], cocu_error="image not embedded")
+                row.update(
+                    caption_concepts=[],
+                    cocu_concepts=[],
+                    cocu_scores=[],
+                    cocu_clusters=[],
+                    cocu_error="image not embedded",
+                )
             elif i % 50 == 7:
                 row["jpg"] = b"\xff\xd8 not a jpeg"
             by_key[row["key"]] = row
             i += 1
         schema = pq.read_schema(shard)
-        schema = schema.append(pa.field("caption_concepts", pa.list_(pa.string()))).append(pa.field("cocu_concepts", pa.list_(pa.string())))
-        schema = schema.append(pa.field("cocu_scores", pa.list_(pa.float32()))).append(pa.field("cocu_clusters", pa.list_(pa.int32())))
+        schema = schema.append(pa.field("caption_concepts", pa.list_(pa.string()))).append(
+            pa.field("cocu_concepts", pa.list_(pa.string()))
+        )
+        schema = schema.append(pa.field("cocu_scores", pa.list_(pa.float32()))).append(
+            pa.field("cocu_clusters", pa.list_(pa.int32()))
+        )
         schema = schema.append(pa.field("cocu_error", pa.string()))
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / shard.name, row_group_size=250)
     return out, by_key
@@ -221,8 +250,17 @@ def prompt_of(world) -> dict[tuple[int, ...], str]:
 
 
 def _module(shards, mode: str, world: Path | None = None, **kwargs) -> CuratedShardsDataModule:
-    options = dict(batch_size=64, num_workers=0, image_size=32, text_mode=mode, num_prompts=K, context_length=CONTEXT,
-                   truth=str(world / "truth" / "train") if world and mode == "oracle" else None, seed=0, shuffle_buffer=256)
+    options = dict(
+        batch_size=64,
+        num_workers=0,
+        image_size=32,
+        text_mode=mode,
+        num_prompts=K,
+        context_length=CONTEXT,
+        truth=str(world / "truth" / "train") if world and mode == "oracle" else None,
+        seed=0,
+        shuffle_buffer=256,
+    )
     options.update(kwargs)
     return CuratedShardsDataModule(str(shards), **options)
 
@@ -238,7 +276,7 @@ def _samples(batches, by_key, prompt_of):
             assert torch.equal(text[0], caption)
             pads = sum(torch.equal(t, caption) for t in text[1:])
             chosen = [prompt_of[tuple(t.tolist())] for t in text[1:] if not torch.equal(t, caption)]
-            assert all(torch.equal(t, caption) for t in text[1 + len(chosen):])  # pads come last
+            assert all(torch.equal(t, caption) for t in text[1 + len(chosen) :])  # pads come last
             yield row, chosen, pads
 
 
@@ -331,7 +369,9 @@ def test_uneven_shards_still_give_every_rank_the_same_full_batches(world, tmp_pa
     assert not {rows[i]["key"] for i in range(0, 500, 37)} & set(seen)
 
 
-@pytest.mark.parametrize("shape, unit_kind", [((4, 1), "shard"), ((2, 3), "row group"), ((1, 1), "stride"), ((3, 1), "stride")])
+@pytest.mark.parametrize(
+    "shape, unit_kind", [((4, 1), "shard"), ((2, 3), "row group"), ((1, 1), "stride"), ((3, 1), "stride")]
+)
 def test_read_units_partition_the_rows_for_any_layout(shape, unit_kind, world, tmp_path):
     """Whole shards, row groups, or every slots-th row: the 4 slots read disjoint rows that cover everything."""
     shards, groups = shape
@@ -341,10 +381,16 @@ def test_read_units_partition_the_rows_for_any_layout(shape, unit_kind, world, t
         pq.write_table(rows.slice(s * per, per), tmp_path / f"{s}.parquet", row_group_size=math.ceil(per / groups))
     infos = scan_shards(str(tmp_path), "oracle")
     units = plan_units(infos, 4)
-    assert {"shard": len(units) == shards, "row group": len(units) == shards * groups, "stride": len(units) == shards * 4}[unit_kind]
+    assert {
+        "shard": len(units) == shards,
+        "row group": len(units) == shards * groups,
+        "stride": len(units) == shards * 4,
+    }[unit_kind]
     stream = _module(tmp_path, "oracle", world, batch_size=10).stream()
     for epoch in range(2):
-        per_slot = [[row[0] for unit in slot for row in stream._read(unit)] for slot in assign_units(units, 4, 0, epoch)]
+        per_slot = [
+            [row[0] for unit in slot for row in stream._read(unit)] for slot in assign_units(units, 4, 0, epoch)
+        ]
         keys = [k for slot in per_slot for k in slot]
         assert sorted(keys) == sorted(rows.column("key").to_pylist())
         assert max(map(len, per_slot)) - min(map(len, per_slot)) <= per // groups
@@ -371,8 +417,16 @@ def test_the_epoch_comes_from_the_lightning_trainer(curated, world):
     shards, _ = curated
     dm = _module(sorted(shards.glob("*.parquet"))[0], "cocu-top", world, batch_size=100)
     model = Recorder()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=dm)
     assert sorted(model.keys) == [0, 1] and all(len(keys) == 500 for keys in model.keys.values())
     assert model.keys[0] != model.keys[1] and trainer.train_dataloader.dataset.epoch == 1

@@ -1,4 +1,5 @@
 """`cocu-train fit` end to end on the synthetic world: every text mode, checkpoints, kill + resume, and DDP on CPU."""
+
 from __future__ import annotations
 
 import csv
@@ -64,8 +65,18 @@ def curated(small_world, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _fit_args(shards: Path, root: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", CONFIG, "--data.shards", str(shards), "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", *extra]
+    return [
+        "fit",
+        "--config",
+        CONFIG,
+        "--data.shards",
+        str(shards),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
 
 
 def _metrics(root: Path, version: int) -> list[dict[str, str]]:
@@ -92,7 +103,7 @@ def test_fit_each_text_mode_writes_a_loadable_checkpoint(curated, tmp_path, mode
 
     model, config = load_groupvit(last)
     assert isinstance(model, GroupViT) and not model.training
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()}
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items()}
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     images = torch.randn(2, 3, 64, 64)
     feats = model.group_features(images)
@@ -126,8 +137,13 @@ def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path, capsys
     shards, _ = curated
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = _fit_args(shards, tmp_path, "--data.text_mode", "cocu-top", "--trainer.max_steps", "100000")
-    proc = subprocess.Popen([sys.executable, "-m", "cocu.cli.train", *args], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cocu.cli.train", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     last = tmp_path / "checkpoints" / "last.ckpt"
     try:
         deadline = time.monotonic() + 120
@@ -142,8 +158,18 @@ def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path, capsys
     saved = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert saved >= 2 and saved % 2 == 0
 
-    main(_fit_args(shards, tmp_path, "--data.text_mode", "cocu-top", "--trainer.max_steps", str(saved + 3),
-                   "--ckpt_path", "last"))
+    main(
+        _fit_args(
+            shards,
+            tmp_path,
+            "--data.text_mode",
+            "cocu-top",
+            "--trainer.max_steps",
+            str(saved + 3),
+            "--ckpt_path",
+            "last",
+        )
+    )
     assert f"fit: 3 steps this run (global step {saved + 3}), 48 samples" in capsys.readouterr().out
     resumed = _metrics(tmp_path, 1)
     assert [int(r["step"]) for r in resumed] == [saved, saved + 1, saved + 2]
@@ -217,8 +243,9 @@ def test_ddp_on_two_cpu_processes_equals_one_process(tmp_path):
     script.write_text(DDP_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     single = torch.load(tmp_path / "single.pt", weights_only=True)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)

@@ -1,4 +1,5 @@
 """GroupViT model and loss: faithfulness to the reference (assignment, sizes, interpolation, loss) and the eval interface."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,6 @@ from cocu.training.loss import groupvit_loss
 from cocu.training.model import GroupViT, GroupViTConfig, build_model, get_config
 from cocu.training.optim import warmup_cosine, weight_decay_groups
 from cocu.training.text import tokenize
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,8 +52,18 @@ def test_straight_through_gradient_equals_softmax_gradient():
 
 
 def _block() -> GroupingBlock:
-    return GroupingBlock(dim=32, num_heads=2, num_group_token=8, num_output_group=4, mlp_ratio=4.0, qkv_bias=True,
-                         hard=True, gumbel=True, gumbel_tau=1.0, assign_eps=1.0)
+    return GroupingBlock(
+        dim=32,
+        num_heads=2,
+        num_group_token=8,
+        num_output_group=4,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        hard=True,
+        gumbel=True,
+        gumbel_tau=1.0,
+        assign_eps=1.0,
+    )
 
 
 def test_assignment_is_one_hot_with_noise_only_in_training():
@@ -95,11 +105,19 @@ def test_groupvit_s_matches_the_reference_size(groupvit_s: GroupViT):
     assert round(count(model.text_encoder) / 1e6, 2) == 22.15
     assert (round(count(model.img_projector) / 1e6, 2), round(count(model.text_projector) / 1e6, 2)) == (2.63, 2.11)
     keys = set(model.state_dict())  # the reference's names, so its released weights load by state dict
-    for key in ("img_encoder.pos_embed", "img_encoder.layers.0.group_token", "img_encoder.layers.1.group_projector.1.fc1.weight",
-                "img_encoder.layers.0.downsample.pre_assign_attn.attn.q_proj.weight",
-                "img_encoder.layers.1.downsample.assign.k_proj.bias", "img_encoder.layers.0.blocks.5.attn.qkv.weight",
-                "text_encoder.transformer.resblocks.11.attn.in_proj_weight", "text_encoder.token_embedding.weight",
-                "img_projector.linear_hidden.1.running_mean", "text_projector.linear_out.weight", "multi_label_logit_scale"):
+    for key in (
+        "img_encoder.pos_embed",
+        "img_encoder.layers.0.group_token",
+        "img_encoder.layers.1.group_projector.1.fc1.weight",
+        "img_encoder.layers.0.downsample.pre_assign_attn.attn.q_proj.weight",
+        "img_encoder.layers.1.downsample.assign.k_proj.bias",
+        "img_encoder.layers.0.blocks.5.attn.qkv.weight",
+        "text_encoder.transformer.resblocks.11.attn.in_proj_weight",
+        "text_encoder.token_embedding.weight",
+        "img_projector.linear_hidden.1.running_mean",
+        "text_projector.linear_out.weight",
+        "multi_label_logit_scale",
+    ):
         assert key in keys, key
     # stage-2 group tokens start at zero; temperatures start at 1/0.07
     assert torch.count_nonzero(model.img_encoder.layers[1].group_token) == 0
@@ -146,7 +164,7 @@ def test_text_pooling_ignores_padding_and_batch_length(tiny: GroupViT):
     tiny.eval()
     with torch.no_grad():
         together = tiny.text_encoder(tokens)
-        alone = torch.cat([tiny.text_encoder(tokens[i:i + 1]) for i in range(2)])
+        alone = torch.cat([tiny.text_encoder(tokens[i : i + 1]) for i in range(2)])
     assert torch.allclose(together, alone, atol=1e-5)
 
 
@@ -245,4 +263,3 @@ def test_weight_decay_groups_exempt_gains_biases_and_temperatures():
     assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
     assert sorted(p.ndim for p in keep["params"]) == [0, 1, 1, 1]
-

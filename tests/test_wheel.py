@@ -4,6 +4,7 @@ The fresh environment sees the running interpreter's site-packages through a ``.
 again) but not the editable install of this checkout: ``.pth`` lines add plain paths, whose own ``.pth`` hooks (the
 editable finder) are not run.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -19,8 +20,9 @@ import pytest
 import typer
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", "benchmark",
-                              "lightning_logs", "tests")
+SKIP = shutil.ignore_patterns(
+    ".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", "benchmark", "lightning_logs", "tests"
+)
 TRAIN_VERBS = ("fit", "clip")  # cocu-train is a plain function: LightningCLI's `fit` and the teacher's `clip`
 
 pytestmark = pytest.mark.slow
@@ -55,8 +57,11 @@ def installed(tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
     source, dist, env_dir = root / "src", root / "dist", root / "env"
     shutil.copytree(REPO, source, ignore=SKIP)
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONNOUSERSITE": "1"}
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, source],
-         root, env)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, source],
+        root,
+        env,
+    )
     (wheel,) = dist.glob("cocu-*.whl")
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -69,10 +74,12 @@ def installed(tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
 
 def test_the_wheel_imports_from_its_own_install_and_ships_its_data(installed, tmp_path):
     bin_dir, env, _ = installed
-    probe = ("import cocu.training, cocu.evaluation.html as html; from cocu.training.recipes import recipe_names;"
-             "from cocu.training.teacher import DEFAULT_MODEL_CONFIG as teacher;"
-             "print(cocu.training.__file__); print(recipe_names()); print(teacher.is_file());"
-             "print(html.asset('style.css') != '')")
+    probe = (
+        "import cocu.training, cocu.evaluation.html as html; from cocu.training.recipes import recipe_names;"
+        "from cocu.training.teacher import DEFAULT_MODEL_CONFIG as teacher;"
+        "print(cocu.training.__file__); print(recipe_names()); print(teacher.is_file());"
+        "print(html.asset('style.css') != '')"
+    )
     out = _run([bin_dir / "python", "-c", probe], tmp_path, env).splitlines()
     assert out[0].startswith(str(bin_dir.parent)), f"cocu imported from {out[0]}, not from the wheel's install"
     assert out[1] == "['groupvit-s', 'synthetic', 'tiny-test']" and out[2:] == ["True", "True"]
@@ -89,9 +96,17 @@ def test_every_command_and_sub_command_answers_help(installed, tmp_path):
 
 def test_synth_and_a_shipped_recipe_run_from_the_wheel(installed, tmp_path):
     bin_dir, env, _ = installed
-    _run([bin_dir / "cocu-data", "synth", "world", "--train", "8", "--teacher", "8", "--val", "2", "--shard-size", "4"],
-         tmp_path, env)
-    assert (tmp_path / "world" / "world.json").is_file() and len(list((tmp_path / "world" / "train").glob("*.parquet"))) == 2
-    config = _run([bin_dir / "cocu-train", "fit", "--config", "tiny-test", "--data.shards", "world/train",
-                   "--print_config"], tmp_path, env)
+    _run(
+        [bin_dir / "cocu-data", "synth", "world", "--train", "8", "--teacher", "8", "--val", "2", "--shard-size", "4"],
+        tmp_path,
+        env,
+    )
+    assert (tmp_path / "world" / "world.json").is_file() and len(
+        list((tmp_path / "world" / "train").glob("*.parquet"))
+    ) == 2
+    config = _run(
+        [bin_dir / "cocu-train", "fit", "--config", "tiny-test", "--data.shards", "world/train", "--print_config"],
+        tmp_path,
+        env,
+    )
     assert "groupvit" in config and "world/train" in config

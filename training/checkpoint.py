@@ -4,6 +4,7 @@ A `cocu-train fit` checkpoint is a Lightning checkpoint whose contents are tenso
 under ``groupvit_config``, hyperparameters as primitives), so it loads with ``torch.load(weights_only=True)``: no pickled
 code objects, nothing executed on load.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,9 @@ def load_groupvit(path: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: one line naming it
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        raise ValueError(
+            f"{path}: not a loadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
     if "groupvit_config" in ckpt:
@@ -41,7 +44,7 @@ def load_groupvit(path: str | Path, device: str | torch.device = "cpu") -> tuple
         config = get_config(hp["arch"], hp.get("arch_overrides"))
     else:
         raise ValueError(f"{path}: holds no GroupViT config (groupvit_config or hyper_parameters.arch)")
-    state = {k[len(_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(_PREFIX)}
+    state = {k[len(_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(_PREFIX)}
     model = GroupViT(config)
     try:
         model.load_state_dict(state, strict=True)
@@ -69,8 +72,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:

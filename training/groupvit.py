@@ -11,6 +11,7 @@ with ``assign_eps = 1``; the cross-attention before assignment is post-norm; lat
 and added to a token-mixing projection of the previous stage's group tokens; the image vector is the average of the final
 segment tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,9 +53,13 @@ class GroupViTVisionConfig:
         if not (len(self.num_heads) == len(self.num_group_tokens) == stages):
             raise ValueError(f"depths, num_heads and num_group_tokens need one entry per stage ({stages})")
         if len(self.num_output_groups) != stages - 1:
-            raise ValueError(f"num_output_groups needs one entry per grouping block ({stages - 1}), got {self.num_output_groups}")
+            raise ValueError(
+                f"num_output_groups needs one entry per grouping block ({stages - 1}), got {self.num_output_groups}"
+            )
         if self.num_group_tokens[-1] != 0 or any(n <= 0 for n in self.num_group_tokens[:-1]):
-            raise ValueError(f"every stage but the last needs group tokens and the last none, got {self.num_group_tokens}")
+            raise ValueError(
+                f"every stage but the last needs group tokens and the last none, got {self.num_group_tokens}"
+            )
         if any(self.width % h for h in self.num_heads):
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
@@ -92,8 +97,10 @@ def gumbel_softmax(logits: torch.Tensor, dim: int, tau: float = 1.0, hard: bool 
     Noise comes from `torch.distributions.Gumbel`, which clamps its uniform draw (torch.nn.functional.gumbel_softmax
     can produce inf, pytorch#41663), as the reference does.
     """
-    gumbel = torch.distributions.Gumbel(torch.zeros((), device=logits.device, dtype=logits.dtype),
-                                        torch.ones((), device=logits.device, dtype=logits.dtype))
+    gumbel = torch.distributions.Gumbel(
+        torch.zeros((), device=logits.device, dtype=logits.dtype),
+        torch.ones((), device=logits.device, dtype=logits.dtype),
+    )
     noisy = (logits + gumbel.sample(logits.shape)) / tau
     return hard_softmax(noisy, dim) if hard else noisy.softmax(dim)
 
@@ -158,8 +165,16 @@ class Attention(nn.Module):
 class AttnBlock(nn.Module):
     """Pre-norm ViT block over the concatenation of image and group tokens."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: float):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, qkv_fuse=True)
@@ -196,7 +211,7 @@ class AssignAttention(nn.Module):
 
     def __init__(self, dim: int, qkv_bias: bool, hard: bool, gumbel: bool, gumbel_tau: float, assign_eps: float):
         super().__init__()
-        self.scale = dim ** -0.5
+        self.scale = dim**-0.5
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
@@ -212,8 +227,9 @@ class AssignAttention(nn.Module):
             return gumbel_softmax(logits, dim=-2, tau=self.gumbel_tau, hard=self.hard)
         return hard_softmax(logits, dim=-2) if self.hard else logits.softmax(dim=-2)
 
-    def forward(self, groups: torch.Tensor, tokens: torch.Tensor,
-                return_attn: bool = False) -> tuple[torch.Tensor, Assignment | None]:
+    def forward(
+        self, groups: torch.Tensor, tokens: torch.Tensor, return_attn: bool = False
+    ) -> tuple[torch.Tensor, Assignment | None]:
         logits = (self.q_proj(groups) @ self.k_proj(tokens).transpose(-2, -1)) * self.scale
         attn = self.assign(logits)
         maps = Assignment(hard=attn.detach(), soft=logits.detach().softmax(dim=-2)) if return_attn else None
@@ -225,21 +241,34 @@ class AssignAttention(nn.Module):
 class GroupingBlock(nn.Module):
     """Merges N tokens into S_out segments guided by S_in group tokens (reference `GroupingBlock`, equal in/out width)."""
 
-    def __init__(self, dim: int, num_heads: int, num_group_token: int, num_output_group: int, mlp_ratio: float,
-                 qkv_bias: bool, hard: bool, gumbel: bool, gumbel_tau: float, assign_eps: float):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_group_token: int,
+        num_output_group: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        hard: bool,
+        gumbel: bool,
+        gumbel_tau: float,
+        assign_eps: float,
+    ):
         super().__init__()
         self.norm_tokens = nn.LayerNorm(dim)
         self.mlp_inter = Mlp(num_group_token, int(0.5 * dim), num_output_group)
         self.norm_post_tokens = nn.LayerNorm(dim)
         self.norm_x = nn.LayerNorm(dim)
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)
-        self.assign = AssignAttention(dim, qkv_bias=qkv_bias, hard=hard, gumbel=gumbel, gumbel_tau=gumbel_tau,
-                                      assign_eps=assign_eps)
+        self.assign = AssignAttention(
+            dim, qkv_bias=qkv_bias, hard=hard, gumbel=gumbel, gumbel_tau=gumbel_tau, assign_eps=assign_eps
+        )
         self.norm_new_x = nn.LayerNorm(dim)
         self.mlp_channels = Mlp(dim, int(mlp_ratio * dim), dim)
 
-    def forward(self, x: torch.Tensor, group_tokens: torch.Tensor,
-                return_attn: bool = False) -> tuple[torch.Tensor, Assignment | None]:
+    def forward(
+        self, x: torch.Tensor, group_tokens: torch.Tensor, return_attn: bool = False
+    ) -> tuple[torch.Tensor, Assignment | None]:
         group_tokens = self.norm_tokens(group_tokens)
         x = self.norm_x(x)
         projected = self.norm_post_tokens(self.mlp_inter(group_tokens.transpose(1, 2)).transpose(1, 2))
@@ -252,9 +281,20 @@ class GroupingBlock(nn.Module):
 class GroupingLayer(nn.Module):
     """One stage: transformer blocks over [tokens; group tokens], then (except the last stage) a grouping block."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, num_group_token: int, mlp_ratio: float, qkv_bias: bool,
-                 drop: float, attn_drop: float, drop_path: list[float], downsample: GroupingBlock | None,
-                 group_projector: nn.Module | None):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        num_group_token: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        drop_path: list[float],
+        downsample: GroupingBlock | None,
+        group_projector: nn.Module | None,
+    ):
         super().__init__()
         self.num_group_token = num_group_token
         if num_group_token > 0:
@@ -263,13 +303,15 @@ class GroupingLayer(nn.Module):
                 trunc_normal_(self.group_token, std=0.02)
         else:
             self.group_token = None
-        self.blocks = nn.ModuleList(AttnBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i])
-                                    for i in range(depth))
+        self.blocks = nn.ModuleList(
+            AttnBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i]) for i in range(depth)
+        )
         self.downsample = downsample
         self.group_projector = group_projector
 
-    def forward(self, x: torch.Tensor, prev_group_token: torch.Tensor | None,
-                return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, Assignment | None]:
+    def forward(
+        self, x: torch.Tensor, prev_group_token: torch.Tensor | None, return_attn: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Assignment | None]:
         group_token = None
         if self.group_token is not None:
             group_token = self.group_token.expand(x.shape[0], -1, -1)
@@ -279,7 +321,7 @@ class GroupingLayer(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         if group_token is not None:
-            x, group_token = x[:, :-self.num_group_token], x[:, -self.num_group_token:]
+            x, group_token = x[:, : -self.num_group_token], x[:, -self.num_group_token :]
         maps = None
         if self.downsample is not None:
             x, maps = self.downsample(x, group_token, return_attn=return_attn)
@@ -317,7 +359,7 @@ class GroupViTVisionEncoder(nn.Module):
         c = config
         self.width = c.width
         self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, c.width, c.patch_norm)
-        self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size ** 2, c.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size**2, c.width))
         trunc_normal_(self.pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(c.drop_rate)
         dpr = torch.linspace(0, c.drop_path_rate, sum(c.depths)).tolist()
@@ -325,17 +367,39 @@ class GroupViTVisionEncoder(nn.Module):
         for i, depth in enumerate(c.depths):
             downsample = None
             if i < len(c.depths) - 1:
-                downsample = GroupingBlock(c.width, c.num_heads[i], c.num_group_tokens[i], c.num_output_groups[i],
-                                           c.mlp_ratio, c.qkv_bias, c.hard_assignment, c.hard_assignment and c.gumbel,
-                                           c.gumbel_tau, c.assign_eps)
+                downsample = GroupingBlock(
+                    c.width,
+                    c.num_heads[i],
+                    c.num_group_tokens[i],
+                    c.num_output_groups[i],
+                    c.mlp_ratio,
+                    c.qkv_bias,
+                    c.hard_assignment,
+                    c.hard_assignment and c.gumbel,
+                    c.gumbel_tau,
+                    c.assign_eps,
+                )
             projector = None
             if i > 0 and c.num_group_tokens[i] > 0:
-                projector = nn.Sequential(nn.LayerNorm(c.width),
-                                          MixerMlp(c.num_group_tokens[i - 1], c.width // 2, c.num_group_tokens[i]))
+                projector = nn.Sequential(
+                    nn.LayerNorm(c.width), MixerMlp(c.num_group_tokens[i - 1], c.width // 2, c.num_group_tokens[i])
+                )
             start = sum(c.depths[:i])
-            self.layers.append(GroupingLayer(c.width, depth, c.num_heads[i], c.num_group_tokens[i], c.mlp_ratio,
-                                             c.qkv_bias, c.drop_rate, c.attn_drop_rate, dpr[start:start + depth],
-                                             downsample, projector))
+            self.layers.append(
+                GroupingLayer(
+                    c.width,
+                    depth,
+                    c.num_heads[i],
+                    c.num_group_tokens[i],
+                    c.mlp_ratio,
+                    c.qkv_bias,
+                    c.drop_rate,
+                    c.attn_drop_rate,
+                    dpr[start : start + depth],
+                    downsample,
+                    projector,
+                )
+            )
         self.norm = nn.LayerNorm(c.width)
         self.apply(self._init_weights)
 
@@ -349,8 +413,9 @@ class GroupViTVisionEncoder(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward_features(self, images: torch.Tensor,
-                         return_attn: bool = False) -> tuple[torch.Tensor, list[Assignment]]:
+    def forward_features(
+        self, images: torch.Tensor, return_attn: bool = False
+    ) -> tuple[torch.Tensor, list[Assignment]]:
         """Final segment tokens [B, G, C] (after the last LayerNorm) and, on request, each grouping block's assignment."""
         x, hw = self.patch_embed(images)
         x = self.pos_drop(x + interpolate_pos_embed(self.pos_embed, self.config.grid_size, hw))

@@ -6,6 +6,7 @@ Embeddings are gathered from every rank with gradients, each rank scores its loc
 global labels ``arange(b) + b * rank``; the mean of the ranks' losses then equals the single-process loss on the whole
 global batch, and DDP's gradient averaging gives that loss's gradient.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -38,9 +39,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
-def groupvit_loss(image_x: torch.Tensor, text_x: torch.Tensor, prompt_x: torch.Tensor | None,
-                  logit_scale: torch.Tensor, multi_label_logit_scale: torch.Tensor | None = None,
-                  multi_label_weight: float = 1.0) -> LossOutput:
+def groupvit_loss(
+    image_x: torch.Tensor,
+    text_x: torch.Tensor,
+    prompt_x: torch.Tensor | None,
+    logit_scale: torch.Tensor,
+    multi_label_logit_scale: torch.Tensor | None = None,
+    multi_label_weight: float = 1.0,
+) -> LossOutput:
     """Loss on one rank's batch.
 
     image_x, text_x: [b, D] L2-normalised image and caption embeddings; prompt_x: [b, K, D] L2-normalised prompt
@@ -53,8 +59,10 @@ def groupvit_loss(image_x: torch.Tensor, text_x: torch.Tensor, prompt_x: torch.T
     image_x, text_x = image_x.float(), text_x.float()
     labels = torch.arange(b, device=image_x.device) + b * rank
     all_image = gather_with_grad(image_x)
-    contrastive = 0.5 * (F.cross_entropy(logit_scale * image_x @ gather_with_grad(text_x).t(), labels)
-                         + F.cross_entropy(logit_scale * text_x @ all_image.t(), labels))
+    contrastive = 0.5 * (
+        F.cross_entropy(logit_scale * image_x @ gather_with_grad(text_x).t(), labels)
+        + F.cross_entropy(logit_scale * text_x @ all_image.t(), labels)
+    )
     multi_label = contrastive.new_zeros(())
     if prompt_x is not None and prompt_x.shape[1] > 0:
         k = prompt_x.shape[1]

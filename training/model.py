@@ -3,6 +3,7 @@
 `GroupViT` is the model evaluation loads; its configuration is data (`GroupViTConfig`, a dataclass that round-trips through
 plain dicts, so checkpoints hold it without pickled code). Named configurations live in `MODEL_CONFIGS`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,7 +49,7 @@ class GroupViTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GroupViTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GroupViTConfig:
         return cls(**copy.deepcopy(d))
 
 
@@ -61,16 +62,34 @@ class GroupViTConfig:
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "groupvit-s": {},
     "groupvit-cpu": {
-        "vision": {"image_size": 64, "patch_size": 8, "width": 128, "depths": [2, 2], "num_heads": [4, 4],
-                   "num_group_tokens": [8, 0], "num_output_groups": [8], "drop_path_rate": 0.0},
+        "vision": {
+            "image_size": 64,
+            "patch_size": 8,
+            "width": 128,
+            "depths": [2, 2],
+            "num_heads": [4, 4],
+            "num_group_tokens": [8, 0],
+            "num_output_groups": [8],
+            "drop_path_rate": 0.0,
+        },
         "text": {"context_length": 32, "width": 128, "layers": 2, "heads": 2},
-        "embed_dim": 128, "proj_hidden_dim": 1024,
+        "embed_dim": 128,
+        "proj_hidden_dim": 1024,
     },
     "groupvit-test": {
-        "vision": {"image_size": 32, "patch_size": 8, "width": 32, "depths": [1, 1, 1], "num_heads": [2, 2, 2],
-                   "num_group_tokens": [8, 2, 0], "num_output_groups": [8, 2], "drop_path_rate": 0.0},
+        "vision": {
+            "image_size": 32,
+            "patch_size": 8,
+            "width": 32,
+            "depths": [1, 1, 1],
+            "num_heads": [2, 2, 2],
+            "num_group_tokens": [8, 2, 0],
+            "num_output_groups": [8, 2],
+            "drop_path_rate": 0.0,
+        },
         "text": {"context_length": 32, "width": 32, "layers": 1, "heads": 2},
-        "embed_dim": 32, "proj_hidden_dim": 64,
+        "embed_dim": 32,
+        "proj_hidden_dim": 64,
     },
 }
 
@@ -113,8 +132,11 @@ class ProjectMLP(nn.Module):
         super().__init__()
         hidden: list[nn.Module] = []
         for i in range(num_layers - 1):
-            hidden += [nn.Conv1d(in_dim if i == 0 else inner_dim, inner_dim, kernel_size=1), nn.BatchNorm1d(inner_dim),
-                       nn.ReLU(inplace=True)]
+            hidden += [
+                nn.Conv1d(in_dim if i == 0 else inner_dim, inner_dim, kernel_size=1),
+                nn.BatchNorm1d(inner_dim),
+                nn.ReLU(inplace=True),
+            ]
         self.linear_hidden = nn.Sequential(*hidden)
         self.linear_out = nn.Conv1d(in_dim if num_layers == 1 else inner_dim, out_dim, kernel_size=1)
 
@@ -134,10 +156,12 @@ class GroupViT(nn.Module):
         self.config = config
         self.img_encoder = GroupViTVisionEncoder(config.vision)
         self.text_encoder = TextTransformer(config.text)
-        self.img_projector = ProjectMLP(config.vision.width, config.proj_hidden_dim, config.embed_dim,
-                                        config.proj_num_layers)
-        self.text_projector = ProjectMLP(config.text.width, config.proj_hidden_dim, config.embed_dim,
-                                         config.proj_num_layers)
+        self.img_projector = ProjectMLP(
+            config.vision.width, config.proj_hidden_dim, config.embed_dim, config.proj_num_layers
+        )
+        self.text_projector = ProjectMLP(
+            config.text.width, config.proj_hidden_dim, config.embed_dim, config.proj_num_layers
+        )
         init = math.log(1 / config.contrast_temperature)
         self.logit_scale = nn.Parameter(torch.tensor(init))
         self.multi_label_logit_scale = nn.Parameter(torch.tensor(init))

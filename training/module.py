@@ -4,9 +4,9 @@ The reference recipe (NVlabs/GroupViT, its default config): AdamW without weight
 warm-up and minimum learning rates all scaled by global_batch / 4096; linear warm-up then cosine decay, updated every step.
 Everything about devices, precision, checkpoints and logging belongs to the Trainer.
 """
+
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -37,10 +37,21 @@ class GroupViTModule(L.LightningModule):
         multi_label_weight: weight of the multi-label term (0 turns it off).
     """
 
-    def __init__(self, arch: str = "groupvit-s", arch_overrides: dict[str, Any] | None = None,
-                 base_lr: float = 1.6e-3, warmup_lr: float = 4e-6, min_lr: float = 4e-5, lr_reference_batch: int = 4096,
-                 weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 warmup_epochs: float = 2.0, warmup_steps: int | None = None, multi_label_weight: float = 1.0):
+    def __init__(
+        self,
+        arch: str = "groupvit-s",
+        arch_overrides: dict[str, Any] | None = None,
+        base_lr: float = 1.6e-3,
+        warmup_lr: float = 4e-6,
+        min_lr: float = 4e-5,
+        lr_reference_batch: int = 4096,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_epochs: float = 2.0,
+        warmup_steps: int | None = None,
+        multi_label_weight: float = 1.0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.model = GroupViT(get_config(arch, arch_overrides))
@@ -50,21 +61,35 @@ class GroupViTModule(L.LightningModule):
         # SyncBatchNorm runs on accelerators only; CPU DDP (tests, debugging) keeps per-process statistics.
         if self.trainer.world_size > 1:
             if self.trainer.strategy.root_device.type == "cpu":
-                rank_zero_warn("DDP on CPU: SyncBatchNorm needs an accelerator, so the projectors' BatchNorm uses "
-                               "per-process batch statistics")
+                rank_zero_warn(
+                    "DDP on CPU: SyncBatchNorm needs an accelerator, so the projectors' BatchNorm uses "
+                    "per-process batch statistics"
+                )
             else:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, text = batch["image"], batch["text"]
         image_x, text_x, prompt_x = self.model(images, text)
-        out = groupvit_loss(image_x, text_x, prompt_x, self.model.logit_scale_value(),
-                            self.model.multi_label_logit_scale_value(), self.hparams.multi_label_weight)
+        out = groupvit_loss(
+            image_x,
+            text_x,
+            prompt_x,
+            self.model.logit_scale_value(),
+            self.model.multi_label_logit_scale_value(),
+            self.hparams.multi_label_weight,
+        )
         b = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=b)
-        self.log_dict({"train/contrastive": out.contrastive, "train/multi_label": out.multi_label,
-                       "train/logit_scale": self.model.logit_scale_value(),
-                       "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, batch_size=b)
+        self.log_dict(
+            {
+                "train/contrastive": out.contrastive,
+                "train/multi_label": out.multi_label,
+                "train/logit_scale": self.model.logit_scale_value(),
+                "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            },
+            batch_size=b,
+        )
         return out.loss
 
     def _schedule(self) -> tuple[float, int, int]:
@@ -83,14 +108,18 @@ class GroupViTModule(L.LightningModule):
         elif steps_per_epoch and trainer.max_epochs and trainer.max_epochs > 0:
             total = trainer.max_epochs * steps_per_epoch
         else:
-            raise ValueError("cannot size the learning-rate schedule: set trainer.max_steps, or max_epochs with a data "
-                             "module that knows num_samples")
+            raise ValueError(
+                "cannot size the learning-rate schedule: set trainer.max_steps, or max_epochs with a data "
+                "module that knows num_samples"
+            )
         if self.hparams.warmup_steps is not None:
             warmup = self.hparams.warmup_steps
         elif steps_per_epoch:
             warmup = round(self.hparams.warmup_epochs * steps_per_epoch)
         else:
-            raise ValueError("cannot size the warm-up: set model.warmup_steps, or use a data module that knows num_samples")
+            raise ValueError(
+                "cannot size the warm-up: set model.warmup_steps, or use a data module that knows num_samples"
+            )
         return global_batch / self.hparams.lr_reference_batch, min(warmup, total), total
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -98,14 +127,28 @@ class GroupViTModule(L.LightningModule):
         scale, warmup, total = self._schedule()
         peak = hp.base_lr * scale
         # The fused kernel (CPU and CUDA) is ~6x faster than the per-parameter loop on the 49k-row token embedding.
-        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, hp.weight_decay), lr=peak, betas=tuple(hp.betas), eps=hp.eps,
-                                      fused=self.device.type in ("cpu", "cuda"))
+        optimizer = torch.optim.AdamW(
+            weight_decay_groups(self.model, hp.weight_decay),
+            lr=peak,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+            fused=self.device.type in ("cpu", "cuda"),
+        )
 
         # A plain function (not a callable object) so LambdaLR saves no state for it: a resumed run recomputes the
         # schedule from its own settings and restores only the step count.
         def factor(step: int) -> float:
-            return warmup_cosine(step, peak=peak, warmup_start=hp.warmup_lr * scale, minimum=hp.min_lr * scale,
-                                 warmup=warmup, total=total) / peak
+            return (
+                warmup_cosine(
+                    step,
+                    peak=peak,
+                    warmup_start=hp.warmup_lr * scale,
+                    minimum=hp.min_lr * scale,
+                    warmup=warmup,
+                    total=total,
+                )
+                / peak
+            )
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,4 +1,5 @@
 """The one learning-rate schedule and the one weight-decay rule shared by GroupViT and the teacher CLIP."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,9 @@ import math
 import torch
 
 
-def warmup_cosine(position: float, *, peak: float, warmup_start: float, minimum: float, warmup: float,
-                  total: float) -> float:
+def warmup_cosine(
+    position: float, *, peak: float, warmup_start: float, minimum: float, warmup: float, total: float
+) -> float:
     """Learning rate at `position` (an optimiser step, or a share of a budget): linear warm-up from `warmup_start`
     to `peak` over `warmup`, then cosine down to `minimum` at `total`."""
     if position < warmup:

@@ -13,6 +13,7 @@ drawn uniformly from the 80 CLIP ImageNet templates, as in GroupViT and the CoCu
 is pure given its ``numpy.random.Generator`` and works on a whole batch at once with vectorized numpy, because
 it runs in data-loader workers for every sample of every epoch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -1,4 +1,5 @@
 """The training recipes shipped with cocu (``training/configs/*.yaml``), found as package data so a wheel has them."""
+
 from __future__ import annotations
 
 from importlib.resources import files
@@ -7,8 +8,11 @@ from pathlib import Path
 
 def recipe_names() -> list[str]:
     """The names `cocu-train fit --config NAME` accepts besides a file path, e.g. ``synthetic``."""
-    return sorted(entry.name.removesuffix(".yaml") for entry in (files("cocu.training") / "configs").iterdir()
-                  if entry.name.endswith(".yaml"))
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in (files("cocu.training") / "configs").iterdir()
+        if entry.name.endswith(".yaml")
+    )
 
 
 def recipe_path(name: str) -> Path:

@@ -3,11 +3,12 @@
 Parameter names follow the reference (`TextTransformer` / `ResidualAttentionBlock` over `nn.MultiheadAttention`), so a
 released GroupViT text tower loads by state dict; attention runs through PyTorch's fused SDPA with a causal mask.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ class TextTransformerConfig:
             raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer(context_length: int) -> SimpleTokenizer:
     return SimpleTokenizer(context_length=context_length)
 
@@ -61,7 +62,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.heads, c // self.heads).unbind(2)
+        q, k, v = (
+            F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.heads, c // self.heads).unbind(2)
+        )
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -71,8 +74,11 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = CausalSelfAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()),
-                                              ("c_proj", nn.Linear(width * 4, width))]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(width * 4, width))]
+            )
+        )
         self.ln_2 = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +90,9 @@ class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int):
         super().__init__()
         self.resblocks = nn.Sequential(*(ResidualAttentionBlock(width, heads) for _ in range(layers)))
-        proj_std = width ** -0.5 * (2 * layers) ** -0.5
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
         for block in self.resblocks:  # CLIP's initialisation, as the reference
-            nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
             nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)

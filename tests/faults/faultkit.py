@@ -1,4 +1,5 @@
 """Helpers of the hardening and fault-injection tests: CLI commands and environments, a tiny CLIP, file comparisons."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,11 @@ import pytest
 from cocu.training.recipes import recipe_path
 
 MODEL = "cocu-faults-tiny"
-TINY = {"embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 SHARD_ROWS = 40
 SHARDS = 3
 REPO = Path(__file__).resolve().parents[2]
@@ -26,8 +29,14 @@ TRAIN_CONFIG = str(recipe_path("tiny-test"))
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: offline, one thread per library, so kills land at comparable moments."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false", **extra}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
 
 
 def curate_command(*args: str) -> list[str]:
@@ -35,19 +44,58 @@ def curate_command(*args: str) -> list[str]:
 
 
 def bank_args(world: Path, bank: Path, checkpoint: Path) -> list[str]:
-    return ["build-bank", "--shards", str(world / "train"), "--model", MODEL, "--pretrained", str(checkpoint),
-            "--out", str(bank), "--min-count", "2", "--batch-size", "16", "--decode-workers", "0"]
+    return [
+        "build-bank",
+        "--shards",
+        str(world / "train"),
+        "--model",
+        MODEL,
+        "--pretrained",
+        str(checkpoint),
+        "--out",
+        str(bank),
+        "--min-count",
+        "2",
+        "--batch-size",
+        "16",
+        "--decode-workers",
+        "0",
+    ]
 
 
 def enrich_args(bank: Path, shards: Path, out: Path) -> list[str]:
-    return ["enrich", "--bank", str(bank), "--shards", str(shards), "--out", str(out), "--batch-size", "16",
-            "--decode-workers", "0"]
+    return [
+        "enrich",
+        "--bank",
+        str(bank),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--decode-workers",
+        "0",
+    ]
 
 
 def fit_args(shards: Path, root: Path, max_steps: int, *extra: str) -> list[str]:
-    return ["fit", "--config", TRAIN_CONFIG, "--data.shards", str(shards), "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", "--trainer.max_steps", str(max_steps),
-            "--data.text_mode", "cocu-top", *extra]
+    return [
+        "fit",
+        "--config",
+        TRAIN_CONFIG,
+        "--data.shards",
+        str(shards),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--data.text_mode",
+        "cocu-top",
+        *extra,
+    ]
 
 
 def run(command: list[str], **extra_env: str) -> subprocess.CompletedProcess:
@@ -70,8 +118,10 @@ def save_tiny_clip(folder: Path, seed: int = 1) -> Path:
 def add_curated_columns(source: Path, target: Path) -> None:
     """A shard as enrich would leave it, for fit's cocu-top mode: curated concepts from the caption's words."""
     table = pq.read_table(source)
-    words = [[w for w in (c or "").replace(",", " ").replace(".", " ").split() if len(w) > 3][:4] or ["thing"]
-             for c in table.column("caption").to_pylist()]
+    words = [
+        [w for w in (c or "").replace(",", " ").replace(".", " ").split() if len(w) > 3][:4] or ["thing"]
+        for c in table.column("caption").to_pylist()
+    ]
     columns = {
         "caption_concepts": pa.array(words, pa.list_(pa.string())),
         "cocu_concepts": pa.array(words, pa.list_(pa.string())),
@@ -87,9 +137,14 @@ def add_curated_columns(source: Path, target: Path) -> None:
 def data_files(folder: Path) -> dict[str, bytes]:
     """Every visible file under ``folder`` except per-shard manifests and build records (they hold timings and
     file dates), by relative path: what a rerun must reproduce byte for byte."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".manifest.json")
-            and p.name not in ("build.json", "world.json")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(".")
+        and not p.name.endswith(".manifest.json")
+        and p.name not in ("build.json", "world.json")
+    }
 
 
 def temporaries(folder: Path) -> list[str]:

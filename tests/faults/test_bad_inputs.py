@@ -5,6 +5,7 @@ rows in = rows out, the row flagged in ``cocu_error`` (or counted by build-bank)
 or mistyped columns, duplicate keys, truncated or empty Parquet) must fail that file alone: exit 1, one line naming
 the file (and row where there is one), no visible partial output. The conftest prints the matrix at the end.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,14 +19,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, fit_args
 from PIL import Image
 from typer.testing import CliRunner
 
 from cocu.cli.curate import app as curate_app
 from cocu.cli.data import app as data_app
 from cocu.cli.train import main as train_main
-
-from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, fit_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BAD_ROW = 3
@@ -41,8 +41,8 @@ def _bomb() -> bytes:
     """A PNG whose header claims 30000 x 30000 pixels (over Pillow's bomb limit) with next to no data."""
     data = bytearray(_png(Image.new("L", (1, 1))))
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", 30000, 30000)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", 30000, 30000)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     return bytes(data)
 
 
@@ -52,9 +52,14 @@ def _jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-ODD_MODES = [_jpeg(Image.new("CMYK", (40, 30), (10, 200, 30, 0))), _png(Image.new("P", (33, 17), 5)),
-             _png(Image.new("LA", (20, 20), (100, 50))), _png(Image.new("I;16", (24, 24), 40000)),
-             _png(Image.new("RGBA", (16, 48), (1, 2, 3, 0))), _png(Image.new("1", (50, 50), 1))]
+ODD_MODES = [
+    _jpeg(Image.new("CMYK", (40, 30), (10, 200, 30, 0))),
+    _png(Image.new("P", (33, 17), 5)),
+    _png(Image.new("LA", (20, 20), (100, 50))),
+    _png(Image.new("I;16", (24, 24), 40000)),
+    _png(Image.new("RGBA", (16, 48), (1, 2, 3, 0))),
+    _png(Image.new("1", (50, 50), 1)),
+]
 
 
 def _set(table: pa.Table, column: str, rows: dict[int, object], type_: pa.DataType) -> pa.Table:
@@ -72,10 +77,14 @@ def _not_utf8(table: pa.Table) -> pa.Table:
 
 # name -> (make the bad table from a good one, the row error enrich writes (None: the row is curated))
 ROW_CASES: dict[str, tuple[Callable[[pa.Table], pa.Table], str | None]] = {
-    "undecodable image": (lambda t: _set(t, "jpg", {BAD_ROW: b"this is not an image"}, pa.binary()),
-                          "undecodable image"),
-    "truncated image": (lambda t: _set(t, "jpg", {BAD_ROW: t.column("jpg")[BAD_ROW].as_py()[:300]}, pa.binary()),
-                        "undecodable image"),
+    "undecodable image": (
+        lambda t: _set(t, "jpg", {BAD_ROW: b"this is not an image"}, pa.binary()),
+        "undecodable image",
+    ),
+    "truncated image": (
+        lambda t: _set(t, "jpg", {BAD_ROW: t.column("jpg")[BAD_ROW].as_py()[:300]}, pa.binary()),
+        "undecodable image",
+    ),
     "bomb image": (lambda t: _set(t, "jpg", {BAD_ROW: _bomb()}, pa.binary()), "undecodable image"),
     "null image": (lambda t: _set(t, "jpg", {BAD_ROW: None}, pa.binary()), "no image (null jpg)"),
     "null caption": (lambda t: _set(t, "caption", {BAD_ROW: None}, pa.string()), None),
@@ -90,12 +99,18 @@ def _duplicate_within(table: pa.Table) -> pa.Table:
 
 # name -> (write the bad shard beside the good one a.parquet, the expected message with its row if any)
 FILE_CASES: dict[str, tuple[Callable[[pa.Table, Path], None], str]] = {
-    "missing column": (lambda t, p: pq.write_table(t.drop_columns(["caption"]), p),
-                       "missing required column 'caption'"),
-    "mistyped column": (lambda t, p: pq.write_table(t.set_column(2, "caption", pa.array(range(t.num_rows))), p),
-                        "column 'caption' has type int64"),
-    "duplicate key within a shard": (lambda t, p: pq.write_table(_duplicate_within(t), p),
-                                     "row 3: duplicate key 'b-000000000'"),
+    "missing column": (
+        lambda t, p: pq.write_table(t.drop_columns(["caption"]), p),
+        "missing required column 'caption'",
+    ),
+    "mistyped column": (
+        lambda t, p: pq.write_table(t.set_column(2, "caption", pa.array(range(t.num_rows))), p),
+        "column 'caption' has type int64",
+    ),
+    "duplicate key within a shard": (
+        lambda t, p: pq.write_table(_duplicate_within(t), p),
+        "row 3: duplicate key 'b-000000000'",
+    ),
     "duplicate key across shards": (lambda t, p: pq.write_table(t, p), "row 0: key '000000000' is also in"),
     "truncated Parquet": (lambda t, p: p.write_bytes(_parquet_bytes(t)[:-200]), "not a readable Parquet file"),
     "zero-byte Parquet": (lambda t, p: p.write_bytes(b""), "not a readable Parquet file"),
@@ -127,13 +142,39 @@ def good(faults_world) -> pa.Table:
 
 
 def _bank_cli(faults_world, shards: Path, out: Path) -> list[str]:
-    return ["build-bank", "--shards", str(shards), "--model", MODEL, "--pretrained", str(faults_world["checkpoint"]),
-            "--out", str(out), "--min-count", "2", "--batch-size", "16", "--decode-workers", "0"]
+    return [
+        "build-bank",
+        "--shards",
+        str(shards),
+        "--model",
+        MODEL,
+        "--pretrained",
+        str(faults_world["checkpoint"]),
+        "--out",
+        str(out),
+        "--min-count",
+        "2",
+        "--batch-size",
+        "16",
+        "--decode-workers",
+        "0",
+    ]
 
 
 def _enrich_cli(faults_world, shards: Path, out: Path) -> list[str]:
-    return ["enrich", "--bank", str(faults_world["bank"]), "--shards", str(shards), "--out", str(out),
-            "--batch-size", "16", "--decode-workers", "0"]
+    return [
+        "enrich",
+        "--bank",
+        str(faults_world["bank"]),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--decode-workers",
+        "0",
+    ]
 
 
 @pytest.mark.parametrize("case", list(ROW_CASES))
@@ -185,9 +226,11 @@ def test_file_damage_fails_that_file_alone_in_one_line(faults_world, good, tmp_p
     runner = CliRunner()
     expected = re.compile(rf"^error: {re.escape(str(bad))}: .*{re.escape(message)}")
 
-    for stage, args, app in (("validate", ["validate", str(shards)], data_app),
-                             ("build-bank", _bank_cli(faults_world, shards, tmp_path / "bank"), curate_app),
-                             ("enrich", _enrich_cli(faults_world, shards, tmp_path / "out"), curate_app)):
+    for stage, args, app in (
+        ("validate", ["validate", str(shards)], data_app),
+        ("build-bank", _bank_cli(faults_world, shards, tmp_path / "bank"), curate_app),
+        ("enrich", _enrich_cli(faults_world, shards, tmp_path / "out"), curate_app),
+    ):
         if stage == "enrich" and case == "duplicate key across shards":
             continue  # enrich curates each shard on its own: a key shared across shards is no error there
         result = runner.invoke(app, args)
@@ -218,13 +261,16 @@ def test_fit_refuses_a_damaged_shard_in_one_line(faults_world, good, tmp_path, c
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("damaged", ["index.faiss", "embeddings.npy", "images.parquet", "concepts.parquet",
-                                     "vocabulary.json"])
+@pytest.mark.parametrize(
+    "damaged", ["index.faiss", "embeddings.npy", "images.parquet", "concepts.parquet", "vocabulary.json"]
+)
 def test_a_damaged_bank_file_stops_enrich_in_one_line(faults_world, bank_copy, tmp_path, damaged, request):
     path = bank_copy / damaged
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-    result = CliRunner().invoke(curate_app, ["enrich", "--bank", str(bank_copy), "--shards", str(faults_world["train"]),
-                                             "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        curate_app,
+        ["enrich", "--bank", str(bank_copy), "--shards", str(faults_world["train"]), "--out", str(tmp_path / "out")],
+    )
     lines = _errors(result.stderr)
     _record(request, f"damaged bank: {damaged}", "enrich", result.exit_code, lines[0] if lines else "")
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {path}: ")
@@ -236,11 +282,16 @@ def test_a_second_run_sharing_the_output_folder_stops_in_one_line(faults_world, 
     from cocu.curation.locking import folder_lock
 
     out = tmp_path / "out"
-    args = (_bank_cli(faults_world, faults_world["train"], out) if stage == "build-bank"
-            else _enrich_cli(faults_world, faults_world["train"], out))
+    args = (
+        _bank_cli(faults_world, faults_world["train"], out)
+        if stage == "build-bank"
+        else _enrich_cli(faults_world, faults_world["train"], out)
+    )
     with folder_lock(out):  # the first run, still going
         result = CliRunner().invoke(curate_app, args)
     lines = _errors(result.stderr)
     _record(request, "two runs, one --out", stage, result.exit_code, lines[0] if lines else "")
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {out}: in use by another cocu run")
+    assert (
+        result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {out}: in use by another cocu run")
+    )
     assert _visible(out) == []

@@ -1,4 +1,5 @@
 """The ten defects of issue 14 (and its three smaller findings), each reproduced as it was met, then kept fixed."""
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, cli_env, data_files, fit_args
 from typer.testing import CliRunner
 
 from cocu.cli.curate import app as curate_app
@@ -22,8 +24,6 @@ from cocu.curation.bank import Bank, BankConfig, build_bank
 from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.shards import ShardError, write_table
 from cocu.curation.sources.synthetic import WorldConfig, generate_world
-
-from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, cli_env, data_files, fit_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,8 +36,9 @@ def argv(monkeypatch):
 
 def _bank_config(faults_world) -> BankConfig:
     """The settings the faults bank was built with."""
-    return BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"]), min_count=2, batch_size=16,
-                      decode_workers=0)
+    return BankConfig(
+        model=MODEL, pretrained=str(faults_world["checkpoint"]), min_count=2, batch_size=16, decode_workers=0
+    )
 
 
 def _invalid_utf8(table: pa.Table, rows: list[int]) -> pa.Table:
@@ -67,8 +68,11 @@ def test_2_checkpoints_are_written_beside_their_target(faults_world, tmp_path, a
     moves: list[tuple[str, str]] = []
     for module, name in ((os, "replace"), (os, "rename"), (shutil, "move")):
         original = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda src, dst, *a, _f=original, **k: (moves.append((str(src), str(dst))),
-                                                                                   _f(src, dst, *a, **k))[1])
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda src, dst, *a, _f=original, **k: (moves.append((str(src), str(dst))), _f(src, dst, *a, **k))[1],
+        )
     root = tmp_path / "run"
     train_main(fit_args(faults_world["curated"], root, 3))
     into_last = [src for src, dst in moves if dst.endswith("last.ckpt")]
@@ -84,6 +88,7 @@ def test_2_an_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monk
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the moment a kill would stop the writer
+
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"global_step": 2}, target)
@@ -102,7 +107,8 @@ def test_7_fit_says_one_line_for_a_bad_shard(faults_world, tmp_path, argv, capsy
     assert exit_.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {shards / 'b.parquet'}: missing required column 'cocu_concepts' (has: key, jpg, caption, width, "
-        "height, caption_concepts, cocu_scores, cocu_clusters, cocu_error)"]
+        "height, caption_concepts, cocu_scores, cocu_clusters, cocu_error)"
+    ]
 
 
 def test_7_fit_says_one_line_for_a_shard_that_breaks_in_a_loader_worker(faults_world, tmp_path, argv, capsys):
@@ -114,7 +120,7 @@ def test_7_fit_says_one_line_for_a_shard_that_breaks_in_a_loader_worker(faults_w
     column = pq.read_metadata(shards / "a.parquet").row_group(2).column(1)  # the jpg column of rows 16..23
     start = column.dictionary_page_offset or column.data_page_offset
     data = bytearray((shards / "a.parquet").read_bytes())
-    data[start:start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
+    data[start : start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
     (shards / "a.parquet").write_bytes(bytes(data))
     with pytest.raises(SystemExit) as exit_:
         train_main(fit_args(shards, tmp_path / "run", 2, "--data.num_workers", "1", "--data.batch_size", "4"))
@@ -156,8 +162,10 @@ def test_3_enrich_reuses_an_embedding_only_for_the_same_image(faults_world, tmp_
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     table = pq.read_table(other)
-    pq.write_table(table.set_column(0, "key", pc.binary_join_element_wise("x-", table.column("key"), "")),
-                   renamed / "00000.parquet")
+    pq.write_table(
+        table.set_column(0, "key", pc.binary_join_element_wise("x-", table.column("key"), "")),
+        renamed / "00000.parquet",
+    )
     config = EnrichConfig(batch_size=16, decode_workers=0)
     summary = enrich(faults_world["bank"], other, tmp_path / "out", config, progress=False)
     assert summary.ok and summary.counts["reused"] == 0 and summary.counts["embedded"] == 40
@@ -166,7 +174,8 @@ def test_3_enrich_reuses_an_embedding_only_for_the_same_image(faults_world, tmp_
     assert alone.ok
     columns = ["cocu_concepts", "cocu_scores"]
     assert pq.read_table(tmp_path / "out" / "00000.parquet", columns=columns).equals(
-        pq.read_table(tmp_path / "out-renamed" / "00000.parquet", columns=columns))
+        pq.read_table(tmp_path / "out-renamed" / "00000.parquet", columns=columns)
+    )
     # and a shard of the bank's own corpus still reuses every stored embedding
     own_shard = next(faults_world["train"].glob("*.parquet"))
     own = enrich(faults_world["bank"], own_shard, tmp_path / "own", config, progress=False)
@@ -197,8 +206,10 @@ def test_4_a_same_size_rewrite_is_found_by_its_checksum(faults_world, bank_copy)
 def test_5_a_broken_bank_is_reported_once_naming_the_file(faults_world, bank_copy, tmp_path):
     index = bank_copy / "index.faiss"
     index.write_bytes(index.read_bytes()[:100])
-    result = CliRunner().invoke(curate_app, ["enrich", "--bank", str(bank_copy), "--shards", str(faults_world["train"]),
-                                             "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        curate_app,
+        ["enrich", "--bank", str(bank_copy), "--shards", str(faults_world["train"]), "--out", str(tmp_path / "out")],
+    )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {index}: unreadable bank file"), lines
@@ -217,8 +228,9 @@ def test_6_invalid_utf8_captions_are_found_by_validate_and_kept_flagged_by_enric
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [f"error: {shards / 'bad.parquet'}: row 3: caption is not valid UTF-8"]
 
-    summary = enrich(faults_world["bank"], shards, tmp_path / "out", EnrichConfig(batch_size=16, decode_workers=0),
-                     progress=False)
+    summary = enrich(
+        faults_world["bank"], shards, tmp_path / "out", EnrichConfig(batch_size=16, decode_workers=0), progress=False
+    )
     assert summary.ok and summary.counts["images"] == 40 and summary.counts["errors"] == 2
     out = pq.read_table(tmp_path / "out" / "bad.parquet", columns=["cocu_error", "cocu_concepts"]).to_pylist()
     assert [i for i, row in enumerate(out) if row["cocu_error"]] == [3, 17]
@@ -239,8 +251,10 @@ def test_6_invalid_utf8_captions_join_the_bank_and_are_skipped_by_fit(faults_wor
     curated.mkdir()
     for path in sorted(shards.glob("*.parquet")):
         add_curated_columns_raw(path, curated / path.name)
-    stream = CuratedShardStream(scan_shards(str(curated), "cocu-top"), StreamConfig(text_mode="cocu-top", batch_size=8,
-                                                                                     image_size=32, context_length=32))
+    stream = CuratedShardStream(
+        scan_shards(str(curated), "cocu-top"),
+        StreamConfig(text_mode="cocu-top", batch_size=8, image_size=32, context_length=32),
+    )
     samples = sum(batch["image"].shape[0] for batch in stream)  # was: UnicodeDecodeError in the loader
     assert samples == len(stream) * 8 and stream.counts["skipped_invalid_caption"] >= 3
 
@@ -264,26 +278,45 @@ def add_curated_columns_raw(source: Path, target: Path) -> None:
 
 def test_8_a_second_run_on_the_same_output_folder_is_refused_in_one_line(faults_world, tmp_path, request):
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cocu.curation.locking import folder_lock\n"
-                               f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              env=cli_env(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom cocu.curation.locking import folder_lock\n"
+            f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)",
+        ],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = CliRunner().invoke(curate_app, ["enrich", "--bank", str(faults_world["bank"]), "--shards",
-                                                 str(faults_world["train"]), "--out", str(out)])
+        result = CliRunner().invoke(
+            curate_app,
+            ["enrich", "--bank", str(faults_world["bank"]), "--shards", str(faults_world["train"]), "--out", str(out)],
+        )
     finally:
         holder.kill()
         holder.wait()
     request.config.stash.setdefault(MATRIX_RESULTS, []).append(
-        MatrixResult("two runs, one --out", "enrich", result.exit_code, result.stderr.strip()))
+        MatrixResult("two runs, one --out", "enrich", result.exit_code, result.stderr.strip())
+    )
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {out}: in use by another cocu run (pid {holder.pid}); wait for it to finish or choose another "
-        "output folder"]
+        "output folder"
+    ]
     assert not list(out.glob("*.parquet"))
     # the holder died by SIGKILL: its lock went with it
-    assert CliRunner().invoke(curate_app, ["enrich", "--bank", str(faults_world["bank"]), "--shards",
-                                           str(faults_world["train"]), "--out", str(out)]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(
+            curate_app,
+            ["enrich", "--bank", str(faults_world["bank"]), "--shards", str(faults_world["train"]), "--out", str(out)],
+        )
+        .exit_code
+        == 0
+    )
 
 
 def test_9_outputs_honour_the_umask(tmp_path):
@@ -302,8 +335,10 @@ def test_10_synth_rerun_removes_what_a_killed_run_left(tmp_path):
     config = WorldConfig(train=20, teacher=0, val=4, shard_size=10)
     generate_world(tmp_path, config, progress=False)
     clean = data_files(tmp_path)
-    left = [tmp_path / "train" / ".00001.parquet.1a2b3c4d.tmp",
-            tmp_path / "val" / "images" / ".000003.jpg.5e6f7a8b.tmp"]
+    left = [
+        tmp_path / "train" / ".00001.parquet.1a2b3c4d.tmp",
+        tmp_path / "val" / "images" / ".000003.jpg.5e6f7a8b.tmp",
+    ]
     for path in left:
         path.write_bytes(b"half")
     (tmp_path / "world.json").unlink()  # the kill came before the world was finished
@@ -324,16 +359,33 @@ def test_duplicate_keys_across_shards_are_refused_before_embedding(faults_world,
     keys[9] = pq.read_table(first, columns=["key"]).column("key")[4].as_py()
     pq.write_table(table.set_column(0, "key", pa.array(keys)), shards / "b.parquet")
     started = time.perf_counter()
-    result = CliRunner().invoke(curate_app, ["build-bank", "--shards", str(shards), "--model", MODEL, "--pretrained",
-                                             str(faults_world["checkpoint"]), "--out", str(tmp_path / "bank")])
+    result = CliRunner().invoke(
+        curate_app,
+        [
+            "build-bank",
+            "--shards",
+            str(shards),
+            "--model",
+            MODEL,
+            "--pretrained",
+            str(faults_world["checkpoint"]),
+            "--out",
+            str(tmp_path / "bank"),
+        ],
+    )
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [  # its own line: no progress bar was started
         f"error: {shards / 'b.parquet'}: row 9: key '{keys[9]}' is also in {shards / 'a.parquet'}; "
-        "keys must be unique across the corpus"]
+        "keys must be unique across the corpus"
+    ]
     assert not (tmp_path / "bank").exists() and time.perf_counter() - started < 30
     with pytest.raises(ShardError, match="row 9"):
-        build_bank(shards, tmp_path / "bank", BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"])),
-                   progress=False)
+        build_bank(
+            shards,
+            tmp_path / "bank",
+            BankConfig(model=MODEL, pretrained=str(faults_world["checkpoint"])),
+            progress=False,
+        )
 
 
 def test_an_undecodable_image_gives_the_same_error_text_every_run():
@@ -344,6 +396,6 @@ def test_an_undecodable_image_gives_the_same_error_text_every_run():
     messages = set()
     for _ in range(3):
         with pytest.raises(ValueError) as err:
-            decode_image(bytes(b"not an image"))
+            decode_image(b"not an image")
         messages.add(str(err.value))
     assert messages == {"undecodable image (cannot identify image file)"}

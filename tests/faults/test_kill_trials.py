@@ -7,6 +7,7 @@ build-bank's embedding and its assembly, enrich) must give the clean run's bytes
 reach the same step with a loadable checkpoint. ``COCU_FAULT_TRIALS`` sets the trials per stage (``make faults``: 10;
 the default keeps ``make test`` fast). The conftest prints the table of trials at the end of the session.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from faultkit import (REPO, TRIAL_RESULTS, TrialResult, bank_args, cli_env, curate_command, data_files, enrich_args,
-                      fit_args, temporaries)
+from faultkit import (
+    REPO,
+    TRIAL_RESULTS,
+    TrialResult,
+    bank_args,
+    cli_env,
+    curate_command,
+    data_files,
+    enrich_args,
+    fit_args,
+    temporaries,
+)
 
 pytestmark = pytest.mark.slow  # SIGKILL trials run whole commands: `make faults` runs 10 per stage
 
@@ -48,11 +58,23 @@ class CleanRun:
         return random.Random(f"{stage}/{trial}").uniform(low, self.seconds)
 
 
-def clean_run(command: list[str], out: Path, started: Callable[[], bool], milestone: Callable[[], bool] = lambda: False,
-              **env: str) -> CleanRun:
+def clean_run(
+    command: list[str],
+    out: Path,
+    started: Callable[[], bool],
+    milestone: Callable[[], bool] = lambda: False,
+    **env: str,
+) -> CleanRun:
     begin = time.perf_counter()
-    process = subprocess.Popen(command, env=cli_env(**env), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env=cli_env(**env),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     first = reached = None
     while process.poll() is None:
         now = time.perf_counter() - begin
@@ -69,8 +91,14 @@ def clean_run(command: list[str], out: Path, started: Callable[[], bool], milest
 
 def kill_at(command: list[str], moment: float, **env: str) -> bool:
     """Run ``command`` in its own process group and SIGKILL the group at ``moment``; False when it ended first."""
-    process = subprocess.Popen(command, env=cli_env(**env), cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env=cli_env(**env),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         process.wait(timeout=moment)
         return False
@@ -93,8 +121,11 @@ def record(request, stage: str, trial: int, moment: float, killed: bool, differe
 
 def compare_files(rerun: Path, clean: Path, skip: Callable[[str], bool] = lambda name: False) -> list[str]:
     ours, theirs = data_files(rerun), data_files(clean)
-    differences = [f"differs: {name}" for name in sorted(set(ours) | set(theirs))
-                   if not skip(name) and ours.get(name) != theirs.get(name)]
+    differences = [
+        f"differs: {name}"
+        for name in sorted(set(ours) | set(theirs))
+        if not skip(name) and ours.get(name) != theirs.get(name)
+    ]
     return differences + [f"left: {name}" for name in temporaries(rerun)]
 
 
@@ -113,8 +144,9 @@ def bank_clean(faults_world, tmp_path_factory) -> CleanRun:
     out = tmp_path_factory.mktemp("bank-clean") / "bank"
     shards = len(list(faults_world["train"].glob("*.parquet")))
     command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
-    return clean_run(command, out, out.exists,
-                     milestone=lambda: len(list((out / "parts").glob("*.manifest.json"))) == shards)
+    return clean_run(
+        command, out, out.exists, milestone=lambda: len(list((out / "parts").glob("*.manifest.json"))) == shards
+    )
 
 
 def with_parts(bank: CleanRun, out: Path) -> Path:
@@ -174,8 +206,9 @@ def test_synth_killed_and_rerun_gives_the_clean_bytes(synth_clean, tmp_path, tri
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_build_bank_killed_while_embedding_then_rerun_gives_the_clean_bank(faults_world, bank_clean, tmp_path, trial,
-                                                                           request):
+def test_build_bank_killed_while_embedding_then_rerun_gives_the_clean_bank(
+    faults_world, bank_clean, tmp_path, trial, request
+):
     out = tmp_path / "bank"
     command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
     moment = bank_clean.kill_moment("build-bank (embedding)", trial)
@@ -185,8 +218,9 @@ def test_build_bank_killed_while_embedding_then_rerun_gives_the_clean_bank(fault
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_build_bank_killed_while_assembling_then_rerun_gives_the_clean_bank(faults_world, bank_clean, assembly_clean,
-                                                                            tmp_path, trial, request):
+def test_build_bank_killed_while_assembling_then_rerun_gives_the_clean_bank(
+    faults_world, bank_clean, assembly_clean, tmp_path, trial, request
+):
     out = with_parts(bank_clean, tmp_path / "bank")
     command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
     moment = assembly_clean.kill_moment("build-bank (assembly)", trial)
@@ -206,8 +240,9 @@ def test_enrich_killed_and_rerun_gives_the_clean_bytes(faults_world, enrich_clea
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_fit_killed_and_resumed_reaches_the_clean_step_with_a_loadable_checkpoint(faults_world, fit_clean, tmp_path,
-                                                                                   trial, request):
+def test_fit_killed_and_resumed_reaches_the_clean_step_with_a_loadable_checkpoint(
+    faults_world, fit_clean, tmp_path, trial, request
+):
     import torch
 
     from cocu.training.checkpoint import load_groupvit

@@ -21,13 +21,36 @@ curated ones ``cocu-curate enrich`` writes) with pyarrow, batch by batch, never 
   therefore repeats its first batches instead of continuing; later epochs are unaffected. The epoch reaches the
   workers when the loader is iterated, so workers are not persistent.
 """
+
 from cocu.training.data.augment import AUGMENTS, IMAGE_MEAN, IMAGE_STD, ImageAugment
 from cocu.training.data.datamodule import CuratedShardsDataModule
-from cocu.training.data.planning import (MODE_COLUMNS, ReadUnit, ShardInfo, assign_units, load_truth, plan_units,
-                                         scan_shards)
+from cocu.training.data.planning import (
+    MODE_COLUMNS,
+    ReadUnit,
+    ShardInfo,
+    assign_units,
+    load_truth,
+    plan_units,
+    scan_shards,
+)
 from cocu.training.data.stream import CuratedShardStream, StreamConfig
 from cocu.training.data.tokens import CachedTokenizer, cached_tokenizer
 
-__all__ = ["AUGMENTS", "IMAGE_MEAN", "IMAGE_STD", "MODE_COLUMNS", "CachedTokenizer", "CuratedShardStream",
-           "CuratedShardsDataModule", "ImageAugment", "ReadUnit", "ShardInfo", "StreamConfig", "assign_units",
-           "cached_tokenizer", "load_truth", "plan_units", "scan_shards"]
+__all__ = [
+    "AUGMENTS",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "MODE_COLUMNS",
+    "CachedTokenizer",
+    "CuratedShardStream",
+    "CuratedShardsDataModule",
+    "ImageAugment",
+    "ReadUnit",
+    "ShardInfo",
+    "StreamConfig",
+    "assign_units",
+    "cached_tokenizer",
+    "load_truth",
+    "plan_units",
+    "scan_shards",
+]

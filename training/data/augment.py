@@ -1,16 +1,18 @@
 """Image augmentation of the training stream (simple, or DeiT-style with RandAugment) and its normalization."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-import torch
 from torchvision import transforms as T
 
 IMAGE_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # GroupViT normalizes with ImageNet statistics
 IMAGE_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 AUGMENTS = ("simple", "deit")
+
 
 class ImageAugment:
     """Random augmentation of PIL images into one normalized float batch [B, 3, image_size, image_size].
@@ -25,17 +27,30 @@ class ImageAugment:
 
     def __init__(self, augment: str, image_size: int, crop_scale: tuple[float, float] = (0.5, 1.0)):
         if augment == "simple":
-            self.sample = T.Compose([
-                T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BILINEAR),
-                T.RandomHorizontalFlip(),
-                T.PILToTensor(),
-            ])
+            self.sample = T.Compose(
+                [
+                    T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BILINEAR),
+                    T.RandomHorizontalFlip(),
+                    T.PILToTensor(),
+                ]
+            )
             self._mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1) * 255
             self._std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1) * 255
         elif augment == "deit":
-            self.sample = create_transform(image_size, is_training=True, scale=(0.08, 1.0), interpolation="bilinear",
-                                           hflip=0.5, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
-                                           re_prob=0.25, re_mode="pixel", re_count=1, mean=IMAGE_MEAN, std=IMAGE_STD)
+            self.sample = create_transform(
+                image_size,
+                is_training=True,
+                scale=(0.08, 1.0),
+                interpolation="bilinear",
+                hflip=0.5,
+                color_jitter=0.4,
+                auto_augment="rand-m9-mstd0.5-inc1",
+                re_prob=0.25,
+                re_mode="pixel",
+                re_count=1,
+                mean=IMAGE_MEAN,
+                std=IMAGE_STD,
+            )
             _keep_posterize_bits(self.sample)
         else:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")

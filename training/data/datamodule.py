@@ -1,4 +1,5 @@
 """`CuratedShardsDataModule`: the Lightning DataModule over the stream, sized so ranks stay in step."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,10 +10,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from cocu.training.data.augment import AUGMENTS
-from cocu.training.data.planning import ShardInfo, scan_shards, load_truth
-from cocu.training.data.stream import StreamConfig, CuratedShardStream
+from cocu.training.data.planning import ShardInfo, load_truth, scan_shards
+from cocu.training.data.stream import CuratedShardStream, StreamConfig
 from cocu.training.data.tokens import cached_tokenizer
 from cocu.training.prompts import TEXT_MODES
+
 
 class _EpochLoader(DataLoader):
     """A DataLoader that tells its stream which epoch starts each time it is iterated.
@@ -62,15 +64,26 @@ class CuratedShardsDataModule(L.LightningDataModule):
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")
         if text_mode == "oracle" and not truth:
-            raise ValueError("text_mode 'oracle' needs truth=<folder of the world's truth Parquet files, e.g. WORLD/truth/train>")
+            raise ValueError(
+                "text_mode 'oracle' needs truth=<folder of the world's truth Parquet files, e.g. WORLD/truth/train>"
+            )
         if batch_size < 1 or num_prompts < 0 or num_workers < 0 or shuffle_buffer < 1:
             raise ValueError("batch_size and shuffle_buffer must be >= 1, num_prompts and num_workers >= 0")
         self.shards = shards
         self.num_workers = num_workers
         self.truth_path = truth
-        self.config = StreamConfig(batch_size=batch_size, image_size=image_size, text_mode=text_mode, num_prompts=num_prompts,
-                                   context_length=context_length, augment=augment, crop_scale=tuple(crop_scale), seed=seed,
-                                   shuffle_buffer=shuffle_buffer, read_batch_size=read_batch_size)
+        self.config = StreamConfig(
+            batch_size=batch_size,
+            image_size=image_size,
+            text_mode=text_mode,
+            num_prompts=num_prompts,
+            context_length=context_length,
+            augment=augment,
+            crop_scale=tuple(crop_scale),
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            read_batch_size=read_batch_size,
+        )
         self._infos: list[ShardInfo] | None = None
         self._truth: dict[str, list[str]] | None = None
 
@@ -95,8 +108,10 @@ class CuratedShardsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         _, world_size = self._rank_world()
         if self.batches_per_epoch(world_size) == 0:
-            raise ValueError(f"{self.shards}: {self.num_samples} rows give no full batch of {self.config.batch_size} "
-                             f"for each of {world_size} rank(s)")
+            raise ValueError(
+                f"{self.shards}: {self.num_samples} rows give no full batch of {self.config.batch_size} "
+                f"for each of {world_size} rank(s)"
+            )
 
     def stream(self, rank: int = 0, world_size: int = 1) -> CuratedShardStream:
         """The dataset of one rank; ``train_dataloader`` uses the trainer's rank and world size."""
@@ -111,8 +126,14 @@ class CuratedShardsDataModule(L.LightningDataModule):
             from cocu.curation.concepts import load_nlp
 
             load_nlp()
-        return _EpochLoader(stream, self._trainer_epoch, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        return _EpochLoader(
+            stream,
+            self._trainer_epoch,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.stream(*self._rank_world()))

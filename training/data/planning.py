@@ -1,4 +1,5 @@
 """Which rows each (rank, worker) slot reads: shard scan per text mode, read units, their seeded assignment."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,7 +10,12 @@ import pyarrow as pa
 
 from cocu.curation.shards import REQUIRED_COLUMNS, check_schema, expand_shards, iter_batches, open_parquet
 
-_STRINGS = (pa.list_(pa.string()), pa.list_(pa.large_string()), pa.large_list(pa.string()), pa.large_list(pa.large_string()))
+_STRINGS = (
+    pa.list_(pa.string()),
+    pa.list_(pa.large_string()),
+    pa.large_list(pa.string()),
+    pa.large_list(pa.large_string()),
+)
 _FLOATS = (pa.list_(pa.float32()), pa.list_(pa.float64()), pa.large_list(pa.float32()), pa.large_list(pa.float64()))
 _INTS = (pa.list_(pa.int32()), pa.list_(pa.int64()), pa.large_list(pa.int32()), pa.large_list(pa.int64()))
 # curated columns each text mode needs (``caption`` uses ``caption_concepts`` when a shard has it)
@@ -60,7 +66,9 @@ def scan_shards(shards: str | Sequence[str], text_mode: str) -> list[ShardInfo]:
         if "cocu_error" in schema.names:
             columns.append("cocu_error")
         meta = parquet.metadata
-        infos.append(ShardInfo(str(path), tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)), tuple(columns)))
+        infos.append(
+            ShardInfo(str(path), tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)), tuple(columns))
+        )
     return infos
 
 
@@ -72,8 +80,11 @@ def plan_units(shards: Sequence[ShardInfo], slots: int) -> list[ReadUnit]:
     elif sum(len(s.row_groups) for s in shards) >= slots:
         units = [ReadUnit(s, (g,), sum(s.row_groups[:g]), rows) for s in shards for g, rows in enumerate(s.row_groups)]
     else:  # fewer row groups than slots: each slot reads everything and keeps its share of the rows
-        units = [ReadUnit(s, tuple(range(len(s.row_groups))), 0, len(range(offset, s.rows, slots)), slots, offset)
-                 for s in shards for offset in range(slots)]
+        units = [
+            ReadUnit(s, tuple(range(len(s.row_groups))), 0, len(range(offset, s.rows, slots)), slots, offset)
+            for s in shards
+            for offset in range(slots)
+        ]
     return [unit for unit in units if unit.rows > 0]
 
 
@@ -97,6 +108,8 @@ def load_truth(folder: str) -> dict[str, list[str]]:
     """The synthetic world's truth sidecar (``key``, ``present``) as a dict; small by construction."""
     truth: dict[str, list[str]] = {}
     for path in expand_shards(folder):
-        for batch in iter_batches(path, columns=["key", "present"], required={"key": REQUIRED_COLUMNS["key"], "present": _STRINGS}):
+        for batch in iter_batches(
+            path, columns=["key", "present"], required={"key": REQUIRED_COLUMNS["key"], "present": _STRINGS}
+        ):
             truth.update(zip(batch.column("key").to_pylist(), batch.column("present").to_pylist()))
     return truth

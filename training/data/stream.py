@@ -1,4 +1,5 @@
 """The training stream: each worker's share of the shards as shuffled, decoded, augmented, tokenized batches."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,18 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 import pyarrow as pa
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cocu.curation.clip import decode_image
 from cocu.curation.shards import ShardError, decode_text, open_parquet
 from cocu.training.data.augment import ImageAugment
-from cocu.training.data.planning import ShardInfo, ReadUnit, plan_units, assign_units
+from cocu.training.data.planning import ReadUnit, ShardInfo, assign_units, plan_units
 from cocu.training.data.tokens import cached_tokenizer
 from cocu.training.prompts import build_texts, draw_cluster_guided, draw_uniform, take_top
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -42,8 +44,14 @@ Row = tuple[str, bytes, str, Any]  # key, encoded image, caption, the text mode'
 class CuratedShardStream(IterableDataset):
     """One rank's stream of full training batches; see the module docstring for the split and the epoch."""
 
-    def __init__(self, shards: Sequence[ShardInfo], config: StreamConfig, rank: int = 0, world_size: int = 1,
-                 truth: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        shards: Sequence[ShardInfo],
+        config: StreamConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        truth: dict[str, list[str]] | None = None,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         if config.text_mode == "oracle" and truth is None:
@@ -67,19 +75,27 @@ class CuratedShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         slots = self.world_size * workers
-        units = assign_units(plan_units(self.shards, slots), slots, self.config.seed, self.epoch)[self.rank * workers + worker]
+        units = assign_units(plan_units(self.shards, slots), slots, self.config.seed, self.epoch)[
+            self.rank * workers + worker
+        ]
         quota = len(self) // workers + (worker < len(self) % workers)
         if quota == 0:
             return
         if not units:
-            raise ValueError(f"{self.num_samples} rows cannot feed {slots} (rank, worker) slots: use fewer loader workers")
+            raise ValueError(
+                f"{self.num_samples} rows cannot feed {slots} (rank, worker) slots: use fewer loader workers"
+            )
         rng = np.random.default_rng([self.config.seed, self.epoch, self.rank, worker])
         self.counts = Counter()
         files = ", ".join(sorted({unit.shard.path for unit in units}))
         yield from self._batches(self._passes(units, rng, files), quota, rng, files)
-        skipped = sorted((name.replace("_", " "), n) for name, n in self.counts.items() if name.startswith("skipped") and n)
-        line = (f"rank {self.rank} worker {worker} epoch {self.epoch}: {quota} batches from {len(units)} read unit(s), "
-                f"{self.counts['read']} rows read" + "".join(f", {n} {name}" for name, n in skipped))
+        skipped = sorted(
+            (name.replace("_", " "), n) for name, n in self.counts.items() if name.startswith("skipped") and n
+        )
+        line = (
+            f"rank {self.rank} worker {worker} epoch {self.epoch}: {quota} batches from {len(units)} read unit(s), "
+            f"{self.counts['read']} rows read" + "".join(f", {n} {name}" for name, n in skipped)
+        )
         (logger.warning if skipped else logger.debug)(line)
 
     # rows ---------------------------------------------------------------------------------------------------
@@ -97,20 +113,26 @@ class CuratedShardStream(IterableDataset):
                 admitted += 1
                 yield passes, row
             if admitted == 0:
-                raise ShardError(files, f"no usable row in a full pass ({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))})")
+                raise ShardError(
+                    files,
+                    f"no usable row in a full pass ({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))})",
+                )
 
     def _read(self, unit: ReadUnit) -> Iterator[Row]:
         """The unit's usable rows; pyarrow directly, as units select row groups (``shards.iter_batches`` reads files)."""
         path = unit.shard.path
         parquet = open_parquet(path)
         position = unit.first_row
-        batches = parquet.iter_batches(batch_size=self.config.read_batch_size, row_groups=list(unit.row_groups),
-                                       columns=list(unit.shard.columns))
+        batches = parquet.iter_batches(
+            batch_size=self.config.read_batch_size, row_groups=list(unit.row_groups), columns=list(unit.shard.columns)
+        )
         while True:
             try:
                 batch = next(batches, None)
             except (pa.ArrowException, OSError) as err:
-                raise ShardError(path, f"unreadable data after row {position} ({str(err).strip().splitlines()[0]})") from None
+                raise ShardError(
+                    path, f"unreadable data after row {position} ({str(err).strip().splitlines()[0]})"
+                ) from None
             if batch is None:
                 return
             rows = np.arange(position, position + batch.num_rows)
@@ -139,7 +161,9 @@ class CuratedShardStream(IterableDataset):
             if "caption_concepts" in names:
                 sources = [c or [] for c in batch.column("caption_concepts").to_pylist()]
             else:
-                from cocu.curation.concepts import caption_nouns  # spaCy; loaded only for shards without curated columns
+                from cocu.curation.concepts import (
+                    caption_nouns,
+                )  # spaCy; loaded only for shards without curated columns
 
                 kept = [i for i in range(len(keys)) if keep[i]]
                 nouns = iter(caption_nouns([captions[i] for i in kept]))
@@ -159,7 +183,11 @@ class CuratedShardStream(IterableDataset):
             sources = []
             for i, (c, s, k) in enumerate(zip(concepts, scores, clusters)):
                 c, s, k = c or [], s or [], k or []
-                if keep[i] and (len(s) != len(c) or (k and len(k) != len(c)) or not np.all(np.isfinite(np.asarray(s, dtype=np.float64)))):
+                if keep[i] and (
+                    len(s) != len(c)
+                    or (k and len(k) != len(c))
+                    or not np.all(np.isfinite(np.asarray(s, dtype=np.float64)))
+                ):
                     keep[i] = False
                     self.counts["skipped_malformed_concepts"] += 1
                 sources.append((c, s, k))
@@ -170,7 +198,9 @@ class CuratedShardStream(IterableDataset):
 
     # batches ------------------------------------------------------------------------------------------------
 
-    def _batches(self, rows: Iterator[tuple[int, Row]], quota: int, rng: np.random.Generator, files: str) -> Iterator[dict[str, Any]]:
+    def _batches(
+        self, rows: Iterator[tuple[int, Row]], quota: int, rng: np.random.Generator, files: str
+    ) -> Iterator[dict[str, Any]]:
         cfg = self.config
         augment = ImageAugment(cfg.augment, cfg.image_size, cfg.crop_scale)
         tokenizer = cached_tokenizer(cfg.context_length)
@@ -181,7 +211,9 @@ class CuratedShardStream(IterableDataset):
                 passes, (key, jpg, caption, source) = next(rows)
                 if passes != current_pass:  # decoding is deterministic: a pass without one good image means none ever
                     if decoded == 0:
-                        raise ShardError(files, f"no image decodes in a full pass ({self.counts['skipped_undecodable_image']} tried)")
+                        raise ShardError(
+                            files, f"no image decodes in a full pass ({self.counts['skipped_undecodable_image']} tried)"
+                        )
                     current_pass, decoded = passes, 0
                 image = _decode(jpg)
                 if image is None:
@@ -194,9 +226,11 @@ class CuratedShardStream(IterableDataset):
                 sources.append(source)
             texts = build_texts(captions, self._choose(sources, rng), cfg.num_prompts, rng)
             tokens = tokenizer([text for sample in texts for text in sample])
-            yield {"image": augment.batch(images),
-                   "text": tokens.view(cfg.batch_size, 1 + cfg.num_prompts, cfg.context_length),
-                   "key": keys}
+            yield {
+                "image": augment.batch(images),
+                "text": tokens.view(cfg.batch_size, 1 + cfg.num_prompts, cfg.context_length),
+                "key": keys,
+            }
 
     def _choose(self, sources: list, rng: np.random.Generator) -> list[list[str]]:
         k = self.config.num_prompts

@@ -1,12 +1,14 @@
 """open_clip's CLIP BPE tokenizer with a bounded memo, as the stream tokenizes repeated prompts."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from open_clip.tokenizer import SimpleTokenizer
 import torch
+from open_clip.tokenizer import SimpleTokenizer
+
 
 class CachedTokenizer:
     """open_clip's CLIP BPE tokenizer (bundled vocabulary, works offline) with a bounded memo.

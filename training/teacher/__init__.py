@@ -13,9 +13,19 @@ The output folder is an ordinary open_clip checkpoint::
 The zero-shot evaluation ranks every class name of the world ("a photo of a {}.") for images whose
 present concepts are known (the world's truth sidecar), which says how much the teacher knows.
 """
-from cocu.training.teacher.config import DEFAULT_MODEL_CONFIG, DEFAULT_PROMPT, RECORD_NAME, Teacher, TeacherConfig
-from cocu.training.teacher.fit import fit_teacher, save_teacher, train_teacher
-from cocu.training.teacher.files import teacher_files
 
-__all__ = ["DEFAULT_MODEL_CONFIG", "DEFAULT_PROMPT", "RECORD_NAME", "Teacher", "TeacherConfig", "fit_teacher", "save_teacher",
-           "teacher_files", "train_teacher"]
+from cocu.training.teacher.config import DEFAULT_MODEL_CONFIG, DEFAULT_PROMPT, RECORD_NAME, Teacher, TeacherConfig
+from cocu.training.teacher.files import teacher_files
+from cocu.training.teacher.fit import fit_teacher, save_teacher, train_teacher
+
+__all__ = [
+    "DEFAULT_MODEL_CONFIG",
+    "DEFAULT_PROMPT",
+    "RECORD_NAME",
+    "Teacher",
+    "TeacherConfig",
+    "fit_teacher",
+    "save_teacher",
+    "teacher_files",
+    "train_teacher",
+]

@@ -1,10 +1,11 @@
 """What a teacher run is told (`TeacherConfig`) and what it yields (`Teacher`); the packaged default model config."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -29,7 +30,9 @@ class TeacherConfig:
     eps: float = 1e-6
     crop_scale: tuple[float, float] = (0.9, 1.0)  # open_clip's random resized crop; small crops drop named concepts
     gray_scale_prob: float | None = None  # open_clip's augmentations: images without colour must be matched
-    color_jitter: tuple[float, float, float, float] | None = None  # by shape and texture (brightness, contrast, saturation, hue)
+    color_jitter: tuple[float, float, float, float] | None = (
+        None  # by shape and texture (brightness, contrast, saturation, hue)
+    )
     color_jitter_prob: float | None = None
     shuffle_buffer: int = 4096
     workers: int = 1  # DataLoader processes decoding JPEGs; 0 decodes in the training process

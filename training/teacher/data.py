@@ -1,9 +1,9 @@
 """The teacher's training stream: shuffled (image, caption tokens) pairs over caption shards."""
+
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,8 +21,15 @@ class TeacherShards(IterableDataset):
     A bad row ends the stream with a ShardError item naming its file and row.
     """
 
-    def __init__(self, shards: Sequence[Path], transform: Callable, tokenizer: Callable, shuffle_buffer: int = 4096,
-                 seed: int = 0, read_batch: int = 256):
+    def __init__(
+        self,
+        shards: Sequence[Path],
+        transform: Callable,
+        tokenizer: Callable,
+        shuffle_buffer: int = 4096,
+        seed: int = 0,
+        read_batch: int = 256,
+    ):
         self.shards = list(shards)
         self.rows = sum(open_parquet(path).metadata.num_rows for path in self.shards)
         self.transform, self.tokenizer = transform, tokenizer

@@ -1,4 +1,5 @@
 """The files of a saved teacher folder."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The teacher's training loop (open_clip model, ClipLoss, AdamW) and how a trained teacher is saved."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,11 +32,17 @@ def _augmentation(cfg: TeacherConfig) -> dict:
     if cfg.gray_scale_prob:
         aug["gray_scale_prob"] = cfg.gray_scale_prob
     if cfg.color_jitter_prob:
-        aug.update(color_jitter=tuple(cfg.color_jitter or (0.4, 0.4, 0.4, 0.1)), color_jitter_prob=cfg.color_jitter_prob)
+        aug.update(
+            color_jitter=tuple(cfg.color_jitter or (0.4, 0.4, 0.4, 0.1)), color_jitter_prob=cfg.color_jitter_prob
+        )
     return aug
 
 
-def train_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, cfg: TeacherConfig = TeacherConfig()) -> Path:
+def train_teacher(
+    shards: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    cfg: TeacherConfig = TeacherConfig(),
+) -> Path:
     """Train a CLIP on caption shards, save it under ``out`` and evaluate it; returns the weights path.
 
     The model name is the stem of ``cfg.model_config``; ``open_clip.create_model_and_transforms(name,
@@ -47,16 +54,32 @@ def train_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], out: 
     teacher = fit_teacher(shards, cfg)
     out = Path(out)
     weights = save_teacher(teacher.model, teacher.name, teacher.model_config, out)
-    record: dict[str, Any] = {"model": teacher.name, "weights": weights.name, "weights_sha256": sha256_file(weights),
-                              "model_config": teacher.model_config, **teacher.stats}
+    record: dict[str, Any] = {
+        "model": teacher.name,
+        "weights": weights.name,
+        "weights_sha256": sha256_file(weights),
+        "model_config": teacher.model_config,
+        **teacher.stats,
+    }
     if cfg.eval_world is not None:
-        record["zero_shot"] = zero_shot(teacher.model, teacher.preprocess, teacher.tokenizer, cfg.eval_world, cfg.eval_split,
-                                        cfg.eval_images, prompt=cfg.prompt, device=resolve_device(cfg.device), progress=cfg.progress)
+        record["zero_shot"] = zero_shot(
+            teacher.model,
+            teacher.preprocess,
+            teacher.tokenizer,
+            cfg.eval_world,
+            cfg.eval_split,
+            cfg.eval_images,
+            prompt=cfg.prompt,
+            device=resolve_device(cfg.device),
+            progress=cfg.progress,
+        )
     atomic_write_json(out / RECORD_NAME, record)
     return weights
 
 
-def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: TeacherConfig = TeacherConfig()) -> Teacher:
+def fit_teacher(
+    shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: TeacherConfig = TeacherConfig()
+) -> Teacher:
     """The training loop: open_clip model, ClipLoss, AdamW, warmup + cosine over the budget; nothing is written."""
     paths = expand_shards(shards)
     rows = check_shards(paths)
@@ -71,12 +94,20 @@ def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: Te
     with warnings.catch_warnings():  # open_clip 3.3 calls the jitter/gray items it does apply "unused"
         warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            name, pretrained=None, device=device, output_dict=True, aug_cfg=_augmentation(cfg))
+            name, pretrained=None, device=device, output_dict=True, aug_cfg=_augmentation(cfg)
+        )
     tokenizer = open_clip.get_tokenizer(name)
-    loader = DataLoader(TeacherShards(paths, preprocess_train, tokenizer, cfg.shuffle_buffer, cfg.seed),
-                        batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    loader = DataLoader(
+        TeacherShards(paths, preprocess_train, tokenizer, cfg.shuffle_buffer, cfg.seed),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.workers else None,
+    )
+    optimizer = torch.optim.AdamW(
+        weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+    )
     loss_fn = open_clip.ClipLoss()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
@@ -86,7 +117,14 @@ def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: Te
     smooth = float("nan")
     curve: list[list[float]] = []
     start = time.perf_counter()
-    bar = tqdm(total=cfg.samples, unit="sample", unit_scale=True, desc=f"teacher {name}", dynamic_ncols=True, disable=not cfg.progress)
+    bar = tqdm(
+        total=cfg.samples,
+        unit="sample",
+        unit_scale=True,
+        desc=f"teacher {name}",
+        dynamic_ncols=True,
+        disable=not cfg.progress,
+    )
     with bar:
         for batch in loader:
             if isinstance(batch, ShardError):
@@ -109,7 +147,9 @@ def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: Te
                 model.logit_scale.clamp_(0, math.log(100))
             value = loss.item()
             if not math.isfinite(value):
-                raise FloatingPointError(f"teacher loss became {value} at step {steps}; lower the learning rate (now {cfg.lr})")
+                raise FloatingPointError(
+                    f"teacher loss became {value} at step {steps}; lower the learning rate (now {cfg.lr})"
+                )
             smooth = value if steps == 0 else 0.95 * smooth + 0.05 * value
             seen, steps = seen + images.shape[0], steps + 1
             if steps % cfg.log_every == 0:
@@ -122,9 +162,17 @@ def fit_teacher(shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: Te
         "parameters": sum(p.numel() for p in model.parameters()),
         "config": _jsonable(asdict(cfg)),
         "data": {"shards": [{"path": str(p), "sha256": sha256_file(p)} for p in paths], "rows": rows},
-        "training": {"samples": seen, "steps": steps, "epochs": round(seen / rows, 3), "seconds": round(seconds, 1),
-                     "samples_per_second": round(seen / max(seconds, 1e-9), 1), "final_loss": round(smooth, 4),
-                     "device": str(device), "torch_threads": torch.get_num_threads(), "curve": curve},
+        "training": {
+            "samples": seen,
+            "steps": steps,
+            "epochs": round(seen / rows, 3),
+            "seconds": round(seconds, 1),
+            "samples_per_second": round(seen / max(seconds, 1e-9), 1),
+            "final_loss": round(smooth, 4),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "curve": curve,
+        },
     }
     return Teacher(model, preprocess_val, tokenizer, name, model_cfg, stats)
 
@@ -142,7 +190,10 @@ def save_teacher(model: torch.nn.Module, name: str, model_cfg: dict, out: str | 
             os.link(weights, tmp)
         except OSError:  # a filesystem without hard links
             tmp.write_bytes(weights.read_bytes())
-    atomic_write_json(out / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": _jsonable(model.visual.preprocess_cfg)})
+    atomic_write_json(
+        out / "open_clip_config.json",
+        {"model_cfg": model_cfg, "preprocess_cfg": _jsonable(model.visual.preprocess_cfg)},
+    )
     atomic_write_json(out / f"{name}.json", model_cfg)
     return weights
 

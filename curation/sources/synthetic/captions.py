@@ -5,6 +5,7 @@ A web caption names the largest thing, sometimes one or two more, and rarely the
 Colours and sizes are attributes, never concepts. The full captions of the teacher split name
 everything that is visible.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40), "orange": (245, 140, 30), "yellow": (240, 215, 40), "green": (50, 165, 70),
-    "blue": (45, 80, 215), "purple": (135, 60, 185), "pink": (240, 135, 190), "brown": (125, 80, 40),
-    "black": (25, 25, 25), "white": (248, 248, 248), "gray": (130, 130, 130), "teal": (30, 150, 150),
+    "red": (215, 40, 40),
+    "orange": (245, 140, 30),
+    "yellow": (240, 215, 40),
+    "green": (50, 165, 70),
+    "blue": (45, 80, 215),
+    "purple": (135, 60, 185),
+    "pink": (240, 135, 190),
+    "brown": (125, 80, 40),
+    "black": (25, 25, 25),
+    "white": (248, 248, 248),
+    "gray": (130, 130, 130),
+    "teal": (30, 150, 150),
 }
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 PREPOSITIONS = {
@@ -28,10 +38,29 @@ PREPOSITIONS = {
     "wood": ("on wood", "on the wood", "on old wood"),
     "road": ("on the road", "on a road", "by the road"),
 }
-STUFF_NOUNS = {"grass": "grass", "sky": "the sky", "water": "water", "sand": "sand",
-               "wall": "a wall", "snow": "snow", "wood": "wood", "road": "a road"}
-FRAMES = ("{t}", "{t}", "a photo of {t}", "{t} {p}", "{t} {p}", "a picture of {t} {p}", "close-up of {t}",
-          "there is {t} {p}", "{t} seen from above", "look at {t}!", "{t} {p} today")
+STUFF_NOUNS = {
+    "grass": "grass",
+    "sky": "the sky",
+    "water": "water",
+    "sand": "sand",
+    "wall": "a wall",
+    "snow": "snow",
+    "wood": "wood",
+    "road": "a road",
+}
+FRAMES = (
+    "{t}",
+    "{t}",
+    "a photo of {t}",
+    "{t} {p}",
+    "{t} {p}",
+    "a picture of {t} {p}",
+    "close-up of {t}",
+    "there is {t} {p}",
+    "{t} seen from above",
+    "look at {t}!",
+    "{t} {p} today",
+)
 FRAMES_WITH_STUFF_ONLY = ("{s}", "a view of {s}", "{s} in the afternoon")
 
 
@@ -56,9 +85,13 @@ def thing_phrase(seen: Seen, rng: np.random.Generator) -> str:
     if seen.colour and rng.random() < 0.55:
         words.append(seen.colour)
     if rng.random() < 0.25:
-        words.insert(0, "small" if seen.area < 0.08 else "big" if seen.area > 0.2 else "little" if seen.area < 0.12 else "large")
+        words.insert(
+            0, "small" if seen.area < 0.08 else "big" if seen.area > 0.2 else "little" if seen.area < 0.12 else "large"
+        )
     if seen.count > 1:
-        number = NUMBERS.get(seen.count, "several") if rng.random() < 0.7 else ("some", "several", "a few")[rng.integers(3)]
+        number = (
+            NUMBERS.get(seen.count, "several") if rng.random() < 0.7 else ("some", "several", "a few")[rng.integers(3)]
+        )
         return " ".join([number, *words, seen.plural])
     words.append(seen.name)
     determiner = "the" if rng.random() < 0.15 else _article(words[0])
@@ -74,7 +107,9 @@ def join(phrases: list[str]) -> str:
 def write_caption(named_things: list[Seen], named_stuff: list[Seen], rng: np.random.Generator) -> str:
     """Word a caption that names exactly ``named_things`` (salient first) and ``named_stuff``."""
     if not named_things:
-        return FRAMES_WITH_STUFF_ONLY[rng.integers(len(FRAMES_WITH_STUFF_ONLY))].format(s=join([STUFF_NOUNS[s.name] for s in named_stuff]))
+        return FRAMES_WITH_STUFF_ONLY[rng.integers(len(FRAMES_WITH_STUFF_ONLY))].format(
+            s=join([STUFF_NOUNS[s.name] for s in named_stuff])
+        )
     things = join([thing_phrase(seen, rng) for seen in named_things])
     if not named_stuff:
         frames = [f for f in FRAMES if "{p}" not in f]
@@ -120,8 +155,9 @@ def calibrate_naming(scenes: list[tuple[int, int]], omit: float, stuff_mention: 
     return q, omitted(q) / max(present, 1)
 
 
-def choose_named(things: list[Seen], stuff: list[Seen], q: float, stuff_mention: float, cap: int,
-                 rng: np.random.Generator) -> tuple[list[Seen], list[Seen]]:
+def choose_named(
+    things: list[Seen], stuff: list[Seen], q: float, stuff_mention: float, cap: int, rng: np.random.Generator
+) -> tuple[list[Seen], list[Seen]]:
     """Web-style naming: the largest thing always, up to ``cap`` others drawn by size, stuff rarely."""
     named_stuff = [s for s in stuff if rng.random() < stuff_mention]
     if not things:

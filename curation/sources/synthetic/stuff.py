@@ -3,6 +3,7 @@
 Stuff is told apart by texture as much as by hue (grass has blades, water has waves, a wall has
 bricks), each with random jitter, so a model has to look at the pattern and not one colour.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -81,8 +82,14 @@ def road(rng, h, w):
 
 
 STUFF: dict[str, Texture] = {
-    "grass": grass, "sky": sky, "water": water, "sand": sand,
-    "wall": wall, "snow": snow, "wood": wood, "road": road,
+    "grass": grass,
+    "sky": sky,
+    "water": water,
+    "sand": sand,
+    "wall": wall,
+    "snow": snow,
+    "wood": wood,
+    "road": road,
 }
 
 

@@ -14,15 +14,16 @@ Layout written under ``out``::
 Every shard is drawn from its own seeded generator, so shards are produced in parallel and the
 same seed gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
+import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,24 @@ STUFF_NAMES = list(STUFF)
 CLASSES = THING_NAMES + STUFF_NAMES
 SPLITS = {"train": 1, "teacher": 2, "val": 3}
 
-SHARD_SCHEMA = pa.schema([("key", pa.string()), ("jpg", pa.binary()), ("caption", pa.string()),
-                          ("width", pa.int32()), ("height", pa.int32())])
-TRUTH_SCHEMA = pa.schema([("key", pa.string()), ("present", pa.list_(pa.string())), ("areas", pa.list_(pa.float32())),
-                          ("named", pa.list_(pa.string())), ("salient", pa.string())])
+SHARD_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("jpg", pa.binary()),
+        ("caption", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+TRUTH_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("present", pa.list_(pa.string())),
+        ("areas", pa.list_(pa.float32())),
+        ("named", pa.list_(pa.string())),
+        ("salient", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +136,9 @@ def render_scene(cfg: WorldConfig, rng: np.random.Generator, size: int) -> Scene
     for t in thing_ids:
         if areas[t] >= cfg.min_visible:
             visible = sum(1 for inst in instances if inst[0] == t)
-            scene.things.append(Seen(THINGS[t].name, THINGS[t].plural, "thing", float(areas[t]), visible, colours[int(t)]))
+            scene.things.append(
+                Seen(THINGS[t].name, THINGS[t].plural, "thing", float(areas[t]), visible, colours[int(t)])
+            )
     for s in stuff_ids:
         c = len(THING_NAMES) + s
         if areas[c] >= cfg.min_visible:
@@ -146,7 +163,9 @@ def generate_pairs_shard(cfg: WorldConfig, split: str, shard: int, start: int, c
     for _ in range(count):
         scene = render_scene(cfg, scene_rng, cfg.image_size)
         scenes.append((encode_jpeg(scene.image, cfg.jpeg_quality), scene.things, scene.stuff))
-    q, expected = calibrate_naming([(len(t), len(s)) for _, t, s in scenes], cfg.omit, cfg.stuff_mention, cfg.max_other_things)
+    q, expected = calibrate_naming(
+        [(len(t), len(s)) for _, t, s in scenes], cfg.omit, cfg.stuff_mention, cfg.max_other_things
+    )
     rows: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
     truth: dict[str, list] = {name: [] for name in TRUTH_SCHEMA.names}
     present_total = named_total = 0
@@ -154,7 +173,9 @@ def generate_pairs_shard(cfg: WorldConfig, split: str, shard: int, start: int, c
         if split == "teacher":
             named_things, named_stuff = sorted(things, key=lambda t: -t.area), list(stuff)
         else:
-            named_things, named_stuff = choose_named(things, stuff, q, cfg.stuff_mention, cfg.max_other_things, caption_rng)
+            named_things, named_stuff = choose_named(
+                things, stuff, q, cfg.stuff_mention, cfg.max_other_things, caption_rng
+            )
         key = f"{start + i:09d}"
         present = sorted(things + stuff, key=lambda s: -s.area)
         rows["key"].append(key)
@@ -170,11 +191,20 @@ def generate_pairs_shard(cfg: WorldConfig, split: str, shard: int, start: int, c
         present_total += len(present)
         named_total += len(named_things) + len(named_stuff)
     name = f"{shard:05d}.parquet"
-    for path, schema, data in ((Path(out) / split / name, SHARD_SCHEMA, rows),
-                               (Path(out) / "truth" / split / name, TRUTH_SCHEMA, truth)):
+    for path, schema, data in (
+        (Path(out) / split / name, SHARD_SCHEMA, rows),
+        (Path(out) / "truth" / split / name, TRUTH_SCHEMA, truth),
+    ):
         with ShardWriter(path, schema, row_group_size=512) as writer:
             writer.write(pa.table(data, schema=schema))
-    return {"split": split, "rows": count, "present": present_total, "named": named_total, "q": q, "expected_omit": expected}
+    return {
+        "split": split,
+        "rows": count,
+        "present": present_total,
+        "named": named_total,
+        "q": q,
+        "expected_omit": expected,
+    }
 
 
 def generate_val_chunk(cfg: WorldConfig, chunk: int, start: int, count: int, out: str) -> dict:
@@ -204,7 +234,9 @@ def _chunks(total: int, size: int) -> list[tuple[int, int, int]]:
     return [(i, i * size, min(size, total - i * size)) for i in range(math.ceil(total / size))]
 
 
-def generate_world(out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), workers: int = 1, progress: bool = True) -> dict:
+def generate_world(
+    out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), workers: int = 1, progress: bool = True
+) -> dict:
     """Write the whole world under ``out``; a rerun with the same config finds it done."""
     out = Path(out)
     record_path = out / "world.json"
@@ -214,9 +246,14 @@ def generate_world(out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), wor
         existing = json.loads(record_path.read_text())
         if existing.get("config") == asdict(cfg):
             return existing
-    jobs = [(generate_pairs_shard, (cfg, split, shard, start, count, str(out)))
-            for split in ("train", "teacher") for shard, start, count in _chunks(getattr(cfg, split), cfg.shard_size)]
-    jobs += [(generate_val_chunk, (cfg, chunk, start, count, str(out))) for chunk, start, count in _chunks(cfg.val, 100)]
+    jobs = [
+        (generate_pairs_shard, (cfg, split, shard, start, count, str(out)))
+        for split in ("train", "teacher")
+        for shard, start, count in _chunks(getattr(cfg, split), cfg.shard_size)
+    ]
+    jobs += [
+        (generate_val_chunk, (cfg, chunk, start, count, str(out))) for chunk, start, count in _chunks(cfg.val, 100)
+    ]
     results = []
     total = cfg.train + cfg.teacher + cfg.val
     with tqdm(total=total, unit="img", unit_scale=True, desc="synth", disable=not progress, dynamic_ncols=True) as bar:
