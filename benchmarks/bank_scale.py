@@ -118,7 +118,7 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
     """Recall@k against exact search, then enrich's hot path against IVF search alone on the same anchors."""
     import pyarrow as pa
 
-    from cocu.curation.bank import Bank
+    from cocu.curation.bank_reader import Bank
     from cocu.curation.enrich import EnrichConfig, curate
     from cocu.curation.index import Searcher, SearchParams, default_nprobe, read_index
     from cocu.curation.ranking import pair_similarities

@@ -101,7 +101,7 @@ def rival_rankings(
     - ``neighbours``: the concepts the L nearest images' captions mention most often (ties: the more
       frequent concept in the corpus first).
     """
-    from cocu.curation.bank import Bank
+    from cocu.curation.bank_reader import Bank
 
     bank = Bank.open(bank_path)
     ids = bank.lookup(list(keys))

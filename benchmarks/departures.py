@@ -94,7 +94,7 @@ def measure_departures(
     ks: tuple[int, ...] = (1, 3, 16),
 ) -> dict[str, Any]:
     """Ranking quality of ``release``, of ``release`` plus each departure alone, and of ``cocu``."""
-    from cocu.curation.bank import Bank
+    from cocu.curation.bank_reader import Bank
 
     release, cocu = Bank.open(release_bank), Bank.open(cocu_bank)
     gt = read_columns(truth, ["key", "present"])

@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .bank import Bank, check_bank_model, image_digests, read_bank_manifest, restored_threads, set_worker_threads
+from .bank_embed import image_digests, restored_threads, set_worker_threads
+from .bank_layout import check_bank_model, read_bank_manifest
+from .bank_reader import Bank
 from .clip import ShardEmbeddings
 from .clustering import canonical_labels, cluster_archives, row_seeds
 from .concepts import TEMPLATES

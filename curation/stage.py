@@ -141,7 +141,7 @@ def run_stage(
     workers: int = 1,
     unit: str = "img",
     progress: bool = True,
-    initializer: Callable[..., None] | None = None,
+    initializer: Callable[..., Any] | None = None,
     initargs: tuple = (),
     devices: Sequence[str] | None = None,
     executor: Any = None,

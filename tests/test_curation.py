@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cocu.curation.bank import Bank, BankConfig, BankError, build_bank
+from cocu.curation.bank import BankConfig, build_bank
+from cocu.curation.bank_layout import BankError
+from cocu.curation.bank_reader import Bank
 from cocu.curation.concepts import Vocabulary
 from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.shards import sha256_file

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_curation import TINY, reference_rank
 
-from cocu.curation.bank import Bank
+from cocu.curation.bank_reader import Bank
 from cocu.curation.clip import decode_image, load_clip
 from cocu.curation.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
 from cocu.curation.enrich import EnrichConfig, curate

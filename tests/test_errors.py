@@ -5,7 +5,7 @@ import pickle
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from cocu.curation.bank import BankError
+from cocu.curation.bank_layout import BankError
 from cocu.curation.errors import CocuError, VocabularyError
 from cocu.curation.ingest import IngestError
 from cocu.curation.shards import ShardError

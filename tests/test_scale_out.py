@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_curation import MODEL, save_tiny_clip
 
-from cocu.curation.bank import BankConfig, BankError, build_bank
+from cocu.curation.bank import BankConfig, build_bank
+from cocu.curation.bank_layout import BankError
 from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.placement import ShardSlice, default_workers, shard_slice, worker_devices
 from cocu.curation.stage import ShardTask, run_stage
