@@ -4,7 +4,7 @@ Layout of ``BANK/``::
 
     manifest.json         written last: model, embedding dim, rows, index factory, vocabulary digest,
                           source shards with sha256, tool version, prompt template (its presence = complete)
-    vocabulary.json       the concept vocabulary (cocu.curation.concepts.Vocabulary)
+    vocabulary.json       the concept vocabulary (cocu.curation.vocabulary.Vocabulary)
     concepts.parquet      id, concept, count (captions naming it), prompt, embedding (float16, normalized)
     images.parquet        id (= FAISS id), key, sha256 (of the image bytes), shard, caption_concepts,
                           caption_concept_sims (t_c·v)

@@ -36,12 +36,14 @@ from .bank_layout import (
     read_json,
 )
 from .clip import ClipModel, ModelSpec
-from .concepts import Vocabulary, build_vocabulary, prompt, resolve_template
+from .concept_mining import build_vocabulary
+from .concepts import prompt, resolve_template
 from .index import build_index, choose_factory, default_nprobe, gpu_available, write_index
 from .index_build import build_index_in_parts, is_ivf
 from .ranking import Ragged, offsets_from_lengths, pair_similarities
 from .shards import atomic_path, atomic_write_json, sha256_file, write_table
 from .stage import ShardTask, params_digest, read_manifest, tool_version
+from .vocabulary import Vocabulary
 
 if TYPE_CHECKING:
     from .bank import BankConfig

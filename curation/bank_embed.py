@@ -66,7 +66,9 @@ def init_embed_worker(settings: dict[str, Any], workers: int) -> dict[str, Any]:
     return {**settings, "decode_workers": set_worker_threads(workers, settings["decode_workers"])}
 
 
-def embed_part(task: ShardTask, params: dict[str, Any], progress: Callable[[int], None], s: dict[str, Any]) -> dict[str, int]:
+def embed_part(
+    task: ShardTask, params: dict[str, Any], progress: Callable[[int], None], s: dict[str, Any]
+) -> dict[str, int]:
     """Embed one shard's images into ``parts/<shard>.parquet`` (key, caption, embedding); failed images are left out."""
     keys, captions, digests, bad_captions = [], [], [], 0
     for batch in iter_batches(task.source, batch_size=1024, columns=["key", "caption", "jpg"]):

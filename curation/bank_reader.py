@@ -30,10 +30,10 @@ from .bank_layout import (
 )
 from .clip import ClipModel, ModelSpec
 from .clustering import ConceptGram
-from .concepts import Vocabulary
 from .index import Searcher, SearchParams, read_index
 from .ranking import Ragged, local_floor, offsets_from_lengths
 from .shards import sha256_file
+from .vocabulary import Vocabulary
 
 
 @dataclass

@@ -5,19 +5,14 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from cocu.curation.concepts import (
-    DEFAULT_STOPWORDS,
-    Vocabulary,
-    build_vocabulary,
-    caption_nouns,
-    normalize_concept,
-    prompt,
-    tokens,
-)
+from cocu.curation.concept_mining import build_vocabulary, caption_nouns
+from cocu.curation.concept_words import DEFAULT_STOPWORDS
+from cocu.curation.concepts import normalize_concept, prompt, tokens
 from cocu.curation.errors import VocabularyError
 from cocu.curation.shards import ShardError
 from cocu.curation.sources.synthetic import STUFF_NAMES, THING_NAMES
 from cocu.curation.sources.synthetic.captions import COLOURS, NUMBERS
+from cocu.curation.vocabulary import Vocabulary
 
 
 def vocab(*concepts: str) -> Vocabulary:

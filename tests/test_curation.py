@@ -21,9 +21,9 @@ import pytest
 from cocu.curation.bank import BankConfig, build_bank
 from cocu.curation.bank_layout import BankError
 from cocu.curation.bank_reader import Bank
-from cocu.curation.concepts import Vocabulary
 from cocu.curation.enrich import EnrichConfig, enrich
 from cocu.curation.shards import sha256_file
+from cocu.curation.vocabulary import Vocabulary
 
 MODEL = "cocu-test-tiny"
 TINY = {

@@ -123,7 +123,7 @@ class CuratedShardsDataModule(L.LightningDataModule):
         # load the BPE merges (and spaCy, when captions need their nouns) once here: forked workers inherit them
         cached_tokenizer(self.config.context_length)
         if self.config.text_mode == "caption" and any("caption_concepts" not in info.columns for info in stream.shards):
-            from cocu.curation.concepts import load_nlp
+            from cocu.curation.concept_mining import load_nlp
 
             load_nlp()
         return _EpochLoader(

@@ -161,9 +161,8 @@ class CuratedShardStream(IterableDataset):
             if "caption_concepts" in names:
                 sources = [c or [] for c in batch.column("caption_concepts").to_pylist()]
             else:
-                from cocu.curation.concepts import (
-                    caption_nouns,
-                )  # spaCy; loaded only for shards without curated columns
+                # spaCy: loaded only for shards without curated columns
+                from cocu.curation.concept_mining import caption_nouns
 
                 kept = [i for i in range(len(keys)) if keep[i]]
                 nouns = iter(caption_nouns([captions[i] for i in kept]))
