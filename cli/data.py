@@ -147,9 +147,10 @@ def download(
     ),
 ) -> None:
     """Download images with img2dataset into Parquet shards; rerun the same command to resume."""
+    from cocu.curation.download import DownloadConfig, DownloadInterrupted
+    from cocu.curation.download import download as run_download
     from cocu.curation.errors import CocuError
-    from cocu.curation.ingest import LIST_LAYOUTS, DownloadConfig, DownloadInterrupted
-    from cocu.curation.ingest import download as run_download
+    from cocu.curation.url_lists import LIST_LAYOUTS
 
     if preset is not None and columns is not None:
         raise typer.BadParameter("give --preset or --columns, not both")
@@ -197,7 +198,7 @@ def convert(
 ) -> None:
     """Convert webdataset tars (jpg/png + txt, the GroupViT format) to Parquet shards; resumable."""
     from cocu.curation.errors import CocuError
-    from cocu.curation.ingest import convert_webdataset
+    from cocu.curation.webdataset_tars import convert_webdataset
 
     try:
         summary = convert_webdataset(tars, out, workers=workers)

@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from cocu.curation.bank_layout import BankError
 from cocu.curation.errors import CocuError, VocabularyError
-from cocu.curation.ingest import IngestError
 from cocu.curation.shards import ShardError
+from cocu.curation.url_lists import IngestError
 from cocu.evaluation.datasets import DatasetError
 from cocu.training.checkpoint import CheckpointError
 

@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cocu.cli.data import app
-from cocu.curation.ingest import DownloadConfig, download, summarize
+from cocu.curation.download import DownloadConfig, download, summarize
 from cocu.curation.shards import expand_shards, iter_batches, validate_shard
 
 TIMEOUT = (

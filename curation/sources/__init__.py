@@ -1,1 +1,1 @@
-"""Where shards come from: the synthetic semantic-gap world (ingestion of real URL lists is `curation/ingest.py`)."""
+"""Where shards come from: the synthetic semantic-gap world (real URL lists: `curation/download.py`)."""
