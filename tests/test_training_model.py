@@ -1,4 +1,4 @@
-"""GroupViT model and loss: faithfulness to the reference (assignment, sizes, interpolation, loss) and the eval interface."""
+"""GroupViT model and loss: faithful to the reference (assignment, sizes, interpolation, loss), and the eval API."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
-from cocu.training.groupvit import GroupingBlock, gumbel_softmax, hard_softmax, interpolate_pos_embed
+from cocu.training.grouping import GroupingBlock, gumbel_softmax, hard_softmax
+from cocu.training.groupvit import interpolate_pos_embed
 from cocu.training.loss import groupvit_loss
 from cocu.training.model import GroupViT, GroupViTConfig, build_model, get_config
 from cocu.training.optim import warmup_cosine, weight_decay_groups

@@ -1,26 +1,28 @@
 """GroupViT image encoder (Xu et al., CVPR 2022), faithful to the reference code.
 
-One self-contained file in the timm style: a ViT whose token sequence carries learned *group tokens*; after each stage a
-grouping block merges the image (or segment) tokens into as many segments as there are group tokens, by a hard
-Gumbel-softmax assignment with straight-through gradients. Parameter names follow the reference (`NVlabs/GroupViT`
-`models/group_vit.py`) so its released weights load by state dict.
+A ViT whose token sequence carries learned *group tokens*; after each stage a grouping block (``grouping``) merges the
+image (or segment) tokens into as many segments as there are group tokens, by a hard Gumbel-softmax assignment with
+straight-through gradients. Parameter names follow the reference (`NVlabs/GroupViT` `models/group_vit.py`) so its
+released weights load by state dict.
 
-Faithful details that matter (as in NVlabs/GroupViT): no CLS token; the assignment softmax runs over
-the *group* axis; Gumbel noise only in training, a noise-free hard argmax in eval; groups are divided by (count + assign_eps)
-with ``assign_eps = 1``; the cross-attention before assignment is post-norm; later stages' group tokens are zero-initialised
-and added to a token-mixing projection of the previous stage's group tokens; the image vector is the average of the final
-segment tokens.
+Faithful details that matter (as in NVlabs/GroupViT): no CLS token; the assignment softmax runs over the *group* axis;
+Gumbel noise only in training, a noise-free hard argmax in eval; groups are divided by (count + assign_eps) with
+``assign_eps = 1``; the cross-attention before assignment is post-norm; later stages' group tokens are zero-initialised
+and added to a token-mixing projection of the previous stage's group tokens; the image vector is the average of the
+final segment tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import nn
+
+from .grouping import Assignment, GroupingBlock
+from .vit_blocks import AttnBlock, MixerMlp
 
 
 @dataclass
@@ -76,208 +78,6 @@ class GroupViTVisionConfig:
         return self.num_output_groups[-1]
 
 
-class Assignment(NamedTuple):
-    """One grouping block's assignment of its input tokens to its output groups, shape [B, groups, tokens]."""
-
-    hard: torch.Tensor
-    soft: torch.Tensor
-
-
-def hard_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
-    """One-hot of the argmax with the softmax's gradient (straight-through)."""
-    y_soft = logits.softmax(dim)
-    index = y_soft.argmax(dim, keepdim=True)
-    y_hard = torch.zeros_like(y_soft).scatter_(dim, index, 1.0)
-    return y_hard - y_soft.detach() + y_soft
-
-
-def gumbel_softmax(logits: torch.Tensor, dim: int, tau: float = 1.0, hard: bool = True) -> torch.Tensor:
-    """Gumbel-softmax sample; hard samples are one-hot with straight-through gradients.
-
-    Noise comes from `torch.distributions.Gumbel`, which clamps its uniform draw (torch.nn.functional.gumbel_softmax
-    can produce inf, pytorch#41663), as the reference does.
-    """
-    gumbel = torch.distributions.Gumbel(
-        torch.zeros((), device=logits.device, dtype=logits.dtype),
-        torch.ones((), device=logits.device, dtype=logits.dtype),
-    )
-    noisy = (logits + gumbel.sample(logits.shape)) / tau
-    return hard_softmax(noisy, dim) if hard else noisy.softmax(dim)
-
-
-class Mlp(nn.Module):
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class MixerMlp(Mlp):
-    """An MLP over the token axis (MLP-Mixer token mixing): [B, S_in, C] -> [B, S_out, C]."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
-
-
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-class Attention(nn.Module):
-    """Self-attention (fused qkv) or cross-attention (separate q/k/v) through PyTorch's fused SDPA kernel."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float, qkv_fuse: bool):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv_fuse = qkv_fuse
-        if qkv_fuse:
-            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        else:
-            self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
-            self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
-            self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-        if self.qkv_fuse:
-            q, k, v = (_split_heads(t, self.num_heads) for t in self.qkv(query).chunk(3, dim=-1))
-        else:
-            q = _split_heads(self.q_proj(query), self.num_heads)
-            k = _split_heads(self.k_proj(key), self.num_heads)
-            v = _split_heads(self.v_proj(key), self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(_merge_heads(out)))
-
-
-class AttnBlock(nn.Module):
-    """Pre-norm ViT block over the concatenation of image and group tokens."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        drop: float,
-        attn_drop: float,
-        drop_path: float,
-    ):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, qkv_fuse=True)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class CrossAttnBlock(nn.Module):
-    """The grouping block's pre-assignment cross-attention: group queries over image tokens, post-norm as the reference."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool):
-        super().__init__()
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop=0.0, proj_drop=0.0, qkv_fuse=False)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.norm_post = nn.LayerNorm(dim)
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        x = query + self.attn(query, key)
-        x = x + self.mlp(self.norm2(x))
-        return self.norm_post(x)
-
-
-class AssignAttention(nn.Module):
-    """Single-head assignment of tokens to groups; softmax over the group axis, hard in training and eval.
-
-    Not SDPA: the softmax runs over the query (group) axis and is made one-hot, which no fused kernel computes.
-    """
-
-    def __init__(self, dim: int, qkv_bias: bool, hard: bool, gumbel: bool, gumbel_tau: float, assign_eps: float):
-        super().__init__()
-        self.scale = dim**-0.5
-        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.hard = hard
-        self.gumbel = gumbel
-        self.gumbel_tau = gumbel_tau
-        self.assign_eps = assign_eps
-
-    def assign(self, logits: torch.Tensor) -> torch.Tensor:
-        """Assignment weights [B, groups, tokens] from logits of the same shape (softmax over groups, dim -2)."""
-        if self.gumbel and self.training:
-            return gumbel_softmax(logits, dim=-2, tau=self.gumbel_tau, hard=self.hard)
-        return hard_softmax(logits, dim=-2) if self.hard else logits.softmax(dim=-2)
-
-    def forward(
-        self, groups: torch.Tensor, tokens: torch.Tensor, return_attn: bool = False
-    ) -> tuple[torch.Tensor, Assignment | None]:
-        logits = (self.q_proj(groups) @ self.k_proj(tokens).transpose(-2, -1)) * self.scale
-        attn = self.assign(logits)
-        maps = Assignment(hard=attn.detach(), soft=logits.detach().softmax(dim=-2)) if return_attn else None
-        # Divide each group's row by its token count + eps: an approximate mean that stays finite for empty groups.
-        attn = attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps)
-        return self.proj(attn @ self.v_proj(tokens)), maps
-
-
-class GroupingBlock(nn.Module):
-    """Merges N tokens into S_out segments guided by S_in group tokens (reference `GroupingBlock`, equal in/out width)."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        num_group_token: int,
-        num_output_group: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        hard: bool,
-        gumbel: bool,
-        gumbel_tau: float,
-        assign_eps: float,
-    ):
-        super().__init__()
-        self.norm_tokens = nn.LayerNorm(dim)
-        self.mlp_inter = Mlp(num_group_token, int(0.5 * dim), num_output_group)
-        self.norm_post_tokens = nn.LayerNorm(dim)
-        self.norm_x = nn.LayerNorm(dim)
-        self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)
-        self.assign = AssignAttention(
-            dim, qkv_bias=qkv_bias, hard=hard, gumbel=gumbel, gumbel_tau=gumbel_tau, assign_eps=assign_eps
-        )
-        self.norm_new_x = nn.LayerNorm(dim)
-        self.mlp_channels = Mlp(dim, int(mlp_ratio * dim), dim)
-
-    def forward(
-        self, x: torch.Tensor, group_tokens: torch.Tensor, return_attn: bool = False
-    ) -> tuple[torch.Tensor, Assignment | None]:
-        group_tokens = self.norm_tokens(group_tokens)
-        x = self.norm_x(x)
-        projected = self.norm_post_tokens(self.mlp_inter(group_tokens.transpose(1, 2)).transpose(1, 2))
-        projected = self.pre_assign_attn(projected, x)
-        new_x, maps = self.assign(projected, x, return_attn=return_attn)
-        new_x = new_x + projected
-        return new_x + self.mlp_channels(self.norm_new_x(new_x)), maps
-
-
 class GroupingLayer(nn.Module):
     """One stage: transformer blocks over [tokens; group tokens], then (except the last stage) a grouping block."""
 
@@ -297,12 +97,11 @@ class GroupingLayer(nn.Module):
     ):
         super().__init__()
         self.num_group_token = num_group_token
+        self.group_token: nn.Parameter | None = None
         if num_group_token > 0:
             self.group_token = nn.Parameter(torch.zeros(1, num_group_token, dim))
             if group_projector is None:  # later stages start at zero and add the projection of the previous groups
                 trunc_normal_(self.group_token, std=0.02)
-        else:
-            self.group_token = None
         self.blocks = nn.ModuleList(
             AttnBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i]) for i in range(depth)
         )
@@ -416,7 +215,7 @@ class GroupViTVisionEncoder(nn.Module):
     def forward_features(
         self, images: torch.Tensor, return_attn: bool = False
     ) -> tuple[torch.Tensor, list[Assignment]]:
-        """Final segment tokens [B, G, C] (after the last LayerNorm) and, on request, each grouping block's assignment."""
+        """Final segment tokens [B, G, C] after the last LayerNorm and, on request, each grouping block's assignment."""
         x, hw = self.patch_embed(images)
         x = self.pos_drop(x + interpolate_pos_embed(self.pos_embed, self.config.grid_size, hw))
         group_token = None
