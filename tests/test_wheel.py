@@ -78,7 +78,8 @@ def test_the_wheel_imports_from_its_own_install_and_ships_its_data(installed, tm
         "import cocu.training, cocu.evaluation.html as html; from cocu.training.recipes import recipe_names;"
         "from cocu.training.teacher import DEFAULT_MODEL_CONFIG as teacher;"
         "print(cocu.training.__file__); print(recipe_names()); print(teacher.is_file());"
-        "print(html.asset('style.css') != ''); from cocu.evaluation.classnames import ADE20K; print(ADE20K[7] == 'bed ')"
+        "print(html.asset('style.css') != ''); from cocu.evaluation.classnames import ADE20K;"
+        "print(ADE20K[7] == 'bed ')"
     )
     out = _run([bin_dir / "python", "-c", probe], tmp_path, env).splitlines()
     assert out[0].startswith(str(bin_dir.parent)), f"cocu imported from {out[0]}, not from the wheel's install"
