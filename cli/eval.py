@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cocu.evaluation.datasets import LAYOUTS
+from cocu.evaluation.dataset_layouts import LAYOUTS
 from cocu.evaluation.presets import SEGMENTATION_PRESETS
 
 app = typer.Typer(

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cocu.evaluation.datasets import COCO_OBJECT_LUT, LAYOUTS, DatasetError, SegDataset, open_dataset
+from cocu.evaluation.dataset_layouts import COCO_OBJECT_LUT, LAYOUTS
+from cocu.evaluation.datasets import DatasetError, SegDataset, open_dataset
 from cocu.evaluation.metrics import prepare_label
 
 H, W = 10, 14
