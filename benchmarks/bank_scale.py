@@ -119,7 +119,7 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
     import pyarrow as pa
 
     from cocu.curation.bank_reader import Bank
-    from cocu.curation.enrich import EnrichConfig, curate
+    from cocu.curation.curator import EnrichConfig, curate
     from cocu.curation.index import Searcher, SearchParams, default_nprobe, read_index
     from cocu.curation.ranking import pair_similarities
 

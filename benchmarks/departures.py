@@ -46,7 +46,7 @@ DEPARTURES = (
 
 def rank_all(bank: Any, formula: Formula, neighbors: int, batch_size: int = 1024) -> list[list[str]]:
     """Every bank image curated with ``formula`` (its stored embedding as the anchor), whole archives, no clusters."""
-    from cocu.curation.enrich import EnrichConfig, curate
+    from cocu.curation.curator import EnrichConfig, curate
 
     config = EnrichConfig(neighbors=neighbors, top_k=0, clusters=False)
     names = np.asarray(bank.concept_names.to_pylist(), dtype=object)
@@ -65,7 +65,7 @@ def kmeans_inertia_ratio(bank: Any, neighbors: int, archives: int = 400, seed: i
         from sklearn.cluster import KMeans
     except ImportError:  # scikit-learn is in the test extra only
         return None
-    from cocu.curation.enrich import EnrichConfig, curate
+    from cocu.curation.curator import EnrichConfig, curate
 
     ids = np.arange(min(archives, len(bank.embeddings)))
     curated = curate(

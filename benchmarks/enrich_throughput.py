@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from cocu.curation.bank_embed import set_worker_threads  # noqa: E402
 from cocu.curation.bank_reader import Bank  # noqa: E402
 from cocu.curation.clip import ShardImages, load_clip  # noqa: E402
-from cocu.curation.enrich import EnrichConfig, curate  # noqa: E402
+from cocu.curation.curator import EnrichConfig, curate  # noqa: E402
 from cocu.curation.index import Searcher  # noqa: E402
 from cocu.curation.ranking import Ragged, pair_similarities  # noqa: E402
 

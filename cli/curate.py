@@ -192,8 +192,9 @@ def enrich(
 ) -> None:
     """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
     from cocu.curation.bank_layout import read_bank_manifest
-    from cocu.curation.enrich import EnrichConfig, summary_line, template_note
+    from cocu.curation.curator import EnrichConfig
     from cocu.curation.enrich import enrich as run
+    from cocu.curation.enrich import summary_line, template_note
     from cocu.curation.errors import CocuError
     from cocu.curation.placement import shard_slice
 

@@ -21,7 +21,8 @@ import pytest
 from cocu.curation.bank import BankConfig, build_bank
 from cocu.curation.bank_layout import BankError
 from cocu.curation.bank_reader import Bank
-from cocu.curation.enrich import EnrichConfig, enrich
+from cocu.curation.curator import EnrichConfig
+from cocu.curation.enrich import enrich
 from cocu.curation.shards import sha256_file
 from cocu.curation.vocabulary import Vocabulary
 

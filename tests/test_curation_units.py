@@ -16,7 +16,7 @@ from test_curation import TINY, reference_rank
 from cocu.curation.bank_reader import Bank
 from cocu.curation.clip import decode_image, load_clip
 from cocu.curation.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
-from cocu.curation.enrich import EnrichConfig, curate
+from cocu.curation.curator import EnrichConfig, curate
 from cocu.curation.index import Searcher, SearchParams, build_index, choose_factory
 from cocu.curation.ranking import EPS, Ragged, exclude_self, rank
 

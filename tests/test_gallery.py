@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from cocu.cli.curate import app as curate_app
 from cocu.cli.eval import app as eval_app
 from cocu.curation.bank import BankConfig, build_bank
-from cocu.curation.enrich import EnrichConfig, enrich
+from cocu.curation.curator import EnrichConfig
+from cocu.curation.enrich import enrich
 
 runner = CliRunner()
 ROWS = 2 * 150 + 12

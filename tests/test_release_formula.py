@@ -186,7 +186,7 @@ def test_release_formula_equals_the_port_for_images_outside_the_bank_too():
     """Fresh anchors (self id -1) rank with their L hits, none excluded, and not their own caption's concepts."""
     from test_curation_units import memory_bank, normalized
 
-    from cocu.curation.enrich import EnrichConfig, curate
+    from cocu.curation.curator import EnrichConfig, curate
     from cocu.curation.ranking import Ragged
 
     rng = np.random.default_rng(9)

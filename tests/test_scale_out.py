@@ -17,7 +17,8 @@ from test_curation import MODEL, save_tiny_clip
 
 from cocu.curation.bank import BankConfig, build_bank
 from cocu.curation.bank_layout import BankError
-from cocu.curation.enrich import EnrichConfig, enrich
+from cocu.curation.curator import EnrichConfig
+from cocu.curation.enrich import enrich
 from cocu.curation.placement import ShardSlice, default_workers, shard_slice, worker_devices
 from cocu.curation.stage import ShardTask, run_stage
 

@@ -22,7 +22,8 @@ from cocu.cli.data import app as data_app
 from cocu.cli.train import main as train_main
 from cocu.curation.bank import BankConfig, build_bank
 from cocu.curation.bank_reader import Bank
-from cocu.curation.enrich import EnrichConfig, enrich
+from cocu.curation.curator import EnrichConfig
+from cocu.curation.enrich import enrich
 from cocu.curation.shards import ShardError, write_table
 from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
