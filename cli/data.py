@@ -77,7 +77,7 @@ def validate(shards: list[str] = typer.Argument(..., help="Shard files, folders 
         paths = expand_shards(shards)
     except CocuError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     bad = rows = 0
     for path in paths:
         try:
@@ -180,10 +180,10 @@ def download(
         summary = run_download(url_list, out, cfg)
     except CocuError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except DownloadInterrupted as err:
         typer.echo(f"interrupted: {err}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     typer.echo(summary.line())
     raise typer.Exit(1 if summary.shards_failed else 0)
 
@@ -204,7 +204,7 @@ def convert(
         summary = convert_webdataset(tars, out, workers=workers)
     except CocuError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     for failure in summary.failures:
         typer.echo(f"error: {failure}", err=True)
     typer.echo(summary.line())

@@ -55,22 +55,21 @@ def seg(
         data = open_dataset(dataset.value, root)
     except (CocuError, KeyError) as err:
         typer.echo(f"error: {err.args[0]}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     import torch
 
+    from cocu.curation.clip import resolve_device
     from cocu.curation.shards import sha256_file
     from cocu.evaluation.segeval import evaluate, write_metrics
     from cocu.training.checkpoint import load_groupvit
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        model, config = load_groupvit(checkpoint, device=device)
+        model, config = load_groupvit(checkpoint, device=resolve_device(device))
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     try:
         record = evaluate(
             model,
@@ -84,7 +83,7 @@ def seg(
         )
     except CocuError as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     record = {
         "checkpoint": {
             "path": str(checkpoint.resolve()),
@@ -116,7 +115,7 @@ def show(out: Path = typer.Option(..., help="A folder written by `cocu-eval seg`
         page = write_eval_page(out)
     except (ValueError, FileNotFoundError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"evaluation page: {page}")
 
 

@@ -72,7 +72,7 @@ def clip(
         weights = train_teacher(shards, out, cfg)
     except (CocuError, ValueError, FloatingPointError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     record = json.loads((out / RECORD_NAME).read_text())
     training = record["training"]
     typer.echo(

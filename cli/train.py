@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -94,7 +94,7 @@ class GroupViTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--torch_threads",
-            type=Optional[int],
+            type=int | None,
             default=None,
             help="Intra-op CPU threads for the training process (default: torch's choice). On a small "
             "CPU shared with loader workers, fewer threads than cores avoids OpenMP spin-waits.",

@@ -28,6 +28,13 @@ REQUIRED_COLUMNS: dict[str, tuple[pa.DataType, ...]] = {
     "jpg": (pa.binary(), pa.large_binary()),
     "caption": (pa.string(), pa.large_string()),
 }
+# A list-of-strings column as Arrow may store it (curated concept lists, truth sidecars).
+STRING_LISTS: tuple[pa.DataType, ...] = (
+    pa.list_(pa.string()),
+    pa.list_(pa.large_string()),
+    pa.large_list(pa.string()),
+    pa.large_list(pa.large_string()),
+)
 INPUT_SCHEMA = pa.schema([("key", pa.string()), ("jpg", pa.binary()), ("caption", pa.string())])
 MANIFEST_SUFFIX = ".manifest.json"
 TMP_SUFFIX = ".tmp"

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from cocu.curation.shards import REQUIRED_COLUMNS, ShardError, check_schema, expand_shards, iter_batches, open_parquet
+from cocu.curation.truth import read_truth
 
 from .gallery_summary import CurationTally, write_summary
 from .html import MARKER, page_folder, write_page
@@ -72,21 +72,6 @@ class GallerySummary:
             f"{self.errors} with cocu_error, {self.seconds:.1f}s ({self.rows_per_second:.0f} rows/s); "
             f"open {self.out / 'index.html'}"
         )
-
-
-def read_truth(folder: str | os.PathLike) -> dict[str, frozenset[str]]:
-    """The synthetic world's truth sidecars: key -> the concepts the image shows."""
-    truth: dict[str, frozenset[str]] = {}
-    for path in expand_shards(folder):
-        shard = open_parquet(path)
-        check_schema(
-            path,
-            shard.schema_arrow,
-            {"key": REQUIRED_COLUMNS["key"], "present": (pa.list_(pa.string()), pa.list_(pa.large_string()))},
-        )
-        table = pq.read_table(path, columns=["key", "present"])
-        truth.update(zip(table.column("key").to_pylist(), map(frozenset, table.column("present").to_pylist())))
-    return truth
 
 
 def thumbnail(data: bytes | None, size: int) -> tuple[bytes, str] | None:
@@ -198,7 +183,9 @@ def write_gallery(
     shards = expand_shards(curated)
     for path in shards:  # every schema checked before anything is written
         check_schema(path, open_parquet(path).schema_arrow, CURATED_COLUMNS)
-    answers = read_truth(truth) if truth is not None else None
+    answers = None
+    if truth is not None:
+        answers = {key: frozenset(present) for key, present in read_truth(truth).present().items()}
     limit = config.limit if config.limit is not None else sys.maxsize
     with page_folder(out) as work, ThreadPoolExecutor(config.threads) as pool:
         (work / "thumbs").mkdir()

@@ -6,25 +6,18 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
 from cocu.curation.clip import decode_image, load_clip, resolve_device
-from cocu.curation.shards import ShardError, check_schema, expand_shards, iter_batches, open_parquet
+from cocu.curation.shards import ShardError, expand_shards, iter_batches
+from cocu.curation.truth import read_truth
 from cocu.evaluation.metrics import ranking_metrics
 from cocu.training.teacher.config import DEFAULT_PROMPT
 from cocu.training.teacher.files import teacher_files
-
-TRUTH_COLUMNS = {
-    "key": (pa.string(), pa.large_string()),
-    "present": (pa.list_(pa.string()), pa.large_list(pa.string())),
-    "salient": (pa.string(), pa.large_string()),
-}
 
 
 def evaluate_teacher(
@@ -93,7 +86,7 @@ def zero_shot(
     bar = tqdm(total=max_images, unit="img", desc="zero-shot", dynamic_ncols=True, disable=not progress)
     with bar:
         for shard in expand_shards(world / split):
-            truth = _read_truth(world / "truth" / split / shard.name)
+            truth = read_truth(world / "truth" / split / shard.name, salient=True)
             for batch in iter_batches(shard, batch_size=batch_size, columns=["key", "jpg"]):
                 keys, jpgs = batch.column("key").to_pylist(), batch.column("jpg").to_pylist()
                 take = min(len(keys), max_images - done)
@@ -128,21 +121,3 @@ def zero_shot(
         {"world": str(world), "split": split, "prompt": prompt, "seconds": round(time.perf_counter() - start, 2)}
     )
     return result
-
-
-@dataclass
-class _Truth:
-    path: Path
-    rows: dict[str, tuple[list[str], str]] = field(default_factory=dict)
-
-
-def _read_truth(path: Path) -> _Truth:
-    parquet = open_parquet(path)
-    check_schema(path, parquet.schema_arrow, TRUTH_COLUMNS)
-    table = parquet.read(columns=list(TRUTH_COLUMNS)).to_pydict()
-    truth = _Truth(path)
-    for row, (key, present, top) in enumerate(zip(table["key"], table["present"], table["salient"])):
-        if not present or top is None:
-            raise ShardError(path, "empty present list or salient concept", row=row)
-        truth.rows[key] = (present, top)
-    return truth

@@ -1,6 +1,6 @@
 """Training text for each sample: the caption plus K prompts, each a CLIP template filled with a concept.
 
-The text modes differ only in *which* concepts fill the prompts:
+The text modes (``data.planning.TEXT_MODES``) differ only in *which* concepts fill the prompts:
 
 - ``caption``: the GroupViT baseline. Up to K distinct concepts of the caption itself, drawn at random
   each time the sample is read (GroupViT draws caption words without replacement).
@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-TEXT_MODES = ("caption", "cocu-top", "cocu-cluster", "oracle")
 TEMPLATES: tuple[Callable[[str], str], ...] = tuple(OPENAI_IMAGENET_TEMPLATES)
 
 

@@ -26,10 +26,10 @@ from cocu.training.data.augment import AUGMENTS, IMAGE_MEAN, IMAGE_STD, ImageAug
 from cocu.training.data.datamodule import CuratedShardsDataModule
 from cocu.training.data.planning import (
     MODE_COLUMNS,
+    TEXT_MODES,
     ReadUnit,
     ShardInfo,
     assign_units,
-    load_truth,
     plan_units,
     scan_shards,
 )
@@ -41,6 +41,7 @@ __all__ = [
     "IMAGE_MEAN",
     "IMAGE_STD",
     "MODE_COLUMNS",
+    "TEXT_MODES",
     "CachedTokenizer",
     "CuratedShardStream",
     "CuratedShardsDataModule",
@@ -50,7 +51,6 @@ __all__ = [
     "StreamConfig",
     "assign_units",
     "cached_tokenizer",
-    "load_truth",
     "plan_units",
     "scan_shards",
 ]

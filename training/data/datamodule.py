@@ -9,11 +9,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from cocu.curation.truth import read_truth
 from cocu.training.data.augment import AUGMENTS
-from cocu.training.data.planning import ShardInfo, load_truth, scan_shards
+from cocu.training.data.planning import TEXT_MODES, ShardInfo, scan_shards
 from cocu.training.data.stream import CuratedShardStream, StreamConfig
 from cocu.training.data.tokens import cached_tokenizer
-from cocu.training.prompts import TEXT_MODES
 
 
 class _EpochLoader(DataLoader):
@@ -116,7 +116,8 @@ class CuratedShardsDataModule(L.LightningDataModule):
     def stream(self, rank: int = 0, world_size: int = 1) -> CuratedShardStream:
         """The dataset of one rank; ``train_dataloader`` uses the trainer's rank and world size."""
         if self.config.text_mode == "oracle" and self._truth is None:
-            self._truth = load_truth(self.truth_path)  # loaded once, shared with the workers
+            assert self.truth_path is not None  # __init__ refuses the oracle mode without a truth folder
+            self._truth = read_truth(self.truth_path).present()  # loaded once, shared with the workers
         return CuratedShardStream(self.shard_infos, self.config, rank, world_size, self._truth)
 
     def loader(self, stream: CuratedShardStream) -> DataLoader:

@@ -8,23 +8,18 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cocu.curation.shards import REQUIRED_COLUMNS, check_schema, expand_shards, iter_batches, open_parquet
+from cocu.curation.shards import REQUIRED_COLUMNS, STRING_LISTS, check_schema, expand_shards, open_parquet
 
-_STRINGS = (
-    pa.list_(pa.string()),
-    pa.list_(pa.large_string()),
-    pa.large_list(pa.string()),
-    pa.large_list(pa.large_string()),
-)
 _FLOATS = (pa.list_(pa.float32()), pa.list_(pa.float64()), pa.large_list(pa.float32()), pa.large_list(pa.float64()))
 _INTS = (pa.list_(pa.int32()), pa.list_(pa.int64()), pa.large_list(pa.int32()), pa.large_list(pa.int64()))
 # curated columns each text mode needs (``caption`` uses ``caption_concepts`` when a shard has it)
 MODE_COLUMNS: dict[str, dict[str, tuple[pa.DataType, ...]]] = {
     "caption": {},
-    "cocu-top": {"cocu_concepts": _STRINGS},
-    "cocu-cluster": {"cocu_concepts": _STRINGS, "cocu_scores": _FLOATS, "cocu_clusters": _INTS},
+    "cocu-top": {"cocu_concepts": STRING_LISTS},
+    "cocu-cluster": {"cocu_concepts": STRING_LISTS, "cocu_scores": _FLOATS, "cocu_clusters": _INTS},
     "oracle": {},
 }
+TEXT_MODES = tuple(MODE_COLUMNS)  # what ``prompts`` describes; the one list the data module accepts
 
 
 @dataclass(frozen=True)
@@ -61,7 +56,7 @@ def scan_shards(shards: str | Sequence[str], text_mode: str) -> list[ShardInfo]:
         check_schema(path, schema, {**REQUIRED_COLUMNS, **MODE_COLUMNS[text_mode]})
         columns = ["key", "jpg", "caption", *MODE_COLUMNS[text_mode]]
         if text_mode == "caption" and "caption_concepts" in schema.names:
-            check_schema(path, schema, {"caption_concepts": _STRINGS})
+            check_schema(path, schema, {"caption_concepts": STRING_LISTS})
             columns.append("caption_concepts")
         if "cocu_error" in schema.names:
             columns.append("cocu_error")
@@ -102,14 +97,3 @@ def assign_units(units: Sequence[ReadUnit], slots: int, seed: int, epoch: int) -
     for slot_units in out:
         rng.shuffle(slot_units)
     return out
-
-
-def load_truth(folder: str) -> dict[str, list[str]]:
-    """The synthetic world's truth sidecar (``key``, ``present``) as a dict; small by construction."""
-    truth: dict[str, list[str]] = {}
-    for path in expand_shards(folder):
-        for batch in iter_batches(
-            path, columns=["key", "present"], required={"key": REQUIRED_COLUMNS["key"], "present": _STRINGS}
-        ):
-            truth.update(zip(batch.column("key").to_pylist(), batch.column("present").to_pylist()))
-    return truth
