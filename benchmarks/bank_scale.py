@@ -260,14 +260,16 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| images | factory | k-means sample | train s | add (parts) s | merge s | write s | build peak RSS GiB | index GiB | "
+        "| images | factory | k-means sample | train s | add (parts) s | merge s | write s | build peak RSS GiB | "
+        "index GiB | "
         f"recall@{records[0].get('k', 8)} | exact search s | enrich img/s | IVF search img/s | enrich / search | "
         "query peak RSS GiB |",
         "|" + "---|" * 15,
     ]
     for r in records:
         lines.append(
-            f"| {r['rows']:,} | `{r['factory']}` | {r.get('train_rows', 0):,} | {r['train_s']:.0f} | {r['add_parts_s']:.0f} | "
+            f"| {r['rows']:,} | `{r['factory']}` | {r.get('train_rows', 0):,} | {r['train_s']:.0f} | "
+            f"{r['add_parts_s']:.0f} | "
             f"{r['merge_s']:.1f} | {r['write_s']:.1f} | {r['build_peak_rss_gib']:.2f} | {r['index_gib']:.2f} | "
             f"{r['recall_at_k']:.3f} | "
             f"{r['exact_s']:.0f} | {r['enrich_img_s']:.0f} | {r['search_img_s']:.0f} | "

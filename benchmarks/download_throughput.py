@@ -120,7 +120,8 @@ def main() -> None:
     print(f"{'list':<10} {'served':>8} {'stored':>8} {'images':>7} {'seconds':>8} {'images/s':>9} {'KB/image':>9}")
     for r in rows:
         print(
-            f"{r['name']:<10} {r['source']:>8} {r['stored']:>8} {r['images']:>7} {r['seconds']:>8.1f} {r['rate']:>9.1f} "
+            f"{r['name']:<10} {r['source']:>8} {r['stored']:>8} {r['images']:>7} {r['seconds']:>8.1f} "
+            f"{r['rate']:>9.1f} "
             f"{r['kb_per_image']:>9.1f}"
         )
     print(f"ratio no-resize / resize: {rows[1]['rate'] / rows[0]['rate']:.2f}x")

@@ -299,7 +299,8 @@ def embedding_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
             model.measure(n, model_only)
             pipeline.measure(n, lambda: clip.embed_shard(shard, batch_size=args.embed_batch_size, num_workers=workers))
     floor = min(decode.wall, model.wall)
-    where = f"{args.embed_model} ({args.embed_pretrained or 'random init'}) on {clip.device}, {torch.get_num_threads()} torch threads"
+    weights = args.embed_pretrained or "random init"
+    where = f"{args.embed_model} ({weights}) on {clip.device}, {torch.get_num_threads()} torch threads"
     return [  # decoding runs in worker processes, so only wall-clock rates compare here
         ("(c) decode only", decode, f"{n} JPEGs {args.embed_image_size}px, {workers} DataLoader worker(s)"),
         ("(c) model only", model, where),

@@ -269,7 +269,8 @@ def status(out: Path = typer.Option(..., help="An enrich output folder or a bank
         manifest = json.loads(bank.read_text())
         typer.echo(
             f"bank {out}: complete; {manifest['rows']} images, {manifest['vocabulary']['size']} concepts, "
-            f"model {manifest['model']['name']} / {manifest['model']['pretrained']}, index {manifest['index']['factory']}"
+            f"model {manifest['model']['name']} / {manifest['model']['pretrained']}, "
+            f"index {manifest['index']['factory']}"
         )
     elif (out / "parts").is_dir():
         typer.echo(f"bank {out}: incomplete (no manifest.json yet)")

@@ -61,7 +61,8 @@ def synth(
             err=True,
         )
     typer.echo(
-        f"world: {out} | {len(record['classes'])} classes ({len(record['things'])} things, {len(record['stuff'])} stuff) | "
+        f"world: {out} | {len(record['classes'])} classes "
+        f"({len(record['things'])} things, {len(record['stuff'])} stuff) | "
         f"train {train}, teacher {teacher}, val {val} | omitted share {omission['measured_train']:.3f} "
         f"(target {omission['target']}) | {record['generation']['pairs_per_second']:.0f} pairs/s"
     )

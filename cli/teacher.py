@@ -83,7 +83,8 @@ def clip(
     if "zero_shot" in record:
         z = record["zero_shot"]
         typer.echo(
-            f"zero-shot on {z['images']} {z['split']} images, {z['classes']} concepts: recall@|present| {z['recall_at_present']} "
+            f"zero-shot on {z['images']} {z['split']} images, {z['classes']} concepts: "
+            f"recall@|present| {z['recall_at_present']} "
             f"(chance {z['chance_recall']}), things {z['thing_recall']}, stuff {z['stuff_recall']}, "
             f"salient top-1 {z['salient_top1']} (among things {z['salient_top1_among_things']}), mAP {z['mean_ap']}"
         )

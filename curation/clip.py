@@ -50,7 +50,8 @@ class ModelSpec:
     def describe(self) -> str:
         weights = self.pretrained or f"random init (seed {RANDOM_INIT_SEED})"
         if self.checkpoint_sha256:
-            weights = f"{Path(self.pretrained).name if self.pretrained else 'checkpoint'} (sha256 {self.checkpoint_sha256[:12]})"
+            name = Path(self.pretrained).name if self.pretrained else "checkpoint"
+            weights = f"{name} (sha256 {self.checkpoint_sha256[:12]})"
         return f"{self.name} / {weights}"
 
     def same_model(self, other: ModelSpec) -> bool:
@@ -112,7 +113,8 @@ def register_model_config(name: str, pretrained: str | None, model_config: str |
             raise FileNotFoundError(f"{path}: model config not found")
         if path.stem != name:
             raise ValueError(
-                f"{path}: model config file must be named {name}.json (open_clip registers a config under its file stem)"
+                f"{path}: model config file must be named {name}.json "
+                f"(open_clip registers a config under its file stem)"
             )
     elif pretrained and os.path.isfile(pretrained) and (Path(pretrained).parent / f"{name}.json").is_file():
         path = Path(pretrained).parent / f"{name}.json"
@@ -298,7 +300,7 @@ def load_clip(
     device: str | torch.device | None = None,
     cache_dir: str | None = None,
 ) -> ClipModel:
-    """Load any open_clip model the way a user would: built-in name + tag, ``hf-hub:``/``local-dir:``, or a checkpoint file.
+    """Load any open_clip model as a user would: built-in name + tag, ``hf-hub:``/``local-dir:``, or a checkpoint file.
 
     A custom architecture (``model_config``, or ``<model>.json`` beside the checkpoint) is registered
     with ``open_clip.add_model_config`` first. Without weights the model is randomly initialized from a

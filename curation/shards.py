@@ -41,7 +41,7 @@ TMP_SUFFIX = ".tmp"
 
 
 class ShardError(FileError):
-    """A problem with one shard, manifest or sidecar file, said in one line that names the file and, when known, the row."""
+    """A problem with one shard, manifest or sidecar file, in one line that names the file and, when known, the row."""
 
 
 def expand_shards(patterns: str | os.PathLike | Sequence[str | os.PathLike], suffix: str = ".parquet") -> list[Path]:

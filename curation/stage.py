@@ -72,7 +72,8 @@ class StageSummary:
 
     def line(self) -> str:
         parts = [
-            f"{self.stage}: {self.done} shard(s) written, {self.skipped} skipped (already done), {len(self.failures)} failed"
+            f"{self.stage}: {self.done} shard(s) written, {self.skipped} skipped (already done), "
+            f"{len(self.failures)} failed"
         ]
         parts += [f"{name} {value}" for name, value in sorted(self.counts.items())]
         parts.append(f"{self.seconds:.1f}s")

@@ -30,7 +30,8 @@ from . import classnames as cn
 BackgroundRule = Literal["groupvit", "constant"]
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
-# TCL datasets/templates.py ``custom``: the 7 "subset" ImageNet templates + 2 (its comment: "boosts performance a little").
+# TCL datasets/templates.py ``custom``: the 7 "subset" ImageNet templates + 2
+# (its comment: "boosts performance a little").
 TCL_TEMPLATES = (
     "itap of a {}.",
     "a bad photo of a {}.",

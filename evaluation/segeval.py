@@ -134,7 +134,8 @@ def markdown_table(record: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
         f"| {record['dataset']} | {preset['name']} | {record['images']} / {record['split_size']} | "
         f"{_pct(record['miou'])} | {_pct(record['pixel_accuracy'])} | {_pct(record['mean_accuracy'])} | "
-        f"{record['images_per_second']} | {Path(checkpoint.get('path', '-')).name} `{checkpoint.get('sha256', '-')[:12]}` |",
+        f"{record['images_per_second']} | {Path(checkpoint.get('path', '-')).name} "
+        f"`{checkpoint.get('sha256', '-')[:12]}` |",
         "",
         f"Preset `{preset['name']}`: short side {preset['short_side']} (long side at most {preset['long_side']}), "
         f"window {preset['crop']}, stride {preset['stride']}, background {bg}, top-{preset['topk']} class masking, "

@@ -1,4 +1,4 @@
-"""`cocu-eval seg`: bad input is one line and no output; a real checkpoint gives metrics.json, the table and overlays."""
+"""`cocu-eval seg`: bad input is one line and no output; a real checkpoint gives metrics.json, table and overlays."""
 
 import json
 

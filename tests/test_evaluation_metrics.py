@@ -68,7 +68,8 @@ def test_batched_update_equals_per_image_updates():
 
 
 def test_sums_over_the_split_not_mean_of_images():
-    # image A: class 0 perfect on 1 pixel; image B: class 0 wrong on 99 pixels -> IoU over the split 1/100, not (100+0)/2
+    # image A: class 0 perfect on 1 pixel; image B: class 0 wrong on 99 pixels
+    # -> IoU over the split 1/100, not (100+0)/2
     metric = SegMetric(2)
     metric.update(np.array([[0]]), np.array([[0]], dtype=np.uint8))
     metric.update(np.ones((9, 11), dtype=np.int64), np.zeros((9, 11), dtype=np.uint8))

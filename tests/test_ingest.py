@@ -35,7 +35,8 @@ def jpeg(index: int, size=(40, 24)) -> bytes:
 
 
 class Server:
-    """Generated JPEGs on 127.0.0.1: /img/N.jpg serves one, /missing/* 404s, /slow/* stalls past the timeout, /junk/* is not an image."""
+    """Generated JPEGs on 127.0.0.1: /img/N.jpg serves one, /missing/* 404s, /slow/* stalls past the timeout,
+    /junk/* is not an image."""
 
     def __init__(self):
         self.requests: Counter = Counter()
@@ -99,7 +100,8 @@ ARGS = [
 
 
 def url_rows(base: str) -> list[tuple[str, str]]:
-    """(url, caption) rows: shard 0 all successes; shard 1 a 404 and the slow URL (it holds shard 1 open); shard 2 junk and a 404."""
+    """(url, caption) rows: shard 0 all successes; shard 1 a 404 and the slow URL (it holds shard 1 open);
+    shard 2 junk and a 404."""
     things, places = ("dog", "bicycle", "boat", "tree", "horse"), ("beach", "street", "garden")
     rows = [(f"{base}/img/{i}.jpg", f"a {things[i % 5]} on the {places[i % 3]} ({i})") for i in range(GOOD)]
     rows[3] = (rows[3][0], 'the "best" tree on the beach')  # a stray quote, as in real CC3M captions

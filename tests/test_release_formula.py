@@ -24,10 +24,12 @@ from cocu.cli.curate import app
 IMAGES, SHARD = 400, 200
 
 
-def release_cocu(image_idx, l, index, data_img_emb, index_img_emb, index_semantics, data_concept2idx, data_concept2emb):
+def release_cocu(
+    image_idx, num_neighbours, index, data_img_emb, index_img_emb, index_semantics, data_concept2idx, data_concept2emb
+):
     """The release's per-image function (enable_kmeans=False), its crash bugs fixed and nothing else."""
     img_emb = data_img_emb[[image_idx]]
-    _, local_img_idxs = index.search(img_emb.astype(np.float32), l)
+    _, local_img_idxs = index.search(img_emb.astype(np.float32), num_neighbours)
     hits = [i for i in local_img_idxs[0] if i >= 0]
     l_semantics = [index_semantics[i] for i in hits]
     l_img_emb = index_img_emb[hits, :]

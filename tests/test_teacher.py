@@ -129,7 +129,7 @@ def test_saved_teacher_reproduces_its_recorded_zero_shot_scores(trained, small_w
 
 @pytest.mark.slow
 def test_curation_loads_it_by_name_and_checkpoint_like_a_builtin(trained, tmp_path):
-    """What `cocu-curate build-bank --model NAME --pretrained DIR/NAME.safetensors` does: NAME.json is found beside it."""
+    """What `cocu-curate build-bank --model NAME --pretrained DIR/NAME.safetensors` does: NAME.json found beside it."""
     shutil.copy(trained / "cocu-teacher-tiny.json", tmp_path / "cocu-teacher-copy.json")
     shutil.copy(trained / "cocu-teacher-tiny.safetensors", tmp_path / "cocu-teacher-copy.safetensors")
     assert open_clip.get_model_config("cocu-teacher-copy") is None

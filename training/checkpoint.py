@@ -1,8 +1,8 @@
 """Checkpoints: loading a trained GroupViT for evaluation, and the training-time checkpoint callback.
 
-A `cocu-train fit` checkpoint is a Lightning checkpoint whose contents are tensors and plain data only (the model config
-under ``groupvit_config``, hyperparameters as primitives), so it loads with ``torch.load(weights_only=True)``: no pickled
-code objects, nothing executed on load.
+A `cocu-train fit` checkpoint is a Lightning checkpoint whose contents are tensors and plain data only (the model
+config under ``groupvit_config``, hyperparameters as primitives), so it loads with ``torch.load(weights_only=True)``:
+no pickled code objects, nothing executed on load.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`GroupViTModule`: the science of GroupViT pretraining as a LightningModule (model, loss, optimiser, schedule).
 
-The reference recipe (NVlabs/GroupViT, its default config): AdamW without weight decay on 1-D parameters and biases; base,
-warm-up and minimum learning rates all scaled by global_batch / 4096; linear warm-up then cosine decay, updated every step.
+The reference recipe (NVlabs/GroupViT, its default config): AdamW without weight decay on 1-D parameters and biases;
+base, warm-up and minimum learning rates all scaled by global_batch / 4096; linear warm-up then cosine decay, updated
+every step.
 Everything about devices, precision, checkpoints and logging belongs to the Trainer.
 """
 

@@ -119,7 +119,7 @@ class CuratedShardStream(IterableDataset):
                 )
 
     def _read(self, unit: ReadUnit) -> Iterator[Row]:
-        """The unit's usable rows; pyarrow directly, as units select row groups (``shards.iter_batches`` reads files)."""
+        """The unit's usable rows; pyarrow directly, as units select row groups (``iter_batches`` reads whole files)."""
         path = unit.shard.path
         parquet = open_parquet(path)
         position = unit.first_row
