@@ -2,9 +2,9 @@
 
 Follows the reference *code* (`multi_label_contrastive.py`), not the paper's equations: the image-to-prompts direction
 is a soft-target cross-entropy with weight 1/K on each of the image's K prompts; each direction pair is averaged
-(x 1/2). Embeddings are gathered from every rank with gradients, each rank scores its local rows against the global columns with
-global labels ``arange(b) + b * rank``; the mean of the ranks' losses then equals the single-process loss on the whole
-global batch, and DDP's gradient averaging gives that loss's gradient.
+(x 1/2). Embeddings are gathered from every rank with gradients, each rank scores its local rows against the global
+columns with global labels ``arange(b) + b * rank``; the mean of the ranks' losses then equals the single-process loss
+on the whole global batch, and DDP's gradient averaging gives that loss's gradient.
 """
 
 from __future__ import annotations

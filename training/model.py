@@ -56,8 +56,8 @@ class GroupViTConfig:
 # Named configurations, as data. `groupvit-s` is the paper's released model (2 grouping stages, 64 then 8 groups).
 # `groupvit-cpu` is sized for minutes on a 2-core CPU at the synthetic world's 64 px: one grouping stage, 64 patches
 # into 8 groups (the paper's 1-stage variant, Table 2). Measured on the world (20k pairs, oracle prompts, 600 steps of
-# 64): the 2-stage 16 -> 4 layout reached the same image-level zero-shot recall but its last-stage assignment stayed near
-# uniform, so segmentation was at chance (mIoU 0.2-1.4), while 1 stage into 8 groups used ~4 groups per image and
+# 64): the 2-stage 16 -> 4 layout reached the same image-level zero-shot recall but its last-stage assignment stayed
+# near uniform, so segmentation was at chance (mIoU 0.2-1.4), while 1 stage into 8 groups used ~4 groups per image and
 # reached mIoU 3.2 at less cost per step. `groupvit-test` is for unit tests.
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "groupvit-s": {},
