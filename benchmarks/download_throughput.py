@@ -32,7 +32,7 @@ def photo(size: tuple[int, int], seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     w, h = size
     coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
+    field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
     grain = rng.integers(-12, 13, (h, w, 3), dtype=np.int16)
     buffer = io.BytesIO()
     Image.fromarray(np.clip(field + grain, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)

@@ -136,7 +136,7 @@ def per_image_loop(
         sorted(scores, key=lambda c: (-scores[c], c))[: top_k or None]
 
 
-def enrich_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
+def enrich_table(args: argparse.Namespace) -> list[tuple[str, Rate, str]]:
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
     bank, embeddings = synthetic_bank(args, rng, args.vocab)
@@ -251,7 +251,7 @@ def image_shard(path: Path, count: int, size: int, rng: np.random.Generator) -> 
     images = []
     for _ in range(count):
         small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
-        picture = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+        picture = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=90)
         images.append(buffer.getvalue())
@@ -267,7 +267,7 @@ def image_shard(path: Path, count: int, size: int, rng: np.random.Generator) -> 
     )
 
 
-def embedding_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
+def embedding_table(args: argparse.Namespace) -> list[tuple[str, Rate, str]]:
     workers = set_worker_threads(1, args.decode_workers)  # the embed stage's split: decoders, and torch on the rest
     clip = load_clip(args.embed_model, args.embed_pretrained, args.embed_model_config)
     with tempfile.TemporaryDirectory() as folder:
@@ -276,7 +276,7 @@ def embedding_table(args: argparse.Namespace) -> list[tuple[str, float, str]]:
         clip.embed_shard(
             shard, rows=np.arange(min(64, args.embed_images)), batch_size=args.embed_batch_size, num_workers=0
         )  # warm-up
-        decoded = []
+        decoded: list[torch.Tensor] = []
 
         def decode_only() -> None:
             loader = DataLoader(

@@ -60,7 +60,7 @@ def gallery(curated: Path, truth: Path | None, out: Path, config: GalleryConfig)
     return summary.rows, summary.seconds
 
 
-def browser_times(index: Path, concept: str, executable: str) -> dict[str, float]:
+def browser_times(index: Path, concept: str, executable: str) -> dict[str, float | str]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -123,7 +123,7 @@ def faiss_row(rows: int, queries: int, gpu: bool) -> Row:
     rng = np.random.default_rng(0)
     base = rng.standard_normal((rows, 512), dtype=np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(512)
+    index: faiss.Index = faiss.IndexFlatIP(512)
     index.add(base)
     if gpu:
         options = faiss.GpuClonerOptions()
@@ -157,7 +157,12 @@ def train_row(arch: str, batch: int, side: int, steps: int, device: str, label: 
     step()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rate = timed_rate(steps * batch, lambda: [step() for _ in range(steps)])
+
+    def run_steps() -> None:
+        for _ in range(steps):
+            step()
+
+    rate = timed_rate(steps * batch, run_steps)
     memory = f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "CPU"
     return (f"{label} train step", f"{rate:,.1f} samples/s", f"batch {batch}, {side} px, {memory}")
 

@@ -58,7 +58,7 @@ def loader_rate(data: CuratedShardsDataModule, batches: int, model: GroupViT | N
     start, samples = time.perf_counter(), 0
     for _ in range(batches):
         batch = next(it)
-        if model is not None:
+        if model is not None and optimizer is not None:
             _train_step(model, optimizer, batch)
         samples += batch["image"].shape[0]
     return samples / (time.perf_counter() - start), first

@@ -17,8 +17,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DatasetName = Enum("DatasetName", {name: name for name in LAYOUTS}, type=str)
-PresetName = Enum("PresetName", {name: name for name in SEGMENTATION_PRESETS}, type=str)
+# typer offers choices through Enum classes; members come from the tables, which mypy's Enum analysis cannot follow
+DatasetName = Enum("DatasetName", {name: name for name in LAYOUTS}, type=str)  # type: ignore[misc]
+PresetName = Enum("PresetName", {name: name for name in SEGMENTATION_PRESETS}, type=str)  # type: ignore[misc]
 
 
 @app.callback()

@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -62,10 +62,10 @@ class FitSummary(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after every on_train_end, so the final checkpoint is written
         steps = trainer.global_step - (self._start[1] if self._start is not None else trainer.global_step)
-        batch = datamodule_batch_size(trainer.datamodule) or 0
+        batch = datamodule_batch_size(trainer.datamodule) or 0  # type: ignore[attr-defined]  # set by fit, undeclared
         samples = steps * batch * trainer.world_size * trainer.accumulate_grad_batches
         checkpoint = trainer.checkpoint_callback
-        last = checkpoint.last_model_path if checkpoint is not None else ""
+        last = checkpoint.last_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
         print(
             f"fit: {steps} steps this run (global step {trainer.global_step}), {samples} samples in "
             f"{self._seconds:.0f} s ({samples / max(self._seconds, 1e-9):.1f} samples/s) | "

@@ -129,7 +129,7 @@ class ClipModel:
     """A loaded open_clip model with its eval preprocessing and tokenizer."""
 
     spec: ModelSpec
-    model: torch.nn.Module
+    model: open_clip.CLIP | open_clip.CustomTextCLIP  # what open_clip.create_model_and_transforms returns
     preprocess: Callable[[Image.Image], torch.Tensor]
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     device: torch.device
@@ -324,7 +324,7 @@ def load_clip(
     return ClipModel(spec, net, preprocess, tokenizer, device, embed_dim, config_path)
 
 
-def _embed_dim(net: torch.nn.Module, preprocess: Callable, device: torch.device) -> int:
+def _embed_dim(net: open_clip.CLIP | open_clip.CustomTextCLIP, preprocess: Callable, device: torch.device) -> int:
     projection = getattr(net, "text_projection", None)
     if isinstance(projection, torch.Tensor):
         return int(projection.shape[-1])

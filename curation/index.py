@@ -59,10 +59,11 @@ class SearchParams:
 
     def string(self, index: faiss.Index) -> str:
         parts = []
-        if self.nprobe is not None and _ivf(index) is not None:
+        ivf = _ivf(index)
+        if self.nprobe is not None and ivf is not None:
             parts.append(f"nprobe={self.nprobe}")
         if self.ef_search is not None:
-            if _ivf(index) is not None and "HNSW" in type(faiss.downcast_index(_ivf(index).quantizer)).__name__:
+            if ivf is not None and "HNSW" in type(faiss.downcast_index(ivf.quantizer)).__name__:
                 parts.append(f"quantizer_efSearch={self.ef_search}")
             elif "HNSW" in type(faiss.downcast_index(_inner(index))).__name__:
                 parts.append(f"efSearch={self.ef_search}")
@@ -106,13 +107,15 @@ def trained_index(
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
-        clustering = None  # held here: SWIG does not keep the Python object alive through the attribute
+        clustering: faiss.Index | None = (
+            None  # held here: SWIG does not keep the Python object alive through the attribute
+        )
         if (gpu_available() if use_gpu is None else use_gpu) and ivf is not None:
             clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
             ivf.clustering_index = clustering
         index.train(train)
-        if clustering is not None:
-            ivf.clustering_index = None
+        if ivf is not None and clustering is not None:
+            ivf.clustering_index = None  # type: ignore[assignment]  # SWIG stub: None detaches the GPU clustering
     return index
 
 
@@ -156,7 +159,8 @@ class Searcher:
         self.cpu_index = index
         self.params = params.string(index)
         if self.params:
-            faiss.ParameterSpace().set_index_parameters(index, self.params)
+            # faiss's SWIG stub types the value as a number; the "name=value,..." string form is the documented one
+            faiss.ParameterSpace().set_index_parameters(index, self.params)  # type: ignore[arg-type]
         self.index = index
         if gpu_available() if use_gpu is None else use_gpu:
             self.index = _to_gpu(index, self.params)
@@ -176,7 +180,8 @@ def _to_gpu(index: faiss.Index, params: str) -> faiss.Index:
         options.useFloat16 = True
         gpu_index = faiss.index_cpu_to_all_gpus(index, co=options)
         if params:
-            faiss.GpuParameterSpace().set_index_parameters(gpu_index, params)
+            # faiss's SWIG stub types the value as a number; the "name=value,..." string form is the documented one
+            faiss.GpuParameterSpace().set_index_parameters(gpu_index, params)  # type: ignore[arg-type]
         return gpu_index
     except (RuntimeError, AttributeError) as err:  # HNSW and fast-scan indexes are CPU-only
         log.info("searching on CPU: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)

@@ -35,9 +35,8 @@ def folder_lock(folder: str | os.PathLike, slot: str | None = None) -> Iterator[
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    shared = slot is not None
-    fd = _acquire(path, folder, shared)
-    if not shared:
+    fd = _acquire(path, folder, shared=slot is not None)
+    if slot is None:
         for stale in folder.glob(".cocu.*.lock"):  # slots of killed array tasks: none can be alive now
             stale.unlink(missing_ok=True)
         try:

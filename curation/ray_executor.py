@@ -117,7 +117,7 @@ class RayExecutor:
                 _report_rows(task, progress)
             idle.append(actor)
         for actor in idle:
-            ray.kill(actor, no_restart=True)
+            ray.kill(actor, no_restart=True)  # type: ignore[arg-type]  # ray.remote's overloads type it as the class
 
 
 class ShardWorker:

@@ -270,6 +270,8 @@ class ShardWriter:
         return self
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if self._writer is None:
+            raise RuntimeError(f"{self.path}: ShardWriter.write outside its with block")
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
         if table.schema != self.schema:
             table = table.select(self.schema.names).cast(self.schema)

@@ -16,7 +16,7 @@ from importlib.resources import files
 
 def read_class_list(name: str) -> tuple[str, ...]:
     """The names in ``class_lists/<name>.txt``, one a line, nothing stripped but the line ends."""
-    text = files(__package__).joinpath("class_lists", f"{name}.txt").read_text(encoding="utf-8")
+    text = (files(__package__) / "class_lists" / f"{name}.txt").read_text(encoding="utf-8")
     return tuple(text.splitlines())
 
 

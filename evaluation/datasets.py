@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from cocu.curation.errors import CocuError
 
@@ -49,7 +50,7 @@ class SegDataset(Protocol):
 
 
 @dataclass
-class FolderDataset:
+class FolderDataset(Dataset[Sample]):
     """A benchmark split read from its folder layout; items are ``(name, image path, label path)``."""
 
     name: str

@@ -28,7 +28,7 @@ class CurationTally:
         self.rows = self.errors = self.empty = self.with_added = 0
         self.added: Counter[str] = Counter()
         self.added_right: Counter[str] = Counter()
-        self.per_image = {"curated": Counter(), "added": Counter(), "caption": Counter()}
+        self.per_image: dict[str, Counter[int]] = {"curated": Counter(), "added": Counter(), "caption": Counter()}
         self.omitted = self.omitted_found = 0
         self.scores: dict[str, list[float]] = (
             {"named": [], "added": []} if not truth else {"named": [], "added, right": [], "added, wrong": []}
@@ -147,7 +147,9 @@ def plot_per_image(tally: CurationTally, path: Path) -> None:
     x = np.arange(largest + 1)
     width = 0.8 / len(kinds)
     for i, kind in enumerate(kinds):
-        ax.bar(x + (i - (len(kinds) - 1) / 2) * width, [tally.per_image[kind][k] for k in x], width, label=kind)
+        ax.bar(
+            x + (i - (len(kinds) - 1) / 2) * width, [tally.per_image[kind][k] for k in x.tolist()], width, label=kind
+        )
     ax.set_xlabel("concepts per image")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("images")
@@ -168,7 +170,7 @@ def plot_scores(tally: CurationTally, path: Path) -> None:
         if kept:
             ax.hist(
                 np.clip(kept, low, high),
-                bins=bins,
+                bins=bins.tolist(),
                 histtype="step",
                 linewidth=1.6,
                 color=colours[kind],

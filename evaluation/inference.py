@@ -79,7 +79,9 @@ def build_text_embeddings(
 ) -> torch.Tensor:
     """One L2-normalised embedding per class: the mean over templates of the normalised prompt embeddings."""
     if tokenize is None:
-        from cocu.training.text import tokenize
+        from cocu.training.text import tokenize as default_tokenize
+
+        tokenize = default_tokenize
     device = _model_device(model)
     prompts = [template.format(name) for name in classnames for template in templates]
     chunks = []
@@ -180,8 +182,8 @@ class ZeroShotSegmenter:
             self.logit_scale,
             self.preset.topk,
         )
-        scores = pixel_scores(feats.attn, groups, tuple(crops.shape[-2:]))
-        if self.has_background:
+        scores = pixel_scores(feats.attn, groups, (crops.shape[-2], crops.shape[-1]))
+        if self.has_background and self.preset.bg_thresh is not None:  # __init__ refuses background without one
             scores = with_background(scores, groups, self.preset.bg_thresh, self.preset.bg_rule)
         return scores
 
@@ -191,7 +193,8 @@ class ZeroShotSegmenter:
         prepared = [self.prepare(image) for image in images]
         by_shape: dict[tuple[int, int], list[tuple[int, Window]]] = defaultdict(list)
         for i, tensor in enumerate(prepared):
-            for y1, y2, x1, x2 in slide_windows(*tensor.shape[-2:], self.preset.crop, self.preset.stride):
+            height, width = tensor.shape[-2:]
+            for y1, y2, x1, x2 in slide_windows(height, width, self.preset.crop, self.preset.stride):
                 by_shape[(y2 - y1, x2 - x1)].append((i, (y1, y2, x1, x2)))
         sums = [torch.zeros(self.num_classes, *t.shape[-2:], device=self.device) for t in prepared]
         counts = [torch.zeros(1, *t.shape[-2:], device=self.device) for t in prepared]

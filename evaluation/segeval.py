@@ -11,14 +11,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from cocu.curation.shards import atomic_write_bytes
@@ -62,10 +62,11 @@ def evaluate(
     text_seconds = time.perf_counter() - started
     segmenter = ZeroShotSegmenter(model, text, preset, dataset.has_background, batch_size, mean, std)
     metric = SegMetric(len(dataset.classes), dataset.ignore_index, dataset.reduce_zero_label)
-    source = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
-    total = len(source)
-    loader = DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_identity)
-    overlays = Path(out_dir) / "overlays" if save_images else None
+    source: Dataset[Sample] = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    # torch types collate_fn for lists of samples; with batch_size=None it is given one sample at a time
+    loader = DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_identity)  # type: ignore[arg-type]
+    overlays = Path(out_dir) / "overlays" if save_images and out_dir is not None else None
     saved = windows = 0
     started = time.perf_counter()
     with tqdm(total=total, unit="img", desc=f"seg {dataset.name}", disable=not progress, dynamic_ncols=True) as bar:
@@ -162,13 +163,15 @@ def _identity(sample: Sample) -> Sample:
 
 
 def _window_count(image: np.ndarray, preset: Preset) -> int:
-    h, w = rescale_size(*image.shape[:2], preset.short_side, preset.long_side)
+    height, width = image.shape[:2]
+    h, w = rescale_size(height, width, preset.short_side, preset.long_side)
     return len(slide_windows(h, w, preset.crop, preset.stride))
 
 
-def _window_batches(samples: Iterator[Sample], preset: Preset, batch_size: int) -> Iterator[list[Sample]]:
+def _window_batches(samples: Iterable[Sample], preset: Preset, batch_size: int) -> Iterator[list[Sample]]:
     """Group consecutive images until their windows fill a model batch (one image when it alone has enough)."""
-    chunk, count = [], 0
+    chunk: list[Sample] = []
+    count = 0
     for sample in samples:
         chunk.append(sample)
         count += _window_count(sample[1], preset)

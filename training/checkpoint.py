@@ -67,7 +67,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None or "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)  # remote storage: Lightning's own way
+            super().save_checkpoint(checkpoint, str(path), storage_options)  # remote storage: Lightning's own way
             return
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
@@ -79,7 +79,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+            return super().load_checkpoint(str(path), map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as err:  # truncated, foreign or pickled-code file: one line naming it

@@ -36,7 +36,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     # The functional all-gather is differentiable (its backward reduce-scatters the gradient) and, unlike the deprecated
     # torch.distributed.nn.functional.all_gather, is PyTorch's supported path; it works over gloo (CPU) and NCCL.
-    return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)
+    # WORLD is typed Optional (None before init_process_group); world > 1 means it exists.
+    return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)  # type: ignore[arg-type]
 
 
 def groupvit_loss(

@@ -8,11 +8,13 @@ Everything about devices, precision, checkpoints and logging belongs to the Trai
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
 from cocu.training.loss import groupvit_loss
@@ -78,7 +80,7 @@ class GroupViTModule(L.LightningModule):
             prompt_x,
             self.model.logit_scale_value(),
             self.model.multi_label_logit_scale_value(),
-            self.hparams.multi_label_weight,
+            self.settings.multi_label_weight,
         )
         b = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=b)
@@ -97,7 +99,7 @@ class GroupViTModule(L.LightningModule):
         """(lr scale, warm-up steps, total steps) from the trainer and the data module, never from
         `trainer.estimated_stepping_batches`, which would exhaust an iterable loader (Lightning #20550)."""
         trainer = self.trainer
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # Lightning sets it at fit time, undeclared
         batch_size = datamodule_batch_size(datamodule)
         if batch_size is None:
             raise ValueError("GroupViTModule needs a data module that knows its batch size to scale the learning rate")
@@ -113,18 +115,23 @@ class GroupViTModule(L.LightningModule):
                 "cannot size the learning-rate schedule: set trainer.max_steps, or max_epochs with a data "
                 "module that knows num_samples"
             )
-        if self.hparams.warmup_steps is not None:
-            warmup = self.hparams.warmup_steps
+        if self.settings.warmup_steps is not None:
+            warmup = self.settings.warmup_steps
         elif steps_per_epoch:
-            warmup = round(self.hparams.warmup_epochs * steps_per_epoch)
+            warmup = round(self.settings.warmup_epochs * steps_per_epoch)
         else:
             raise ValueError(
                 "cannot size the warm-up: set model.warmup_steps, or use a data module that knows num_samples"
             )
-        return global_batch / self.hparams.lr_reference_batch, min(warmup, total), total
+        return global_batch / self.settings.lr_reference_batch, min(warmup, total), total
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    @property
+    def settings(self) -> AttributeDict:
+        """The saved hyperparameters: ``save_hyperparameters`` stores an AttributeDict; Lightning types any mapping."""
+        return cast(AttributeDict, self.hparams)
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        hp = self.settings
         scale, warmup, total = self._schedule()
         peak = hp.base_lr * scale
         # The fused kernel (CPU and CUDA) is ~6x faster than the per-parameter loop on the 49k-row token embedding.

@@ -22,7 +22,8 @@ def warmup_cosine(
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups: gains, biases and scalar temperatures (tensors of rank < 2) are not decayed, as in
     open_clip and timm; matrices and embeddings are. Frozen parameters are left out."""
-    decay, keep = [], []
+    decay: list[torch.nn.Parameter] = []
+    keep: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (keep if param.ndim < 2 else decay).append(param)

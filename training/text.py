@@ -89,13 +89,14 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int):
         super().__init__()
-        self.resblocks = nn.Sequential(*(ResidualAttentionBlock(width, heads) for _ in range(layers)))
+        blocks = [ResidualAttentionBlock(width, heads) for _ in range(layers)]
         proj_std = width**-0.5 * (2 * layers) ** -0.5
-        for block in self.resblocks:  # CLIP's initialisation, as the reference
+        for block in blocks:  # CLIP's initialisation, as the reference
             nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.get_parameter("c_fc.weight"), std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.get_parameter("c_proj.weight"), std=proj_std)
+        self.resblocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resblocks(x)

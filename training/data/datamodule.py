@@ -27,6 +27,8 @@ class _EpochLoader(DataLoader):
         self._epoch_of = epoch_of
         self._iterations = 0
 
+    dataset: CuratedShardStream
+
     def __iter__(self):
         epoch = self._epoch_of()
         self.dataset.set_epoch(self._iterations if epoch is None else epoch)

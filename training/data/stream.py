@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -168,11 +169,13 @@ class CuratedShardStream(IterableDataset):
                 nouns = iter(caption_nouns([captions[i] for i in kept]))
                 sources = [next(nouns) if keep[i] else [] for i in range(len(keys))]
         elif mode == "oracle":
+            truth = self.truth
+            assert truth is not None  # __init__ refuses the oracle mode without truth
             sources = []
             for i, key in enumerate(keys):
-                if key not in self.truth:
+                if key not in truth:
                     raise ShardError(path, f"key '{key}' has no row in the truth sidecar", row=int(rows[i]))
-                sources.append(self.truth[key])
+                sources.append(truth[key])
         elif mode == "cocu-top":
             sources = [c or [] for c in batch.column("cocu_concepts").to_pylist()]
         else:
@@ -205,7 +208,8 @@ class CuratedShardStream(IterableDataset):
         tokenizer = cached_tokenizer(cfg.context_length)
         current_pass, decoded = 0, 0
         for _ in range(quota):
-            keys, images, captions, sources = [], [], [], []
+            keys, captions, sources = [], [], []
+            images: list[torch.Tensor] = []
             while len(images) < cfg.batch_size:
                 passes, (key, jpg, caption, source) = next(rows)
                 if passes != current_pass:  # decoding is deterministic: a pass without one good image means none ever
