@@ -6,6 +6,7 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -31,6 +32,32 @@ def _fail(err: Exception) -> None:
 class Executor(str, Enum):
     local = "local"
     ray = "ray"
+
+
+# Options build-bank and enrich share: both run a per-shard stage, locally or on Ray, whole or as array tasks.
+DECODE_WORKERS = typer.Option(None, min=0, help="Image decoding processes per worker (default: spare cores).")
+EXECUTOR = typer.Option(Executor.local, help="local: processes here; ray: actors on a Ray cluster.")
+RAY_ADDRESS = typer.Option(None, help="Ray cluster to join (auto or HOST:PORT; default: start a local one).")
+NUM_SHARDS = typer.Option(None, min=1, help="Array task: the number n of tasks (default: $SLURM_ARRAY_TASK_COUNT).")
+
+
+def workers_option(done: str) -> Any:
+    """The --workers option of a stage whose shards are ``done`` (embedded, curated) in parallel."""
+    return typer.Option(
+        None,
+        min=1,
+        help=f"Shards {done} in parallel, each worker on its own GPU "
+        "(default: one per visible GPU, else 1; with Ray: per GPU, else per CPU).",
+    )
+
+
+def shard_index_option(verb: str) -> Any:
+    """The --shard-index option of an array task that does ``verb`` to its slice of the shards."""
+    return typer.Option(
+        None,
+        min=0,
+        help=f"Array task: {verb} only shards index, index+n, ... (default: $SLURM_ARRAY_TASK_ID when set).",
+    )
 
 
 def _executor(kind: Executor, address: str | None, workers: int | None):
@@ -75,22 +102,13 @@ def build_bank(
     nprobe: int = typer.Option(None, help="Default IVF lists to probe at search time (stored in the manifest)."),
     ef_search: int = typer.Option(None, help="Default HNSW efSearch at search time (stored in the manifest)."),
     batch_size: int = typer.Option(256, min=1, help="Images per model batch."),
-    decode_workers: int = typer.Option(None, min=0, help="Image decoding processes per worker (default: spare cores)."),
-    workers: int = typer.Option(
-        None,
-        min=1,
-        help="Shards embedded in parallel, each worker with a model and its own "
-        "GPU (default: one per visible GPU, else 1; with Ray: per GPU, else per CPU).",
-    ),
+    decode_workers: int = DECODE_WORKERS,
+    workers: int = workers_option("embedded"),
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-    executor: Executor = typer.Option(Executor.local, help="local: processes here; ray: actors on a Ray cluster."),
-    ray_address: str = typer.Option(None, help="Ray cluster to join (auto or HOST:PORT; default: start a local one)."),
-    shard_index: int = typer.Option(
-        None, min=0, help="Array task: embed only shards index, index+n, ... (default: $SLURM_ARRAY_TASK_ID when set)."
-    ),
-    num_shards: int = typer.Option(
-        None, min=1, help="Array task: the number n of tasks (default: $SLURM_ARRAY_TASK_COUNT)."
-    ),
+    executor: Executor = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
+    shard_index: int = shard_index_option("embed"),
+    num_shards: int = NUM_SHARDS,
     finalize: bool = typer.Option(False, help="Embed nothing: build the bank from the parts the array tasks wrote."),
 ) -> None:
     """Embed the images of SHARDS with a CLIP, mine their caption concepts and build the FAISS bank in OUT."""
@@ -173,22 +191,13 @@ def enrich(
     pretrained: str = typer.Option(None, help="The bank's weights (a tag, or the checkpoint file if it moved)."),
     batch_size: int = typer.Option(1024, min=1, help="Images per search/ranking batch."),
     embed_batch_size: int = typer.Option(256, min=1, help="Images per model batch (images not in the bank)."),
-    decode_workers: int = typer.Option(None, min=0, help="Image decoding processes per worker (default: spare cores)."),
-    workers: int = typer.Option(
-        None,
-        min=1,
-        help="Shards curated in parallel, each worker on its own GPU "
-        "(default: one per visible GPU, else 1; with Ray: per GPU, else per CPU).",
-    ),
+    decode_workers: int = DECODE_WORKERS,
+    workers: int = workers_option("curated"),
     device: str = typer.Option(None, help="cuda or cpu for embedding images not in the bank."),
-    executor: Executor = typer.Option(Executor.local, help="local: processes here; ray: actors on a Ray cluster."),
-    ray_address: str = typer.Option(None, help="Ray cluster to join (auto or HOST:PORT; default: start a local one)."),
-    shard_index: int = typer.Option(
-        None, min=0, help="Array task: curate only shards index, index+n, ... (default: $SLURM_ARRAY_TASK_ID when set)."
-    ),
-    num_shards: int = typer.Option(
-        None, min=1, help="Array task: the number n of tasks (default: $SLURM_ARRAY_TASK_COUNT)."
-    ),
+    executor: Executor = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
+    shard_index: int = shard_index_option("curate"),
+    num_shards: int = NUM_SHARDS,
 ) -> None:
     """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
     from cocu.curation.bank_layout import read_bank_manifest
