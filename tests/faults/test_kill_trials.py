@@ -206,37 +206,29 @@ def test_synth_killed_and_rerun_gives_the_clean_bytes(synth_clean, tmp_path, tri
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_build_bank_killed_while_embedding_then_rerun_gives_the_clean_bank(
-    faults_world, bank_clean, tmp_path, trial, request
-):
-    out = tmp_path / "bank"
-    command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
-    moment = bank_clean.kill_moment("build-bank (embedding)", trial)
+@pytest.mark.parametrize("stage", ["build-bank (embedding)", "build-bank (assembly)", "enrich"])
+def test_curation_stage_killed_then_rerun_gives_the_clean_bytes(faults_world, tmp_path, stage, trial, request):
+    timing, clean, out, command = curation_case(stage, faults_world, tmp_path, request)
+    moment = timing.kill_moment(stage, trial)
     killed = kill_at(command, moment)
     finish(command)
-    record(request, "build-bank (embedding)", trial, moment, killed, compare_files(out, bank_clean.out))
+    record(request, stage, trial, moment, killed, compare_files(out, clean.out))
 
 
-@pytest.mark.parametrize("trial", range(TRIALS))
-def test_build_bank_killed_while_assembling_then_rerun_gives_the_clean_bank(
-    faults_world, bank_clean, assembly_clean, tmp_path, trial, request
-):
-    out = with_parts(bank_clean, tmp_path / "bank")
-    command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
-    moment = assembly_clean.kill_moment("build-bank (assembly)", trial)
-    killed = kill_at(command, moment)
-    finish(command)
-    record(request, "build-bank (assembly)", trial, moment, killed, compare_files(out, bank_clean.out))
+def curation_case(stage: str, world: dict, tmp_path: Path, request) -> tuple[CleanRun, CleanRun, Path, list[str]]:
+    """(run whose window the kill lands in, run to compare with, output folder, command) of a curation stage.
 
-
-@pytest.mark.parametrize("trial", range(TRIALS))
-def test_enrich_killed_and_rerun_gives_the_clean_bytes(faults_world, enrich_clean, tmp_path, trial, request):
-    out = tmp_path / "out"
-    command = curate_command(*enrich_args(faults_world["bank"], faults_world["train"], out))
-    moment = enrich_clean.kill_moment("enrich", trial)
-    killed = kill_at(command, moment)
-    finish(command)
-    record(request, "enrich", trial, moment, killed, compare_files(out, enrich_clean.out))
+    build-bank is killed twice: while embedding (from nothing) and while assembling (its parts already embedded).
+    """
+    if stage == "enrich":
+        clean = request.getfixturevalue("enrich_clean")
+        out = tmp_path / "out"
+        return clean, clean, out, curate_command(*enrich_args(world["bank"], world["train"], out))
+    clean = request.getfixturevalue("bank_clean")
+    timing, out = clean, tmp_path / "bank"
+    if stage == "build-bank (assembly)":
+        timing, out = request.getfixturevalue("assembly_clean"), with_parts(clean, out)
+    return timing, clean, out, curate_command(*bank_args(world["world"], out, world["checkpoint"]))
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
