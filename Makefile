@@ -15,7 +15,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast lint faults benchmark clean
+.PHONY: install test test-fast lint faults benchmark teacher clean
 
 install: $(STAMP)
 
@@ -52,8 +52,13 @@ FAULT_TRIALS ?= 10
 faults: $(STAMP)
 	COCU_FAULT_TRIALS=$(FAULT_TRIALS) $(PY) -m pytest -q tests/faults
 
+# BENCH_ARGS: e.g. --retrain-teacher (train the teacher CLIP in the run instead of using benchmarks/teacher/)
 benchmark: $(STAMP)
-	$(PY) -m cocu.benchmarks.benchmark --preset $(BENCH) --out benchmark
+	$(PY) -m cocu.benchmarks.benchmark --preset $(BENCH) --out benchmark $(BENCH_ARGS)
+
+# The teacher CLIP that benchmarks/teacher/ ships, trained again with its recorded recipe (recipe.json).
+teacher: $(STAMP)
+	$(PY) -m cocu.benchmarks.teacher --preset $(BENCH) --work benchmark --out benchmarks/teacher
 
 clean:
 	rm -rf benchmark .pytest_cache

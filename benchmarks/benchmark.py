@@ -3,55 +3,52 @@
 Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train clip``,
 ``cocu-curate build-bank`` / ``enrich``, ``cocu-train fit``, ``cocu-eval seg``), in this order:
 
-    world -> teacher CLIP -> bank (x2: cocu's and the release's concept prompts) -> enrich (cocu, release,
-    hybrid archive) -> curation quality -> gallery -> GroupViT x (caption | cocu-cluster | cocu-top | oracle |
-    release) -> eval -> report
+    world -> teacher CLIP (shipped, or trained here) -> bank (x2: cocu's and the release's concept prompts) ->
+    enrich (cocu, release, hybrid archive) -> curation quality -> gallery -> GroupViT x (caption | cocu-cluster |
+    cocu-top | oracle | release) x seeds -> eval -> learning curve -> results.json and report
 
-The ``release`` run trains on the top-3 of the authors' formula (``--formula release`` on the bank with their
-prompts); the others on cocu's curation. ``--curation-only`` stops before the GroupViT trainings.
+The teacher is the one ``make teacher`` trained and the repository ships (``benchmarks/teacher/``), as a user's
+downloaded CLIP; ``--retrain-teacher`` trains it here with the same recipe. The ``release`` run trains on the top-3
+of the authors' formula (``--formula release`` on the bank with their prompts); the others on cocu's curation.
+The runs named in ``seeded_runs`` train once per seed (model initialisation and data order), the others once.
+``--curation-only`` stops before the GroupViT trainings.
 
 The GroupViT runs train two at a time (``parallel_runs``), one torch thread each, their output in
 ``OUT/logs/`` and their progress echoed every 30 s. Each finished stage leaves a record under
 ``OUT/stages/``; a rerun with the same settings skips it, and a killed training resumes from its
-last checkpoint, so an interrupted benchmark carries on where it stopped. The report
-(``OUT/report.md`` and ``OUT/figures/``) is written from the records of this run only.
+last checkpoint, so an interrupted benchmark carries on where it stopped. Every budget is in samples or steps, so
+a busy machine changes the time, not the numbers. The report (``OUT/report.md``, ``OUT/figures/``) and
+``OUT/results.json`` are written from the records of this run only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
-import threading
+import re
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
-from importlib.metadata import entry_points
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cocu.benchmarks.results import run_label
+from cocu.benchmarks.runner import Runner, claim_run_dir, tool
+from cocu.benchmarks.teacher import TeacherRecipe, shipped_teacher, teacher_command
 from cocu.curation.shards import atomic_write_json
 from cocu.curation.sources.synthetic import WorldConfig
-from cocu.curation.stage import params_digest
 
-BIN = Path(sys.executable).parent
 TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Every setting of one benchmark run; the three (or four) trainings share all but the text mode."""
+    """Every setting of one benchmark run; the GroupViT trainings share all but the text mode and the seed."""
 
     world: WorldConfig = WorldConfig(train=20000, teacher=20000, val=300, shard_size=2500)
-    # the teacher's budget is in samples, so a rerun trains the same teacher; the minutes only cap a slow machine
-    teacher_samples: int = 32_768  # 256 steps of 128: ~6-7 min at the 80-90 samples/s measured here
-    teacher_minutes: float = 10.0
-    teacher_batch: int = 128
+    teacher_recipe: TeacherRecipe = TeacherRecipe()
+    retrain_teacher: bool = False  # train the teacher here instead of using the shipped one
     neighbors: int = 8
     top_k: int = 16  # the largest k of the curation-quality table; enrich stores whole archives
     vocabulary_top: int = 16  # M of the hybrid archive
@@ -60,12 +57,17 @@ class BenchConfig:
     train_batch: int = 64
     train_workers: int = 1
     runs: tuple[str, ...] = TEXT_MODES
+    seeds: int = 3  # seeds of the runs in seeded_runs: seed, seed + 1, ...
+    seeded_runs: tuple[str, ...] = ("caption", "cocu-cluster", "oracle")
+    curve_runs: tuple[str, ...] = ("oracle",)  # evaluated at curve_points checkpoints of their first seed
+    curve_points: int = 5
     seed: int = 0
     save_images: int = 6
     threads: int = 2  # torch threads of the single-process stages (teacher, eval when the runs go one at a time)
-    parallel_runs: int = (
-        2  # GroupViT runs trained side by side, one torch thread each: 2 cores do ~2x the steps of one 2-thread run
-    )
+    parallel_runs: int = 2  # GroupViT runs side by side, one torch thread each: 2 cores do ~2x one 2-thread run
+
+    def run_seeds(self, mode: str) -> list[int]:
+        return [self.seed + i for i in range(self.seeds if mode in self.seeded_runs else 1)]
 
 
 BENCH_PRESETS: dict[str, BenchConfig] = {
@@ -73,11 +75,14 @@ BENCH_PRESETS: dict[str, BenchConfig] = {
     # CI-sized: proves the pipeline and the report, not the science
     "quick": BenchConfig(
         world=WorldConfig(train=400, teacher=400, val=16, shard_size=200),
-        teacher_samples=256,
-        teacher_minutes=1.0,
-        teacher_batch=64,
+        teacher_recipe=TeacherRecipe(samples=256, batch=64, curve_every=128, threads=1),
+        retrain_teacher=True,
         train_steps=4,
         train_batch=16,
+        seeds=2,
+        seeded_runs=("caption", "cocu-cluster"),
+        curve_runs=("caption",),
+        curve_points=2,
         save_images=2,
         threads=1,
         parallel_runs=1,
@@ -85,286 +90,65 @@ BENCH_PRESETS: dict[str, BenchConfig] = {
     # more data and longer training, for a machine with time to spare
     "large": BenchConfig(
         world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000),
-        teacher_samples=131_072,
-        teacher_minutes=40.0,
+        retrain_teacher=True,
+        teacher_recipe=TeacherRecipe(samples=524_288),
         train_steps=5000,
         train_batch=128,
     ),
 }
 
 
-@dataclass
-class Stage:
-    name: str
-    seconds: float
-    items: int | None = None
-    unit: str = "img"
-    extra: dict[str, Any] = field(default_factory=dict)
-    earlier: bool = False  # recorded by an earlier invocation and skipped in this one
-
-    @property
-    def rate(self) -> float | None:
-        return self.items / self.seconds if self.items and self.seconds > 0 else None
-
-
-class Runner:
-    """Runs stages as subprocesses, logs them, and skips those already recorded with the same settings."""
-
-    def __init__(self, out: Path, in_process: bool = False):
-        self.out, self.in_process = out, in_process
-        (out / "stages").mkdir(parents=True, exist_ok=True)
-        (out / "logs").mkdir(exist_ok=True)
-        self.stages: list[Stage] = []
-        self.running: set[str] = set()
-        self._lock = threading.Lock()
-
-    def done(self, name: str, params: dict[str, Any]) -> Stage | None:
-        path = self.out / "stages" / f"{name}.json"
-        if not path.exists():
-            return None
-        record = json.loads(path.read_text())
-        if record.get("params_digest") != params_digest(params):
-            return None
-        return Stage(
-            record["name"],
-            record["seconds"],
-            record.get("items"),
-            record.get("unit", "img"),
-            record.get("extra", {}),
-            earlier=True,
-        )
-
-    def run(
-        self,
-        name: str,
-        command: list[str] | Callable[[], None],
-        params: dict[str, Any],
-        items: int | None = None,
-        unit: str = "img",
-        quiet: bool = False,
-    ) -> Stage:
-        """Run a command (or, for the report's own computations, a function) unless already done.
-
-        ``quiet`` sends a subprocess's output to its log only (stages running side by side would
-        interleave their progress bars); ``watch`` prints their latest progress lines instead.
-        """
-        previous = self.done(name, params)
-        if previous is not None:
-            print(f"[benchmark] {name}: done in an earlier run ({previous.seconds:.0f}s), skipped", flush=True)
-            self._record(previous)
-            return previous
-        started = time.perf_counter()
-        with self._lock:
-            self.running.add(name)
-        try:
-            if callable(command):
-                print(f"[benchmark] {name}", flush=True)
-                command()
-            elif self.in_process:
-                self._in_process(name, command)
-            else:
-                self._subprocess(name, command, quiet)
-        finally:
-            with self._lock:
-                self.running.discard(name)
-        stage = Stage(name, time.perf_counter() - started, items, unit)
-        atomic_write_json(
-            self.out / "stages" / f"{name}.json",
-            {
-                **asdict(stage),
-                "params_digest": params_digest(params),
-                "command": command if isinstance(command, list) else name,
-            },
-        )
-        self._record(stage)
-        print(f"[benchmark] {name}: {stage.seconds:.1f}s", flush=True)
-        return stage
-
-    def side_by_side(self, job: Callable[[str], None], items: Sequence[str], lanes: int) -> None:
-        """Run ``job(item)`` for every item, ``lanes`` at a time, watching progress; stages stay in item order.
-
-        Each job runs its stages in sequence; a job's stages are named ``<anything>-<item>``.
-        """
-        before = len(self.stages)
-        stop = threading.Event()
-        if lanes > 1:
-            threading.Thread(target=self.watch, args=(stop,), daemon=True).start()
-        try:
-            with ThreadPoolExecutor(max(1, lanes)) as pool:
-                list(pool.map(job, items))  # re-raises the first failure
-        finally:
-            stop.set()
-        rank = {item: i for i, item in enumerate(items)}
-        self.stages[before:] = sorted(self.stages[before:], key=lambda s: rank[s.name.split("-", 1)[1]])
-
-    def _record(self, stage: Stage) -> None:
-        with self._lock:
-            self.stages.append(stage)
-
-    def watch(self, stop: threading.Event, every_s: float = 30.0) -> None:
-        """Every ``every_s`` seconds, print the latest progress line of each running stage's log."""
-        while not stop.wait(every_s):
-            with self._lock:
-                names = sorted(self.running)
-            for name in names:
-                log = self.out / "logs" / f"{name}.log"
-                line = _last_line(log) if log.exists() else ""
-                if line:
-                    print(f"[benchmark] {name}: {line}", flush=True)
-
-    def _in_process(self, name: str, command: list[str]) -> None:
-        """The same console-script entry point and arguments, without a new interpreter (for tests: no start-up cost)."""
-        print(f"[benchmark] {name} (in process): {' '.join(command)}", flush=True)
-        script = Path(command[0]).name
-        (entry,) = [e for e in entry_points(group="console_scripts") if e.name == script]
-        saved = sys.argv
-        sys.argv = [script, *command[1:]]
-        try:
-            entry.load()()
-        except SystemExit as exit_:
-            if exit_.code not in (0, None):
-                raise SystemExit(f"[benchmark] {name} failed with exit code {exit_.code}") from None
-        finally:
-            sys.argv = saved
-
-    def _subprocess(self, name: str, command: list[str], quiet: bool = False) -> None:
-        """Stream the command's output to a log file and, unless quiet, to the terminal (its progress bars)."""
-        print(f"[benchmark] {name}: {' '.join(command)}", flush=True)
-        log = self.out / "logs" / f"{name}.log"
-        with open(log, "wb") as handle:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            assert process.stdout is not None
-            for chunk in iter(lambda: process.stdout.read1(4096), b""):
-                handle.write(chunk)
-                handle.flush()
-                if not quiet:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-            code = process.wait()
-        if code != 0:
-            raise SystemExit(f"[benchmark] {name} failed with exit code {code}; see {log}")
-
-
-def claim_run_dir(run_dir: Path, params: dict[str, Any]) -> None:
-    """Keep a run folder only for the settings that made it: a killed run with the same settings resumes from
-    its checkpoint, a folder left by other settings is emptied first."""
-    stamp = run_dir / "benchmark-params.json"
-    digest = params_digest(params)
-    if run_dir.exists() and (not stamp.exists() or json.loads(stamp.read_text()).get("params_digest") != digest):
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stamp, {"params_digest": digest, "params": params})
-
-
-def _last_line(log: Path, tail: int = 4096) -> str:
-    """The last non-empty line of a log, where progress bars redraw with carriage returns."""
-    with open(log, "rb") as handle:
-        handle.seek(max(0, log.stat().st_size - tail))
-        text = handle.read().decode("utf-8", "replace")
-    lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def _tool(name: str) -> str:
-    return str(BIN / name)
-
-
 def run_benchmark(
     cfg: BenchConfig, out: Path, preset: str, in_process: bool = False, curation_only: bool = False
 ) -> Path:
     from cocu.benchmarks.report import write_benchmark_report
+    from cocu.benchmarks.results import write_results
     from cocu.evaluation.eval_page import write_eval_page
 
     out = out.resolve()
     # the lanes actually used, so the report and its settings say what ran (in-process stages go one at a time)
-    cfg = replace(cfg, parallel_runs=1 if in_process else max(1, min(cfg.parallel_runs, len(cfg.runs))))
+    cfg = replace(cfg, parallel_runs=1 if in_process else max(1, cfg.parallel_runs))
     runner = Runner(out, in_process)
-    world, teacher, bank, curated = out / "world", out / "teacher", out / "bank", out / "curated"
+    world, bank, curated = out / "world", out / "bank", out / "curated"
     w = cfg.world
     threads = str(cfg.threads)
     started = time.perf_counter()
 
     world_params = asdict(w)
+    world_config = out / "world-config.json"
+    atomic_write_json(world_config, world_params)
     runner.run(
         "synth",
-        [
-            _tool("cocu-data"),
-            "synth",
-            str(world),
-            "--train",
-            str(w.train),
-            "--teacher",
-            str(w.teacher),
-            "--val",
-            str(w.val),
-            "--image-size",
-            str(w.image_size),
-            "--val-image-size",
-            str(w.val_image_size),
-            "--omit",
-            str(w.omit),
-            "--stuff-mention",
-            str(w.stuff_mention),
-            "--shard-size",
-            str(w.shard_size),
-            "--seed",
-            str(w.seed),
-            "--workers",
-            "2",
-        ],
+        [tool("cocu-data"), "synth", str(world), "--config", str(world_config), "--workers", "2"],
         world_params,
         items=w.train + w.teacher + w.val,
         unit="pair",
     )
 
-    teacher_params = {
-        "world": world_params,
-        "samples": cfg.teacher_samples,
-        "minutes": cfg.teacher_minutes,
-        "batch": cfg.teacher_batch,
-        "seed": cfg.seed,
-    }
-    runner.run(
-        "teacher",
-        [
-            _tool("cocu-train"),
-            "clip",
-            str(world / "teacher"),
-            "--out",
-            str(teacher),
-            "--samples",
-            str(cfg.teacher_samples),
-            "--max-minutes",
-            str(cfg.teacher_minutes),
-            "--batch-size",
-            str(cfg.teacher_batch),
-            "--seed",
-            str(cfg.seed),
-            "--threads",
-            threads,
-            "--eval-world",
-            str(world),
-            "--eval-split",
-            "train",
-        ],
-        teacher_params,
-        items=None,
-    )
-    record = json.loads((teacher / "teacher.json").read_text())
-    model, weights = record["model"], str(teacher / record["weights"])
+    if cfg.retrain_teacher:
+        teacher = out / "teacher"
+        teacher_params = {"world": world_params, "recipe": asdict(cfg.teacher_recipe)}
+        runner.run("teacher", teacher_command(cfg.teacher_recipe, world, teacher), teacher_params)
+        record = json.loads((teacher / "teacher.json").read_text())
+        weights = teacher / record["weights"]
+    else:
+        record, weights = shipped_teacher(w, cfg.teacher_recipe)
+        teacher_params = {"shipped": record["weights_sha256"]}
+        teacher = weights.parent
+    model = record["model"]
 
     bank_params = {"teacher": teacher_params}
     runner.run(
         "bank",
         [
-            _tool("cocu-curate"),
+            tool("cocu-curate"),
             "build-bank",
             "--shards",
             str(world / "train"),
             "--model",
             model,
             "--pretrained",
-            weights,
+            str(weights),
             "--out",
             str(bank),
         ],
@@ -378,14 +162,14 @@ def run_benchmark(
     runner.run(
         "bank-release",
         [
-            _tool("cocu-curate"),
+            tool("cocu-curate"),
             "build-bank",
             "--shards",
             str(world / "train"),
             "--model",
             model,
             "--pretrained",
-            weights,
+            str(weights),
             "--out",
             str(release_bank),
             "--template",
@@ -400,7 +184,7 @@ def run_benchmark(
         runner.run(
             name,
             [
-                _tool("cocu-curate"),
+                tool("cocu-curate"),
                 "enrich",
                 "--bank",
                 str(on_bank),
@@ -463,7 +247,7 @@ def run_benchmark(
     runner.run(
         "gallery",
         [
-            _tool("cocu-curate"),
+            tool("cocu-curate"),
             "show",
             "--curated",
             str(curated),
@@ -480,28 +264,33 @@ def run_benchmark(
         print(f"curation quality: {out / 'quality.json'}")
         return out / "quality.json"
 
-    lanes = cfg.parallel_runs
+    jobs = {run_label(mode, seed): (mode, seed) for mode in cfg.runs for seed in cfg.run_seeds(mode)}
+    lanes = max(1, min(cfg.parallel_runs, len(jobs)))
     eval_threads = threads if lanes == 1 else "1"
-    checkpoints = {mode: out / "runs" / mode / "checkpoints" / "last.ckpt" for mode in cfg.runs}
+    run_dirs = {label: out / "runs" / label for label in jobs}
+    curve_every = max(1, cfg.train_steps // cfg.curve_points)
 
-    def train_and_evaluate(mode: str) -> None:
-        run_dir = out / "runs" / mode
+    def train_and_evaluate(label: str) -> None:
+        mode, seed = jobs[label]
+        run_dir = run_dirs[label]
+        curve = mode in cfg.curve_runs and seed == cfg.seed
         train_params = {
-            "enrich": enrich_params,
+            "enrich": release_params if mode == "release" else enrich_params,
             "mode": mode,
             "config": cfg.train_config,
             "steps": cfg.train_steps,
             "batch": cfg.train_batch,
-            "seed": cfg.seed,
+            "seed": seed,
+            "curve_every": curve_every if curve else None,
         }
-        if mode == "release":  # the release's top-3 (its training code takes the first 3 concepts)
-            train_params = {**train_params, "enrich": release_params}
         claim_run_dir(run_dir, train_params)
+        # the release's top-3 (its training code takes the first 3 concepts)
         shards, text_mode = (curated_release, "cocu-top") if mode == "release" else (curated, mode)
+        keep = ["--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", str(curve_every)] if curve else []
         runner.run(
-            f"train-{mode}",
+            f"train-{label}",
             [
-                _tool("cocu-train"),
+                tool("cocu-train"),
                 "fit",
                 "--config",
                 cfg.train_config,
@@ -516,13 +305,14 @@ def run_benchmark(
                 "--data.num_workers",
                 str(cfg.train_workers),
                 "--data.seed",
-                str(cfg.seed),
+                str(seed),
                 "--seed_everything",
-                str(cfg.seed),
+                str(seed),
                 "--trainer.max_steps",
                 str(cfg.train_steps),
                 "--trainer.default_root_dir",
                 str(run_dir),
+                *keep,
                 "--ckpt_path",
                 "last",  # a killed benchmark resumes the run from its last checkpoint
             ],
@@ -531,42 +321,63 @@ def run_benchmark(
             unit="sample",
             quiet=lanes > 1,
         )
+        evaluate(f"eval-{label}", run_dir / "checkpoints" / "last.ckpt", run_dir / "eval", {"train": train_params})
+        if curve:
+            for step, checkpoint in step_checkpoints(run_dir / "checkpoints"):
+                target = run_dir / "curve" / f"step-{step:06d}"
+                evaluate(f"curve-{label}-{step}", checkpoint, target, {"train": train_params, "step": step}, images=0)
+
+    def evaluate(name: str, checkpoint: Path, target: Path, params: dict[str, Any], images: int | None = None) -> None:
         runner.run(
-            f"eval-{mode}",
+            name,
             [
-                _tool("cocu-eval"),
+                tool("cocu-eval"),
                 "seg",
                 "--checkpoint",
-                str(checkpoints[mode]),
+                str(checkpoint),
                 "--dataset",
                 "synthetic",
                 "--root",
                 str(world),
                 "--out",
-                str(run_dir / "eval"),
+                str(target),
                 "--save-images",
-                str(cfg.save_images),
+                str(cfg.save_images if images is None else images),
                 "--threads",
                 eval_threads,
+                "--per-image",
             ],
-            {"train": train_params},
+            params,
             items=w.val,
             quiet=lanes > 1,
         )
 
     if lanes > 1:
         print(
-            f"[benchmark] training {len(cfg.runs)} GroupViT runs, {lanes} at a time; their output goes to {out / 'logs'}",
+            f"[benchmark] training {len(jobs)} GroupViT runs, {lanes} at a time; their output goes to {out / 'logs'}",
             flush=True,
         )
-    runner.side_by_side(train_and_evaluate, cfg.runs, lanes)
+    runner.side_by_side(train_and_evaluate, list(jobs), lanes)
 
-    for mode in cfg.runs:  # one page per evaluation, beside its metrics.json and overlays
-        write_eval_page(out / "runs" / mode / "eval")
-    examples = predict_examples(world, checkpoints, cfg.save_images)
-    report = write_benchmark_report(out, cfg, preset, runner.stages, time.perf_counter() - started, examples)
+    for label in jobs:  # one page per evaluation, beside its metrics.json and overlays
+        write_eval_page(run_dirs[label] / "eval")
+    first = {mode: run_dirs[run_label(mode, cfg.seed)] / "checkpoints" / "last.ckpt" for mode in cfg.runs}
+    examples = predict_examples(world, first, cfg.save_images)
+    results = write_results(out, cfg, jobs, teacher, runner.stages)
+    report = write_benchmark_report(out, cfg, preset, runner.stages, time.perf_counter() - started, results, examples)
+    print(f"results: {out / 'results.json'}")
     print(f"report: {report}")
     return report
+
+
+def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """The periodic checkpoints Lightning kept (``...step=N.ckpt``), by step."""
+    found = []
+    for path in folder.glob("*step=*.ckpt"):
+        match = re.search(r"step=(\d+)", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
 
 
 def predict_examples(world: Path, checkpoints: dict[str, Path], count: int) -> dict[str, Any]:
@@ -600,6 +411,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
     parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
+    parser.add_argument("--seeds", type=int, help="seeds of the seeded runs (default: the preset's)")
+    parser.add_argument(
+        "--retrain-teacher",
+        action="store_true",
+        help="train the teacher CLIP in this run (the recipe of `make teacher`) instead of using the shipped one",
+    )
     parser.add_argument(
         "--curation-only",
         action="store_true",
@@ -616,6 +433,10 @@ def main(argv: list[str] | None = None) -> Path:
         cfg = replace(cfg, runs=tuple(args.runs))
     if args.train_steps:
         cfg = replace(cfg, train_steps=args.train_steps)
+    if args.seeds:
+        cfg = replace(cfg, seeds=args.seeds)
+    if args.retrain_teacher:
+        cfg = replace(cfg, retrain_teacher=True)
     return run_benchmark(cfg, args.out, args.preset, args.in_process, args.curation_only)
 
 

@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cocu.benchmarks.results import group_miou, run_label  # noqa: E402
+from cocu.benchmarks.teacher import SHIPPED  # noqa: E402
 from cocu.curation.shards import atomic_path  # noqa: E402
 
 RUN_TITLES = {
@@ -44,17 +46,13 @@ def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_runs(out: Path, modes: Sequence[str]) -> dict[str, dict[str, Any]]:
-    return {mode: _load(out / "runs" / mode / "eval" / "metrics.json") for mode in modes}
+def load_runs(out: Path, modes: Sequence[str], seed: int) -> dict[str, dict[str, Any]]:
+    """The metrics of each mode's first-seed run (the per-class tables and figures show one seed)."""
+    return {mode: _load(out / "runs" / run_label(mode, seed) / "eval" / "metrics.json") for mode in modes}
 
 
 def class_groups(world: dict[str, Any]) -> dict[str, list[str]]:
     return {"things": world["things"], "stuff": world["stuff"]}
-
-
-def group_miou(metrics: dict[str, Any], names: Sequence[str]) -> float | None:
-    values = [metrics["per_class_iou"][n] for n in names if metrics["per_class_iou"].get(n) is not None]
-    return float(np.mean(values)) if values else None
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -145,7 +143,8 @@ def segmentation_table(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -
     ]
     for mode, m in runs.items():
         lines.append(
-            f"| {RUN_TITLES.get(mode, mode)} | `{mode}` | **{_num(m['miou'])}** | {_num(group_miou(m, groups['things']))} | "
+            f"| {RUN_TITLES.get(mode, mode)} | `{mode}` | **{_num(m['miou'])}** | "
+            f"{_num(group_miou(m, groups['things']))} | "
             f"{_num(group_miou(m, groups['stuff']))} | {_num(m['pixel_accuracy'])} | {m['images_per_second']:.1f} |"
         )
     return lines
@@ -171,7 +170,8 @@ def curation_tables(quality: dict[str, Any]) -> list[str]:
     ]
     for name, p in quality["prompts"].items():
         lines.append(
-            f"| {name} | {_pct(p['precision'])} | {_pct(p['present_recall'])} | {_pct(p['omitted_recall'])} | {p['per_image']:.2f} |"
+            f"| {name} | {_pct(p['precision'])} | {_pct(p['present_recall'])} | {_pct(p['omitted_recall'])} | "
+            f"{p['per_image']:.2f} |"
         )
     if "departures" in quality:
         lines += ["", *departures_table(quality["departures"])]
@@ -215,34 +215,45 @@ def throughput_table(stages: Sequence[Any]) -> list[str]:
     return lines
 
 
-def findings(
-    runs: dict[str, dict[str, Any]],
-    quality: dict[str, Any],
-    world: dict[str, Any] | None = None,
-    teacher_zero_shot: dict[str, Any] | None = None,
-) -> list[str]:
+def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, Any]) -> list[str]:
     """Plain sentences that read the numbers; what they say depends only on this run's figures."""
     out = []
-    base = runs.get("caption", {}).get("miou")
-    oracle = runs.get("oracle", {}).get("miou")
-    for mode in ("cocu-cluster", "cocu-top", "release"):
+    runs, paired = results["runs"], results["paired"]
+    base = runs.get("caption", {}).get("mean", {}).get("miou")
+    for mode in ("cocu-cluster", "cocu-top", "release", "oracle"):
         if mode not in runs or base is None:
             continue
-        value = runs[mode]["miou"]
+        run, difference = runs[mode], paired.get(f"{mode} - caption")
         sentence = (
-            f"- `{mode}` scores {value:.1f} mIoU against {base:.1f} for the caption-only baseline ({value - base:+.1f})"
+            f"- `{mode}` scores {_spread(run, 'miou')} mIoU ({len(run['seeds'])} seed(s)) against "
+            f"{_spread(runs['caption'], 'miou')} for captions only"
         )
-        if oracle is not None and oracle > base:
-            sentence += f"; the oracle scores {oracle:.1f}, so CoCu closes {100 * (value - base) / (oracle - base):.0f}% of the baseline-to-oracle gap"
+        if difference:
+            low, high = difference["ci95"]
+            sentence += f": {difference['mean']:+.1f} points, paired 95 % interval [{low:+.1f}, {high:+.1f}]"
+            if difference["includes_zero"]:
+                sentence += " **which includes zero: no difference is shown**"
+        closed = results["oracle_gap_closed"].get(mode)
+        if closed is not None:
+            sentence += f"; it closes {100 * closed:.0f} % of the caption-to-oracle gap"
         out.append(sentence + ".")
-    if world is not None and runs:
-        out += _group_findings(runs, world)
-    if teacher_zero_shot:
-        z = teacher_zero_shot
+    groups = class_groups(world)
+    for group in ("things", "stuff"):
+        values = ", ".join(f"`{mode}` {_spread(run, group)}" for mode, run in runs.items())
+        out.append(f"- mIoU over the {len(groups[group])} {group} classes: {values}.")
+    best_things = max((run["mean"]["things"] or 0.0) for run in runs.values()) if runs else 0.0
+    if best_things < 5.0:
+        included = ", the oracle's run included" if "oracle" in runs else ""
         out.append(
-            f"- The teacher CLIP finds {_pct(z['stuff_recall'])}% of the stuff and {_pct(z['thing_recall'])}% of the "
-            f"things an image shows (recall@|present|, chance {_pct(z['chance_recall'])}%): curation can only add "
-            "what its teacher sees."
+            f"- No run learned to segment things (at most {best_things:.1f} mIoU{included}): at this "
+            "training length the differences between runs are differences on stuff."
+        )
+    teacher = results["teacher"]
+    if teacher.get("thing_recall") is not None:
+        out.append(
+            f"- The teacher CLIP finds {_pct(teacher['stuff_recall'])} % of the stuff and "
+            f"{_pct(teacher['thing_recall'])} % of the things an image shows (recall@|present|, chance "
+            f"{_pct(teacher['chance_recall'])} %): curation can only add what its teacher sees."
         )
     ranking = quality["ranking"]
     k = quality["ks"][1] if len(quality["ks"]) > 1 else quality["ks"][0]
@@ -252,31 +263,80 @@ def findings(
         f"- Among the curators, **{best}** recovers the most caption-omitted concepts at k = {k} "
         f"(recall {_pct(at_k[best]['recall'])}, precision {_pct(at_k[best]['precision'])})."
     )
-    out.append(
-        "- One seed per run: the run-to-run spread was not measured, so read differences of a point or two with care."
-    )
     return out
 
 
-def _group_findings(runs: dict[str, dict[str, Any]], world: dict[str, Any]) -> list[str]:
-    """Where the differences come from: the things, the stuff, or both."""
-    groups = class_groups(world)
-    miou = {mode: {g: group_miou(m, names) for g, names in groups.items()} for mode, m in runs.items()}
-    out = []
-    for group in ("stuff", "things"):
-        values = ", ".join(f"`{mode}` {_num(v[group])}" for mode, v in miou.items())
-        out.append(f"- mIoU over the {len(groups[group])} {group} classes: {values}.")
-    best_things = max((v["things"] or 0.0) for v in miou.values())
-    if best_things < 5.0:
-        included = ", the oracle's run included" if "oracle" in runs else ""
-        out.append(
-            f"- No run learned to segment things (at most {best_things:.1f} mIoU{included}): at this "
-            "training length the differences between runs are differences on stuff."
+def _spread(run: dict[str, Any], key: str) -> str:
+    mean, std = run["mean"][key], run["std"][key]
+    if mean is None:
+        return "-"
+    return f"{mean:.1f}" if len(run["seeds"]) == 1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def seeds_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| run | seeds | mIoU | things | stuff | per seed (mIoU) |", "|---|---|---|---|---|---|"]
+    for mode, run in results["runs"].items():
+        per_seed = ", ".join(_num(v) for v in run["miou"])
+        lines.append(
+            f"| {RUN_TITLES.get(mode, mode)} | {len(run['seeds'])} | **{_spread(run, 'miou')}** | "
+            f"{_spread(run, 'things')} | {_spread(run, 'stuff')} | {per_seed} |"
         )
-    return out
+    return lines
 
 
-def page_links(out: Path, modes: Sequence[str]) -> list[str]:
+def paired_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| difference | mean (mIoU points) | paired 95 % interval | includes zero |", "|---|---|---|---|"]
+    for name, d in results["paired"].items():
+        low, high = d["ci95"]
+        lines.append(
+            f"| `{name}` | {d['mean']:+.2f} | [{low:+.2f}, {high:+.2f}] | {'yes' if d['includes_zero'] else 'no'} |"
+        )
+    return lines
+
+
+def figure_curves(results: dict[str, Any], path: Path) -> None:
+    """Where the budget goes: the teacher's zero-shot recall and GroupViT's mIoU against samples seen."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110)
+    curve = results["teacher"]["curve"]
+    if curve:
+        samples = [p["samples"] for p in curve]
+        left.plot(samples, [100 * p["thing_recall"] for p in curve], marker="o", label="things")
+        left.plot(samples, [100 * p["stuff_recall"] for p in curve], marker="o", label="stuff")
+        chance = results["teacher"].get("chance_recall")
+        if chance is not None:
+            left.axhline(100 * chance, color="gray", linestyle=":", label="chance")
+    left.set_xlabel("teacher samples seen")
+    left.set_ylabel("zero-shot recall@|present| (%)")
+    left.set_title("Teacher CLIP")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    for label, points in results["curves"].items():
+        samples = [p["samples"] for p in points]
+        for key in ("miou", "things", "stuff"):
+            right.plot(samples, [p[key] or 0.0 for p in points], marker="o", label=f"{label}: {key}")
+    right.set_xlabel("GroupViT samples seen")
+    right.set_ylabel("mIoU (%)")
+    right.set_title("GroupViT on the val split")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def teacher_section(results: dict[str, Any], teacher_folder: Path) -> list[str]:
+    t = results["teacher"]
+    lines = [
+        f"`{t['model']}`, {t['source']}, trained for {t['samples']} samples (sha256 `{t['weights_sha256']}`). "
+        f"Zero-shot over all class names on train images: things {_pct(t['thing_recall'])} %, stuff "
+        f"{_pct(t['stuff_recall'])} % (recall@|present|; chance {_pct(t['chance_recall'])} %).",
+    ]
+    recipe = teacher_folder / "recipe.json"
+    if recipe.is_file():
+        made = json.loads(recipe.read_text())
+        lines += ["", "How it was made (`make teacher` runs this):", "", "```", made["command"], "```"]
+    return lines
+
+
+def page_links(out: Path, labels: Sequence[str]) -> list[str]:
     """Links to the HTML pages of this run that exist: the curation gallery and one page per evaluation."""
     lines = []
     if (out / "gallery" / "index.html").exists():
@@ -285,9 +345,9 @@ def page_links(out: Path, modes: Sequence[str]) -> list[str]:
             "named, right or wrong) and its [summary](gallery/summary.html)."
         )
     evaluations = [
-        f"[{RUN_TITLES.get(m, m)}](runs/{m}/eval/index.html)"
-        for m in modes
-        if (out / "runs" / m / "eval" / "index.html").exists()
+        f"[{label}](runs/{label}/eval/index.html)"
+        for label in labels
+        if (out / "runs" / label / "eval" / "index.html").exists()
     ]
     if evaluations:
         lines.append(f"- Evaluation pages (metrics, per-class IoU, overlays): {', '.join(evaluations)}.")
@@ -300,46 +360,68 @@ def write_benchmark_report(
     preset: str,
     stages: Sequence[Any],
     total_seconds: float,
+    results: dict[str, Any],
     examples: dict[str, Any] | None = None,
 ) -> Path:
     world = _load(out / "world" / "world.json")
-    teacher = _load(out / "teacher" / "teacher.json")
     quality = _load(out / "quality.json")
-    runs = load_runs(out, cfg.runs)
+    runs = load_runs(out, cfg.runs, cfg.seed)
     figures = out / "figures"
     classes = world["classes"]
     figure_per_class(runs, classes, figures / "per_class_iou.png")
     figure_curation(quality, figures / "curation.png")
+    figure_curves(results, figures / "learning_curves.png")
     if examples:
         figure_examples(examples, classes, figures / "examples.png")
     omission = world["omission"]
-    zs = teacher.get("zero_shot", {})
-    training = teacher.get("training", {})
+    teacher_folder = out / "teacher" if cfg.retrain_teacher else SHIPPED
+    labels = [run_label(mode, seed) for mode in cfg.runs for seed in cfg.run_seeds(mode)]
     lines = [
         "# cocu benchmark: CoCu on the synthetic semantic-gap world",
         "",
         f"Preset `{preset}`, total wall time {total_seconds / 60:.1f} min on {platform.machine()} "
-        f"({_cpu_count()} CPU threads){_resumed(stages)}. Every number below was measured in this run.",
+        f"({_cpu_count()} CPU threads){_resumed(stages)}. Every number below was measured in this run; "
+        "`results.json` beside this file holds the same figures for programs.",
         "",
         "## Findings",
         "",
-        *findings(runs, quality, world, zs),
+        *findings(results, quality, world),
         "",
         "## Pages to look at",
         "",
-        *page_links(out, cfg.runs),
+        *page_links(out, labels),
         "",
         "## Segmentation (zero-shot, synthetic val split)",
         "",
-        f"{world['counts']['val']} val images, {len(classes)} classes ({len(world['things'])} things, {len(world['stuff'])} stuff), "
-        f"no background. Identical GroupViT settings and seeds for every run ({cfg.train_steps} steps of {cfg.train_batch} "
-        f"images, config `{cfg.train_config}`); only the concepts in the 3 prompts differ.",
+        f"{world['counts']['val']} val images, {len(classes)} classes ({len(world['things'])} things, "
+        f"{len(world['stuff'])} stuff), no background. Identical GroupViT settings for every run ({cfg.train_steps} "
+        f"steps of {cfg.train_batch} images, config `{cfg.train_config}`); only the concepts in the 3 prompts and the "
+        f"seed differ. Seeds (model initialisation and data order): {cfg.seeds} for "
+        f"{', '.join(f'`{m}`' for m in cfg.seeded_runs)}, one for the others; mean ± std over seeds.",
+        "",
+        *seeds_table(results),
+        "",
+        "Paired bootstrap over the val images (2,000 resamples, the same draw for both sides and every seed) of the "
+        "difference in mean mIoU: the interval says how much the choice of val images leaves open; the seeds' "
+        "spread is the ± above.",
+        "",
+        *paired_table(results),
+        "",
+        f"The first seed of each run in detail (seed {cfg.seed}):",
         "",
         *segmentation_table(runs, world),
         "",
         "![per-class IoU](figures/per_class_iou.png)",
         "",
         *(["![examples](figures/examples.png)", ""] if examples else []),
+        "## Learning curves",
+        "",
+        "Left: the teacher's zero-shot recall of things and stuff against the samples it has seen (its training "
+        "log). Right: GroupViT's val mIoU at periodic checkpoints of "
+        f"{', '.join(f'`{m}`' for m in cfg.curve_runs)} (seed {cfg.seed}).",
+        "",
+        "![learning curves](figures/learning_curves.png)",
+        "",
         "## Curation quality (against the world's truth)",
         "",
         f"{quality['images']} train images. A caption names {omission['named_per_image']} of the "
@@ -353,11 +435,7 @@ def write_benchmark_report(
         "",
         "## Teacher CLIP",
         "",
-        f"`{teacher['model']}` trained on the teacher split: {training.get('samples', '-')} samples in "
-        f"{training.get('seconds', '-')} s ({training.get('samples_per_second', '-')} samples/s). Zero-shot on "
-        f"{zs.get('images', '-')} train images over all {zs.get('classes', '-')} class names: recall@|present| "
-        f"{_pct(zs.get('recall_at_present'))} (chance {_pct(zs.get('chance_recall'))}), things {_pct(zs.get('thing_recall'))}, "
-        f"stuff {_pct(zs.get('stuff_recall'))}, salient top-1 {_pct(zs.get('salient_top1'))}, mAP {_pct(zs.get('mean_ap'))}.",
+        *teacher_section(results, teacher_folder),
         "",
         "## Throughput",
         "",

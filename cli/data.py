@@ -33,10 +33,25 @@ def synth(
     shard_size: int = typer.Option(2500, min=1, help="Rows per Parquet shard."),
     seed: int = typer.Option(0, help="Same seed, byte-identical shards."),
     workers: int = typer.Option(2, min=1, help="Processes drawing shards in parallel."),
+    config: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="A JSON of WorldConfig fields: every setting, the options above unused."
+    ),
 ) -> None:
     """Generate the synthetic semantic-gap world: captions omit concepts that the truth sidecar records."""
+    import json
+    from dataclasses import fields
+
     from cocu.curation.sources.synthetic import WorldConfig, generate_world
 
+    if config is not None:
+        settings = json.loads(config.read_text())
+        unknown = set(settings) - {f.name for f in fields(WorldConfig)}
+        if unknown:
+            raise typer.BadParameter(f"{config}: not WorldConfig fields: {sorted(unknown)}")
+        cfg = WorldConfig(**settings)
+        record = generate_world(out, cfg, workers=workers)
+        _say_world(out, record, cfg)
+        return
     if things_max < things_min:
         raise typer.BadParameter("--things-max must be at least --things-min")
     cfg = WorldConfig(
@@ -53,18 +68,22 @@ def synth(
         shard_size=shard_size,
     )
     record = generate_world(out, cfg, workers=workers)
+    _say_world(out, record, cfg)
+
+
+def _say_world(out: Path, record: dict, cfg) -> None:
     omission = record["omission"]
-    if abs(omission["reachable_train"] - omit) > 0.005:
+    if abs(omission["reachable_train"] - cfg.omit) > 0.005:
         typer.echo(
-            f"warning: --omit {omit} is out of reach for this world (a caption always names the salient thing); "
+            f"warning: --omit {cfg.omit} is out of reach for this world (a caption always names the salient thing); "
             f"the closest share is {omission['reachable_train']:.3f}",
             err=True,
         )
     typer.echo(
-        f"world: {out} | {len(record['classes'])} classes "
-        f"({len(record['things'])} things, {len(record['stuff'])} stuff) | "
-        f"train {train}, teacher {teacher}, val {val} | omitted share {omission['measured_train']:.3f} "
-        f"(target {omission['target']}) | {record['generation']['pairs_per_second']:.0f} pairs/s"
+        f"world: {out} | {len(record['classes'])} classes ({len(record['things'])} things, {len(record['stuff'])} "
+        f"stuff) | train {cfg.train}, teacher {cfg.teacher}, val {cfg.val} | omitted share "
+        f"{omission['measured_train']:.3f} (target {omission['target']}) | "
+        f"{record['generation']['pairs_per_second']:.0f} pairs/s"
     )
 
 

@@ -45,6 +45,9 @@ def seg(
         None, min=1, help="CPU threads for torch (default: torch's choice); 1 is faster on a busy shared CPU."
     ),
     html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU, overlays."),
+    per_image: bool = typer.Option(
+        False, "--per-image", help="Also write OUT/per_image.npz: each image's per-class intersection and union."
+    ),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
     from cocu.curation.errors import CocuError
@@ -81,6 +84,7 @@ def seg(
             limit=limit,
             save_images=save_images,
             out_dir=out,
+            per_image=per_image,
         )
     except CocuError as err:
         typer.echo(f"error: {err}", err=True)

@@ -25,8 +25,11 @@ def clip(
     model_config: Path = typer.Option(
         DEFAULT_MODEL_CONFIG, help="open_clip model config JSON; its file stem is the model name."
     ),
-    samples: int = typer.Option(TeacherConfig.samples, min=0, help="Training samples to see (0: no sample budget)."),
-    max_minutes: float = typer.Option(TeacherConfig.max_minutes, min=0.0, help="Wall-clock training budget (0: none)."),
+    samples: int = typer.Option(TeacherConfig.samples, min=1, help="Training samples to see: the whole budget."),
+    deadline_minutes: float = typer.Option(
+        0.0, min=0.0, help="Stop with an error past this many minutes (0: no deadline); never shortens training."
+    ),
+    curve_every: int = typer.Option(0, min=0, help="Samples between zero-shot probes of the learning curve (0: none)."),
     batch_size: int = typer.Option(TeacherConfig.batch_size, min=2),
     lr: float = typer.Option(TeacherConfig.lr, help="Peak AdamW learning rate (linear warmup, cosine to zero)."),
     weight_decay: float = typer.Option(TeacherConfig.weight_decay),
@@ -55,8 +58,9 @@ def clip(
     try:
         cfg = TeacherConfig(
             model_config=model_config,
-            samples=samples or None,
-            max_minutes=max_minutes or None,
+            samples=samples,
+            deadline_minutes=deadline_minutes or None,
+            curve_every=(curve_every or None) if eval_world and eval_images else None,
             batch_size=batch_size,
             lr=lr,
             weight_decay=weight_decay,

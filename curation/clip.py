@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import open_clip
@@ -124,12 +124,17 @@ def register_model_config(name: str, pretrained: str | None, model_config: str |
     return path
 
 
+OpenClipModel: TypeAlias = (
+    open_clip.CLIP | open_clip.CustomTextCLIP
+)  # what open_clip.create_model_and_transforms returns
+
+
 @dataclass
 class ClipModel:
     """A loaded open_clip model with its eval preprocessing and tokenizer."""
 
     spec: ModelSpec
-    model: open_clip.CLIP | open_clip.CustomTextCLIP  # what open_clip.create_model_and_transforms returns
+    model: OpenClipModel
     preprocess: Callable[[Image.Image], torch.Tensor]
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     device: torch.device
@@ -324,7 +329,7 @@ def load_clip(
     return ClipModel(spec, net, preprocess, tokenizer, device, embed_dim, config_path)
 
 
-def _embed_dim(net: open_clip.CLIP | open_clip.CustomTextCLIP, preprocess: Callable, device: torch.device) -> int:
+def _embed_dim(net: OpenClipModel, preprocess: Callable, device: torch.device) -> int:
     projection = getattr(net, "text_projection", None)
     if isinstance(projection, torch.Tensor):
         return int(projection.shape[-1])

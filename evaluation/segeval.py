@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from cocu.curation.shards import atomic_write_bytes
+from cocu.curation.shards import atomic_path, atomic_write_bytes
 
 from .datasets import FolderDataset, Sample
 from .inference import (
@@ -33,7 +33,7 @@ from .inference import (
     rescale_size,
     slide_windows,
 )
-from .metrics import SegMetric, prepare_label
+from .metrics import SegMetric, as_tensor, intersect_and_union, prepare_label
 from .presets import Preset
 from .visualize import save_overlay
 
@@ -52,8 +52,12 @@ def evaluate(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     progress: bool = True,
+    per_image: bool = False,
 ) -> dict[str, Any]:
-    """Run zero-shot segmentation over the split (or its first ``limit`` images) and score it."""
+    """Run zero-shot segmentation over the split (or its first ``limit`` images) and score it.
+
+    ``per_image`` keeps each image's per-class intersection and union (``record["per_image"]``, arrays that
+    ``write_metrics`` stores as ``per_image.npz``): what a paired bootstrap over images needs."""
     if save_images and out_dir is None:
         raise ValueError("save_images needs out_dir")
     started = time.perf_counter()
@@ -68,12 +72,23 @@ def evaluate(
     loader = DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_identity)  # type: ignore[arg-type]
     overlays = Path(out_dir) / "overlays" if save_images and out_dir is not None else None
     saved = windows = 0
+    kept: dict[str, list] = {"names": [], "intersect": [], "union": []}
     started = time.perf_counter()
     with tqdm(total=total, unit="img", desc=f"seg {dataset.name}", disable=not progress, dynamic_ncols=True) as bar:
         for chunk in _window_batches(loader, preset, batch_size):
             names, images, labels = zip(*chunk)
             for name, image, label, pred in zip(names, images, labels, segmenter.predict(images)):
                 pred = _to_label_size(pred, label.shape)
+                if per_image:
+                    inter, union, _, _ = intersect_and_union(
+                        as_tensor(pred),
+                        prepare_label(label, dataset.reduce_zero_label),
+                        len(dataset.classes),
+                        dataset.ignore_index,
+                    )
+                    kept["names"].append(name)
+                    kept["intersect"].append(inter.numpy())
+                    kept["union"].append(union.numpy())
                 metric.update(pred, label)
                 if overlays is not None and saved < save_images:
                     target = prepare_label(label, dataset.reduce_zero_label).numpy()
@@ -111,12 +126,26 @@ def evaluate(
         "normalization": {"mean": list(mean), "std": list(std)},
         "overlays": saved,
     }
+    if per_image:
+        empty = np.zeros((0, len(dataset.classes)), np.int64)
+        record["per_image"] = {
+            "names": np.array(kept["names"]),
+            "intersect": np.stack(kept["intersect"]) if kept["names"] else empty,
+            "union": np.stack(kept["union"]) if kept["names"] else empty,
+        }
     return record
 
 
 def write_metrics(record: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """``metrics.json`` and ``results.md`` under ``out_dir``, each written atomically."""
+    """``metrics.json`` and ``results.md`` under ``out_dir``, each written atomically (and ``per_image.npz``
+    when the record kept per-image areas)."""
     out = Path(out_dir)
+    record = dict(record)
+    per_image = record.pop("per_image", None)
+    if per_image is not None:
+        with atomic_path(out / "per_image.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **per_image)
     metrics_path, table_path = out / "metrics.json", out / "results.md"
     # not sorted: per-class entries stay in label-id order
     atomic_write_bytes(metrics_path, (json.dumps(record, indent=2) + "\n").encode())

@@ -1,4 +1,4 @@
-"""Zero-shot concept ranking of a CLIP (the teacher, or any CLIP curation can load) on a world's truth: how much it knows."""
+"""Zero-shot concept ranking of a CLIP (the teacher, or any CLIP curation loads) on a world's truth: what it knows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cocu.curation.clip import decode_image, load_clip, resolve_device
+from cocu.curation.clip import OpenClipModel, decode_image, load_clip, resolve_device
 from cocu.curation.shards import ShardError, expand_shards, iter_batches
 from cocu.curation.truth import read_truth
 from cocu.evaluation.metrics import ranking_metrics
@@ -51,7 +51,7 @@ def evaluate_teacher(
 
 @torch.no_grad()
 def zero_shot(
-    model: torch.nn.Module,
+    model: OpenClipModel,
     preprocess: Callable,
     tokenizer: Callable,
     world: str | os.PathLike,

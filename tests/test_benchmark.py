@@ -1,5 +1,6 @@
 """`make benchmark` at a tiny size: every stage runs through the user's commands and the report is complete."""
 
+import json
 import re
 import sys
 
@@ -16,6 +17,7 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     for heading in (
         "## Findings",
         "## Segmentation",
+        "## Learning curves",
         "## Curation quality",
         "## Teacher CLIP",
         "## Throughput",
@@ -23,11 +25,14 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         "## Settings",
     ):
         assert heading in text, heading
-    for figure in ("per_class_iou.png", "curation.png", "examples.png"):
+    for figure in ("per_class_iou.png", "curation.png", "examples.png", "learning_curves.png"):
         assert (out / "figures" / figure).stat().st_size > 1000
         assert f"figures/{figure}" in text
     segmentation = text.split("## Segmentation")[1].split("##")[0]
-    assert re.search(r"\| caption \(GroupViT baseline\) \| `caption` \| \*\*\d+\.\d\*\*", segmentation)
+    assert re.search(r"\| caption \(GroupViT baseline\) \| 2 \| \*\*\d+\.\d ± \d+\.\d\*\*", segmentation)
+    assert re.search(
+        r"\| `cocu-cluster - caption` \| [+-]\d+\.\d\d \| \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \| (yes|no) \|", segmentation
+    )
     assert "`cocu-cluster`" in segmentation and "`oracle`" not in segmentation
     curation = text.split("## Curation quality")[1].split("## Teacher")[0]
     for row in (
@@ -62,19 +67,36 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         "enrich-release",
         "enrich-hybrid",
         "quality",
-        "train-caption",
-        "eval-caption",
-        "train-cocu-cluster",
+        "train-caption-s0",
+        "eval-caption-s0",
+        "curve-caption-s0-2",
+        "curve-caption-s0-4",
+        "train-caption-s1",
+        "train-cocu-cluster-s0",
+        "eval-cocu-cluster-s1",
     ):
         assert f"| {stage} |" in throughput, stage
     assert "- `cocu-cluster` scores" in text
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"caption", "cocu-cluster"}
+    for run in results["runs"].values():
+        assert run["seeds"] == [0, 1] and len(run["miou"]) == len(run["things"]) == len(run["stuff"]) == 2
+        assert run["mean"]["miou"] == pytest.approx(sum(run["miou"]) / 2)
+    assert run["miou"][0] != run["miou"][1]  # the seeds differ: initialisation and data order
+    paired = results["paired"]["cocu-cluster - caption"]
+    assert paired["images"] == 16 and paired["seeds"] == [2, 2] and paired["ci95"][0] <= paired["ci95"][1]
+    assert [p["step"] for p in results["curves"]["caption-s0"]] == [2, 4]
+    assert 0.0 <= results["teacher"]["thing_recall"] <= 1.0 and results["teacher"]["curve"]
+    assert {"synth", "teacher", "train-caption-s1", "curve-caption-s0-4"} <= set(results["seconds"])
     pages = text.split("## Pages to look at")[1].split("##")[0]
     links = re.findall(r"\]\(([^)]+\.html)\)", pages)
     assert links == [
         "gallery/index.html",
         "gallery/summary.html",
-        "runs/caption/eval/index.html",
-        "runs/cocu-cluster/eval/index.html",
+        "runs/caption-s0/eval/index.html",
+        "runs/caption-s1/eval/index.html",
+        "runs/cocu-cluster-s0/eval/index.html",
+        "runs/cocu-cluster-s1/eval/index.html",
     ]
     assert all((out / link).is_file() for link in links)
     assert "| gallery | 400 |" in throughput
@@ -83,7 +105,8 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     again = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    assert printed.count("done in an earlier run") == 13  # synth, teacher, 2 banks, 3 enrich, quality, gallery, 2 x 2
+    # synth, teacher, 2 banks, 3 enrich, quality, gallery, 4 runs x (train, eval), 2 curve points
+    assert printed.count("done in an earlier run") == 19
     assert "report:" in printed
 
 
@@ -123,3 +146,31 @@ def test_a_run_folder_is_kept_for_its_own_settings_only(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     claim_run_dir(run, {"steps": 600})  # other settings: nothing of the old run may be picked up
     assert not (run / "checkpoints").exists() and (run / "benchmark-params.json").exists()
+
+
+def test_the_shipped_teacher_is_used_only_for_its_own_world_recipe_and_bytes(tmp_path):
+    from dataclasses import asdict
+
+    from cocu.benchmarks.teacher import TeacherRecipe, shipped_teacher
+    from cocu.curation.errors import CocuError
+    from cocu.curation.shards import sha256_file
+    from cocu.curation.sources.synthetic import WorldConfig
+
+    world, recipe = WorldConfig(train=10), TeacherRecipe(samples=64)
+    with pytest.raises(CocuError, match="no shipped teacher here"):
+        shipped_teacher(world, recipe, tmp_path)
+    weights = tmp_path / "t.safetensors"
+    weights.write_bytes(b"weights")
+    (tmp_path / "teacher.json").write_text(
+        json.dumps({"weights": "t.safetensors", "weights_sha256": sha256_file(weights)})
+    )
+    (tmp_path / "recipe.json").write_text(json.dumps({"world": asdict(world), "recipe": asdict(recipe)}))
+    record, found = shipped_teacher(world, recipe, tmp_path)
+    assert found == weights and record["weights"] == "t.safetensors"
+    with pytest.raises(CocuError, match="another world than this preset's|another world"):
+        shipped_teacher(WorldConfig(train=11), recipe, tmp_path)
+    with pytest.raises(CocuError, match="another recipe"):
+        shipped_teacher(world, TeacherRecipe(samples=65), tmp_path)
+    weights.write_bytes(b"weightz")
+    with pytest.raises(CocuError, match="sha256 differs"):
+        shipped_teacher(world, recipe, tmp_path)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -104,6 +105,7 @@ def fitted_checkpoint(small_world, tmp_path_factory):
 
 @pytest.mark.slow
 def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_path, small_world, fitted_checkpoint):
+    from cocu.benchmarks.paired import miou
     from cocu.curation.shards import sha256_file
 
     world, record = small_world
@@ -126,10 +128,16 @@ def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_pa
             "8",
             "--limit",
             "24",
+            "--per-image",
         ],
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
+    with np.load(out / "per_image.npz") as per_image:  # what the benchmark's paired bootstrap reads
+        assert list(per_image["names"]) == [f"{i:06d}" for i in range(24)]
+        assert per_image["intersect"].shape == per_image["union"].shape == (24, 52)
+        summed = miou(per_image["intersect"].sum(0), per_image["union"].sum(0))
+    assert summed == pytest.approx(metrics["miou"], abs=1e-4)
     assert metrics["dataset"] == "synthetic" and metrics["split_size"] == 40 and metrics["images"] == 24
     assert metrics["preset"]["name"] == "groupvit/synthetic"
     assert (metrics["preset"]["short_side"], metrics["preset"]["crop"], metrics["preset"]["stride"]) == (64, 64, 32)

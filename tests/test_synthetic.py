@@ -1,4 +1,6 @@
+import json
 import re
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -152,3 +154,37 @@ def test_shards_load_with_datasets_pandas_and_duckdb(small_world):
     frame = pd.concat(pd.read_parquet(f) for f in files)
     assert frame["key"].is_unique and len(frame) == 2000
     assert duckdb.sql(f"select count(*) from read_parquet({files!r})").fetchall()[0][0] == 2000
+
+
+def test_synth_takes_every_setting_from_a_config_file(tmp_path):
+    """What the benchmark passes: a JSON of WorldConfig fields, the teacher split's own settings included."""
+    from typer.testing import CliRunner
+
+    from cocu.cli.data import app
+
+    cfg = WorldConfig(
+        train=40,
+        teacher=40,
+        val=4,
+        shard_size=40,
+        teacher_things_min=1,
+        teacher_things_max=1,
+        teacher_stuff_mention=0.0,
+        colour_words=1.0,
+    )
+    config = tmp_path / "world.json"
+    config.write_text(json.dumps(asdict(cfg)))
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "w"), "--config", str(config), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["config"] == asdict(cfg)
+    teacher = pq.read_table(tmp_path / "w" / "truth" / "teacher").to_pylist()
+    assert all(len([c for c in row["present"] if c in THING_NAMES]) <= 1 for row in teacher)
+    assert all(
+        row["named"] == [c for c in row["present"] if c in THING_NAMES]
+        for row in teacher
+        if row["named"][0] in THING_NAMES
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train": 10, "trian": 3}))
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--config", str(bad)])
+    assert result.exit_code == 2 and "trian" in result.output

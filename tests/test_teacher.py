@@ -18,7 +18,7 @@ from cocu.curation.clip import load_clip, register_config_file
 from cocu.curation.shards import ShardError, write_table
 from cocu.evaluation.metrics import ranking_metrics
 from cocu.evaluation.zero_shot import evaluate_teacher
-from cocu.training.teacher import TeacherConfig, fit_teacher, save_teacher, train_teacher
+from cocu.training.teacher import TeacherConfig, TeacherDeadline, fit_teacher, save_teacher, train_teacher
 
 TINY = {
     "embed_dim": 32,
@@ -198,4 +198,60 @@ def test_help_through_main(capsys):
         main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    assert "cocu-train clip" in text and "--max-minutes" in text and "--samples" in text and "--out" in text
+    assert "cocu-train clip" in text and "--deadline-minutes" in text and "--samples" in text and "--out" in text
+
+
+class SlowClock:
+    """A clock on which every reading is an hour after the last: what a very busy machine looks like to a loop."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 3600.0
+        return self.now
+
+
+def test_training_does_not_depend_on_the_wall_clock(small_world, tiny_config, monkeypatch):
+    """The same samples, the same schedule and the same weights under a clock that runs an hour per reading."""
+    world, _ = small_world
+    cfg = TeacherConfig(model_config=tiny_config, samples=96, batch_size=16, workers=0, log_every=1, progress=False)
+    quiet = fit_teacher(world / "teacher", cfg)
+    monkeypatch.setattr("cocu.training.teacher.fit.time.perf_counter", SlowClock())
+    busy = fit_teacher(world / "teacher", cfg)
+    for run in (quiet, busy):
+        assert run.stats["training"]["samples"] == 96 and run.stats["training"]["steps"] == 6
+    assert busy.stats["training"]["curve"] == quiet.stats["training"]["curve"]  # samples, loss and lr per step
+    assert busy.stats["training"]["curve"][-1][2] > 0.0  # the cosine did not jump to its end
+    quiet_state, busy_state = quiet.model.state_dict(), busy.model.state_dict()
+    assert all(torch.equal(quiet_state[k], busy_state[k]) for k in quiet_state)
+
+
+def test_a_deadline_stops_training_with_an_error_instead_of_a_shorter_teacher(small_world, tiny_config, monkeypatch):
+    world, _ = small_world
+    cfg = TeacherConfig(
+        model_config=tiny_config, samples=96, batch_size=16, workers=0, deadline_minutes=30, progress=False
+    )
+    monkeypatch.setattr("cocu.training.teacher.fit.time.perf_counter", SlowClock())
+    with pytest.raises(TeacherDeadline, match=r"0 of 96 samples after 60.0 min, past the deadline of 30 min"):
+        fit_teacher(world / "teacher", cfg)
+
+
+def test_the_learning_curve_probes_at_its_sample_marks(small_world, tiny_config):
+    world, _ = small_world
+    cfg = TeacherConfig(model_config=tiny_config, samples=96, batch_size=16, workers=0, progress=False)
+    seen = []
+    teacher = fit_teacher(world / "teacher", cfg, probe=None)
+    assert "learning_curve" not in teacher.stats
+    cfg = TeacherConfig(
+        model_config=tiny_config,
+        samples=96,
+        batch_size=16,
+        workers=0,
+        curve_every=32,
+        eval_world=world,
+        progress=False,
+    )
+    teacher = fit_teacher(world / "teacher", cfg, probe=lambda model, pre, tok: seen.append(model.training) or {"x": 1})
+    assert [p["samples"] for p in teacher.stats["learning_curve"]] == [32, 64, 96]
+    assert seen == [False, False, False]  # probed in eval mode

@@ -14,7 +14,14 @@ The zero-shot evaluation ranks every class name of the world ("a photo of a {}."
 present concepts are known (the world's truth sidecar), which says how much the teacher knows.
 """
 
-from cocu.training.teacher.config import DEFAULT_MODEL_CONFIG, DEFAULT_PROMPT, RECORD_NAME, Teacher, TeacherConfig
+from cocu.training.teacher.config import (
+    DEFAULT_MODEL_CONFIG,
+    DEFAULT_PROMPT,
+    RECORD_NAME,
+    Teacher,
+    TeacherConfig,
+    TeacherDeadline,
+)
 from cocu.training.teacher.files import teacher_files
 from cocu.training.teacher.fit import fit_teacher, save_teacher, train_teacher
 
@@ -24,6 +31,7 @@ __all__ = [
     "RECORD_NAME",
     "Teacher",
     "TeacherConfig",
+    "TeacherDeadline",
     "fit_teacher",
     "save_teacher",
     "teacher_files",

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-import torch
+from cocu.curation.clip import OpenClipModel
+from cocu.curation.errors import CocuError
 
 DEFAULT_MODEL_CONFIG = Path(str(files("cocu.training.teacher") / "configs" / "cocu-teacher-64.json"))
 DEFAULT_PROMPT = "a photo of a {}."
@@ -16,12 +17,13 @@ RECORD_NAME = "teacher.json"
 
 @dataclass
 class TeacherConfig:
-    """How to train the teacher. Training stops at ``samples`` or ``max_minutes``, whichever comes
-    first; the cosine schedule follows whichever budget is further along, so it always ends at zero."""
+    """How to train the teacher. The budget is ``samples``: the cosine schedule and the result depend on it alone.
+    ``deadline_minutes`` only guards a run that is far slower than expected: past it, training stops with
+    ``TeacherDeadline`` instead of returning a shorter-trained teacher."""
 
     model_config: Path = DEFAULT_MODEL_CONFIG  # open_clip model config JSON; its file stem is the model name
-    samples: int | None = 120_000
-    max_minutes: float | None = 7.0
+    samples: int = 120_000
+    deadline_minutes: float | None = None
     batch_size: int = 128
     lr: float = 1e-3
     warmup: float = 0.05  # share of the run spent warming the learning rate up
@@ -30,9 +32,8 @@ class TeacherConfig:
     eps: float = 1e-6
     crop_scale: tuple[float, float] = (0.9, 1.0)  # open_clip's random resized crop; small crops drop named concepts
     gray_scale_prob: float | None = None  # open_clip's augmentations: images without colour must be matched
-    color_jitter: tuple[float, float, float, float] | None = (
-        None  # by shape and texture (brightness, contrast, saturation, hue)
-    )
+    # by shape and texture (brightness, contrast, saturation, hue)
+    color_jitter: tuple[float, float, float, float] | None = None
     color_jitter_prob: float | None = None
     shuffle_buffer: int = 4096
     workers: int = 1  # DataLoader processes decoding JPEGs; 0 decodes in the training process
@@ -43,25 +44,33 @@ class TeacherConfig:
     eval_world: Path | None = None  # world folder whose truth scores the zero-shot evaluation; None skips it
     eval_split: str = "train"
     eval_images: int = 2000
+    curve_every: int | None = None  # samples between zero-shot probes of the learning curve (needs eval_world)
+    curve_images: int = 500  # images per probe
     prompt: str = DEFAULT_PROMPT
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.samples is None and self.max_minutes is None:
-            raise ValueError("set samples, max_minutes or both: training needs a budget")
-        if (self.samples is not None and self.samples < 1) or (self.max_minutes is not None and self.max_minutes <= 0):
-            raise ValueError("samples and max_minutes must be positive")
+        if self.samples < 1:
+            raise ValueError("samples must be positive: the teacher's budget is in samples")
+        if self.deadline_minutes is not None and self.deadline_minutes <= 0:
+            raise ValueError("deadline_minutes must be positive (or None: no deadline)")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 for a contrastive loss")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError("warmup is a share of the run, in [0, 1)")
+        if self.curve_every is not None and (self.curve_every < 1 or self.eval_world is None):
+            raise ValueError("curve_every needs a positive number of samples and an eval_world")
+
+
+class TeacherDeadline(CocuError):
+    """The run passed its wall-clock deadline: stopping is safer than a teacher trained on fewer samples than asked."""
 
 
 @dataclass
 class Teacher:
     """A freshly trained CLIP with what it needs to embed (eval transform, tokenizer) and its training record."""
 
-    model: torch.nn.Module
+    model: OpenClipModel
     preprocess: Callable
     tokenizer: Callable
     name: str

@@ -7,7 +7,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cocu.curation.clip import register_config_file, resolve_device
+from cocu.curation.clip import OpenClipModel, register_config_file, resolve_device
 from cocu.curation.shards import ShardError, atomic_path, atomic_write_json, expand_shards, sha256_file
 from cocu.training.optim import warmup_cosine, weight_decay_groups
-from cocu.training.teacher.config import RECORD_NAME, Teacher, TeacherConfig
+from cocu.training.teacher.config import RECORD_NAME, Teacher, TeacherConfig, TeacherDeadline
 from cocu.training.teacher.data import TeacherShards, check_shards, collate
 
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"  # the name open_clip's 'local-dir:' loader prefers
@@ -51,7 +51,24 @@ def train_teacher(
     """
     from cocu.evaluation.zero_shot import zero_shot  # evaluation reads teacher folders: imported here, not at load
 
-    teacher = fit_teacher(shards, cfg)
+    def evaluate(teacher_model: OpenClipModel, preprocess: Callable, tokenizer: Callable, images: int) -> dict:
+        assert cfg.eval_world is not None
+        return zero_shot(
+            teacher_model,
+            preprocess,
+            tokenizer,
+            cfg.eval_world,
+            cfg.eval_split,
+            images,
+            prompt=cfg.prompt,
+            device=resolve_device(cfg.device),
+            progress=False,
+        )
+
+    probe = None
+    if cfg.curve_every:
+        probe = lambda m, p, t: _curve_point(evaluate(m, p, t, cfg.curve_images))
+    teacher = fit_teacher(shards, cfg, probe)
     out = Path(out)
     weights = save_teacher(teacher.model, teacher.name, teacher.model_config, out)
     record: dict[str, Any] = {
@@ -62,25 +79,30 @@ def train_teacher(
         **teacher.stats,
     }
     if cfg.eval_world is not None:
-        record["zero_shot"] = zero_shot(
-            teacher.model,
-            teacher.preprocess,
-            teacher.tokenizer,
-            cfg.eval_world,
-            cfg.eval_split,
-            cfg.eval_images,
-            prompt=cfg.prompt,
-            device=resolve_device(cfg.device),
-            progress=cfg.progress,
-        )
+        record["zero_shot"] = evaluate(teacher.model, teacher.preprocess, teacher.tokenizer, cfg.eval_images)
     atomic_write_json(out / RECORD_NAME, record)
     return weights
 
 
+def _curve_point(result: dict) -> dict:
+    return {
+        key: result[key] for key in ("thing_recall", "stuff_recall", "recall_at_present", "salient_top1_among_things")
+    }
+
+
+Probe = Callable[[OpenClipModel, Callable, Callable], dict]
+
+
 def fit_teacher(
-    shards: str | os.PathLike | Sequence[str | os.PathLike], cfg: TeacherConfig = TeacherConfig()
+    shards: str | os.PathLike | Sequence[str | os.PathLike],
+    cfg: TeacherConfig = TeacherConfig(),
+    probe: Probe | None = None,
 ) -> Teacher:
-    """The training loop: open_clip model, ClipLoss, AdamW, warmup + cosine over the budget; nothing is written."""
+    """The training loop: open_clip model, ClipLoss, AdamW, warmup + cosine over ``cfg.samples``; nothing is written.
+
+    ``probe(model, preprocess, tokenizer)`` runs every ``cfg.curve_every`` samples (and at the end) with the
+    model in eval mode; its results form the learning curve in the stats.
+    """
     paths = expand_shards(shards)
     rows = check_shards(paths)
     if rows == 0:
@@ -110,12 +132,21 @@ def fit_teacher(
     )
     loss_fn = open_clip.ClipLoss()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
+    deadline_s = cfg.deadline_minutes * 60 if cfg.deadline_minutes is not None else None
+
+    def probe_now(seen: int) -> None:
+        if probe is None:
+            return
+        model.eval()
+        learning.append({"samples": seen, **probe(model, preprocess_val, tokenizer)})
+        model.train()
 
     model.train()
     seen = steps = 0
     smooth = float("nan")
     curve: list[list[float]] = []
+    learning: list[dict] = []
+    next_probe = cfg.curve_every or 0
     start = time.perf_counter()
     bar = tqdm(
         total=cfg.samples,
@@ -129,11 +160,17 @@ def fit_teacher(
         for batch in loader:
             if isinstance(batch, ShardError):
                 raise batch
-            elapsed = time.perf_counter() - start
-            progress = max(seen / cfg.samples if cfg.samples else 0.0, elapsed / budget_s if budget_s else 0.0)
-            if progress >= 1.0:
+            if seen >= cfg.samples:
                 break
-            lr = warmup_cosine(progress, peak=cfg.lr, warmup_start=0.0, minimum=0.0, warmup=cfg.warmup, total=1.0)
+            elapsed = time.perf_counter() - start
+            if deadline_s is not None and elapsed > deadline_s:
+                raise TeacherDeadline(
+                    f"teacher {name}: {seen} of {cfg.samples} samples after {elapsed / 60:.1f} min, past the deadline "
+                    f"of {cfg.deadline_minutes} min; nothing was saved (raise the deadline or lower --samples)"
+                )
+            lr = warmup_cosine(
+                seen / cfg.samples, peak=cfg.lr, warmup_start=0.0, minimum=0.0, warmup=cfg.warmup, total=1.0
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, tokens = (t.to(device, non_blocking=True) for t in batch)
@@ -154,9 +191,13 @@ def fit_teacher(
             seen, steps = seen + images.shape[0], steps + 1
             if steps % cfg.log_every == 0:
                 curve.append([seen, round(smooth, 4), round(lr, 7)])
+            if next_probe and seen >= next_probe and seen < cfg.samples:
+                probe_now(seen)
+                next_probe += cfg.curve_every or 0
             bar.update(images.shape[0])
             bar.set_postfix(loss=f"{smooth:.3f}", lr=f"{lr:.2e}", refresh=False)
     seconds = time.perf_counter() - start
+    probe_now(seen)
     model.eval()
     stats = {
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -174,10 +215,12 @@ def fit_teacher(
             "curve": curve,
         },
     }
+    if probe is not None:
+        stats["learning_curve"] = learning
     return Teacher(model, preprocess_val, tokenizer, name, model_cfg, stats)
 
 
-def save_teacher(model: torch.nn.Module, name: str, model_cfg: dict, out: str | os.PathLike) -> Path:
+def save_teacher(model: OpenClipModel, name: str, model_cfg: dict, out: str | os.PathLike) -> Path:
     """Write the config, the weights and the local-dir files, each atomically; returns the weights path."""
     out = Path(out)
     state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}

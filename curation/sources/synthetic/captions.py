@@ -27,6 +27,17 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "gray": (130, 130, 130),
     "teal": (30, 150, 150),
 }
+# the usual colour of each confusable group of things (see things.py)
+GROUP_COLOURS: dict[str, str] = {
+    "round": "red",
+    "square": "orange",
+    "pointed": "yellow",
+    "stick": "purple",
+    "container": "pink",
+    "vehicle": "teal",
+    "nature": "green",
+    "tool": "black",
+}
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 PREPOSITIONS = {
     "grass": ("on the grass", "in the grass", "on grass"),
@@ -80,9 +91,11 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def thing_phrase(seen: Seen, rng: np.random.Generator) -> str:
+def thing_phrase(seen: Seen, rng: np.random.Generator, colour_words: float = 0.55) -> str:
+    """``colour_words``: the chance that the thing's colour is named. Colours are random per image, so a
+    caption that names them lets a contrastive model match captions by colour and never learn shapes."""
     words = []
-    if seen.colour and rng.random() < 0.55:
+    if seen.colour and rng.random() < colour_words:
         words.append(seen.colour)
     if rng.random() < 0.25:
         words.insert(
@@ -104,13 +117,15 @@ def join(phrases: list[str]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def write_caption(named_things: list[Seen], named_stuff: list[Seen], rng: np.random.Generator) -> str:
+def write_caption(
+    named_things: list[Seen], named_stuff: list[Seen], rng: np.random.Generator, colour_words: float = 0.55
+) -> str:
     """Word a caption that names exactly ``named_things`` (salient first) and ``named_stuff``."""
     if not named_things:
         return FRAMES_WITH_STUFF_ONLY[rng.integers(len(FRAMES_WITH_STUFF_ONLY))].format(
             s=join([STUFF_NOUNS[s.name] for s in named_stuff])
         )
-    things = join([thing_phrase(seen, rng) for seen in named_things])
+    things = join([thing_phrase(seen, rng, colour_words) for seen in named_things])
     if not named_stuff:
         frames = [f for f in FRAMES if "{p}" not in f]
         return frames[rng.integers(len(frames))].format(t=things)

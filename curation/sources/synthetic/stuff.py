@@ -18,7 +18,7 @@ def _noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
     """Smooth noise in [-1, 1]: random values on a coarse grid, bilinearly upsampled."""
     gh, gw = max(2, int(round(h / cell)) + 1), max(2, int(round(w / cell)) + 1)
     coarse = rng.uniform(-1, 1, size=(gh, gw)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _tint(base: tuple[float, float, float], rng: np.random.Generator, jitter: float = 14.0) -> np.ndarray:

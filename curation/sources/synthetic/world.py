@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from cocu.curation.shards import ShardWriter, atomic_path, atomic_write_json, remove_stale_temporaries
 
-from .captions import COLOURS, Seen, calibrate_naming, choose_named, write_caption
+from .captions import COLOURS, GROUP_COLOURS, Seen, calibrate_naming, choose_named, write_caption
 from .stuff import STUFF, render_stuff
 from .things import THINGS, draw_thing
 
@@ -82,6 +83,22 @@ class WorldConfig:
     max_other_things: int = 2  # non-salient things a web caption names, at most
     min_visible: float = 0.015  # share of the image a concept must cover to count as present
     jpeg_quality: int = 92
+    # chance a thing wears its group's usual colour (as bananas are mostly yellow), else any of the 12: colour tells
+    # a thing's group, shape alone tells the members of a confusable group apart
+    colour_prior: float = 0.8
+    colour_words: float = 0.55  # chance a train caption names a thing's colour (web captions do)
+    teacher_colour_words: float = 0.0  # the same in the teacher's full captions: none, so shape must tell things apart
+    # things per teacher image (None: as train). The teacher split stands for CLIP's own pretraining data: with
+    # few things each, a caption cannot be told from the batch by stuff and object count alone
+    # chance a teacher caption names each visible stuff: below 1, a caption is told from the batch by its things
+    teacher_stuff_mention: float = 1.0
+    teacher_things_min: int | None = None
+    teacher_things_max: int | None = None
+
+    def things_range(self, split: str) -> tuple[int, int]:
+        if split == "teacher":
+            return self.teacher_things_min or self.things_min, self.teacher_things_max or self.things_max
+        return self.things_min, self.things_max
 
 
 @dataclass
@@ -92,7 +109,7 @@ class Scene:
     stuff: list[Seen] = field(default_factory=list)
 
 
-def render_scene(cfg: WorldConfig, rng: np.random.Generator, size: int) -> Scene:
+def render_scene(cfg: WorldConfig, rng: np.random.Generator, size: int, split: str = "train") -> Scene:
     """Draw stuff regions, then icons on top; the label map follows exactly what was painted."""
     h = w = size
     n_stuff = 2 if rng.random() < cfg.two_stuff_prob else 1
@@ -108,10 +125,16 @@ def render_scene(cfg: WorldConfig, rng: np.random.Generator, size: int) -> Scene
         image[region] = render_stuff(STUFF_NAMES[stuff_ids[1]], rng, h, w)[region]
         labels[region] = len(THING_NAMES) + stuff_ids[1]
 
-    n_things = int(rng.integers(cfg.things_min, cfg.things_max + 1))
+    things_min, things_max = cfg.things_range(split)
+    n_things = int(rng.integers(things_min, things_max + 1))
     thing_ids = rng.choice(len(THINGS), size=n_things, replace=False)
     colour_names = list(COLOURS)
-    colours = {int(t): colour_names[rng.integers(len(colour_names))] for t in thing_ids}
+    colours = {
+        int(t): GROUP_COLOURS[THINGS[t].group]
+        if rng.random() < cfg.colour_prior
+        else colour_names[rng.integers(len(colour_names))]
+        for t in thing_ids
+    }
     instances = []
     for t in thing_ids:
         count = int(rng.integers(2, 4)) if rng.random() < cfg.repeat_prob else 1
@@ -161,7 +184,7 @@ def generate_pairs_shard(cfg: WorldConfig, split: str, shard: int, start: int, c
     scene_rng, caption_rng = _rng(cfg, split, shard, 0), _rng(cfg, split, shard, 1)
     scenes = []
     for _ in range(count):
-        scene = render_scene(cfg, scene_rng, cfg.image_size)
+        scene = render_scene(cfg, scene_rng, cfg.image_size, split)
         scenes.append((encode_jpeg(scene.image, cfg.jpeg_quality), scene.things, scene.stuff))
     q, expected = calibrate_naming(
         [(len(t), len(s)) for _, t, s in scenes], cfg.omit, cfg.stuff_mention, cfg.max_other_things
@@ -171,7 +194,8 @@ def generate_pairs_shard(cfg: WorldConfig, split: str, shard: int, start: int, c
     present_total = named_total = 0
     for i, (jpg, things, stuff) in enumerate(scenes):
         if split == "teacher":
-            named_things, named_stuff = sorted(things, key=lambda t: -t.area), list(stuff)
+            named_things = sorted(things, key=lambda t: -t.area)
+            named_stuff = [s for s in stuff if caption_rng.random() < cfg.teacher_stuff_mention] if things else stuff
         else:
             named_things, named_stuff = choose_named(
                 things, stuff, q, cfg.stuff_mention, cfg.max_other_things, caption_rng
@@ -180,7 +204,8 @@ def generate_pairs_shard(cfg: WorldConfig, split: str, shard: int, start: int, c
         present = sorted(things + stuff, key=lambda s: -s.area)
         rows["key"].append(key)
         rows["jpg"].append(jpg)
-        rows["caption"].append(write_caption(named_things, named_stuff, caption_rng))
+        colour_words = cfg.teacher_colour_words if split == "teacher" else cfg.colour_words
+        rows["caption"].append(write_caption(named_things, named_stuff, caption_rng, colour_words))
         rows["width"].append(cfg.image_size)
         rows["height"].append(cfg.image_size)
         truth["key"].append(key)
@@ -246,7 +271,7 @@ def generate_world(
         existing = json.loads(record_path.read_text())
         if existing.get("config") == asdict(cfg):
             return existing
-    jobs = [
+    jobs: list[tuple[Callable[..., dict], tuple]] = [
         (generate_pairs_shard, (cfg, split, shard, start, count, str(out)))
         for split in ("train", "teacher")
         for shard, start, count in _chunks(getattr(cfg, split), cfg.shard_size)
