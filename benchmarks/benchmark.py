@@ -137,47 +137,16 @@ def run_benchmark(
         teacher = weights.parent
     model = record["model"]
 
-    bank_params = {"teacher": teacher_params}
-    runner.run(
-        "bank",
-        [
-            tool("cocu-curate"),
-            "build-bank",
-            "--shards",
-            str(world / "train"),
-            "--model",
-            model,
-            "--pretrained",
-            str(weights),
-            "--out",
-            str(bank),
-        ],
-        bank_params,
-        items=w.train,
-    )
+    def build_bank(name: str, target: Path, *options: str) -> dict[str, Any]:
+        params = {"teacher": teacher_params, "options": list(options)}
+        command = ["build-bank", "--shards", str(world / "train"), "--model", model, "--pretrained", str(weights)]
+        runner.run(name, [tool("cocu-curate"), *command, "--out", str(target), *options], params, items=w.train)
+        return params
 
     release_bank, curated_release = out / "bank-release", out / "curated-release"
     curated_hybrid = out / "curated-hybrid"
-    release_bank_params = {"teacher": teacher_params, "template": "release"}
-    runner.run(
-        "bank-release",
-        [
-            tool("cocu-curate"),
-            "build-bank",
-            "--shards",
-            str(world / "train"),
-            "--model",
-            model,
-            "--pretrained",
-            str(weights),
-            "--out",
-            str(release_bank),
-            "--template",
-            "release",
-        ],
-        release_bank_params,
-        items=w.train,
-    )
+    bank_params = build_bank("bank", bank)
+    release_bank_params = build_bank("bank-release", release_bank, "--template", "release")
 
     def enrich(name: str, on_bank: Path, target: Path, params: dict[str, Any], *options: str) -> dict[str, Any]:
         params = {"bank": params, "neighbors": cfg.neighbors, "options": list(options)}
