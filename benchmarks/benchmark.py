@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from cocu.benchmarks.results import run_label
+from cocu.benchmarks.results import TEACHER_ZERO_SHOT, run_label
 from cocu.benchmarks.runner import Runner, claim_run_dir, tool
-from cocu.benchmarks.teacher import TeacherRecipe, shipped_teacher, teacher_command
+from cocu.benchmarks.teacher import SHIPPED, TeacherRecipe, shipped_teacher, teacher_command
 from cocu.curation.shards import atomic_write_json
 from cocu.curation.sources.synthetic import WorldConfig
 
@@ -49,6 +49,7 @@ class BenchConfig:
     world: WorldConfig = WorldConfig(train=20000, teacher=20000, val=300, shard_size=2500)
     teacher_recipe: TeacherRecipe = TeacherRecipe()
     retrain_teacher: bool = False  # train the teacher here instead of using the shipped one
+    shipped_teacher: Path = SHIPPED  # where the shipped teacher is (`make teacher` writes it)
     neighbors: int = 8
     top_k: int = 16  # the largest k of the curation-quality table; enrich stores whole archives
     vocabulary_top: int = 16  # M of the hybrid archive
@@ -95,6 +96,19 @@ BENCH_PRESETS: dict[str, BenchConfig] = {
         train_steps=5000,
         train_batch=128,
     ),
+    # one GPU (not yet run: no GPU was lent to this project's sessions): the large world, the teacher retrained on
+    # the GPU, GroupViT 5,000 x 256 in bf16, one run at a time
+    "gpu": BenchConfig(
+        world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000),
+        retrain_teacher=True,
+        teacher_recipe=TeacherRecipe(samples=1_048_576, batch=256, curve_every=65_536, threads=8),
+        train_config="synthetic-gpu",
+        train_steps=5000,
+        train_batch=256,
+        train_workers=8,
+        threads=8,
+        parallel_runs=1,
+    ),
 }
 
 
@@ -132,9 +146,17 @@ def run_benchmark(
         record = json.loads((teacher / "teacher.json").read_text())
         weights = teacher / record["weights"]
     else:
-        record, weights = shipped_teacher(w, cfg.teacher_recipe)
+        record, weights = shipped_teacher(w, cfg.teacher_recipe, cfg.shipped_teacher)
         teacher_params = {"shipped": record["weights_sha256"]}
         teacher = weights.parent
+
+        def measure_teacher() -> None:  # on this run's world, as a user would check a downloaded CLIP
+            from cocu.evaluation.zero_shot import evaluate_teacher
+
+            zero_shot = evaluate_teacher(teacher, world, "train", progress=False)
+            atomic_write_json(out / TEACHER_ZERO_SHOT, zero_shot)
+
+        runner.run("teacher-eval", measure_teacher, {"teacher": teacher_params, "world": world_params})
     model = record["model"]
 
     def build_bank(name: str, target: Path, *options: str) -> dict[str, Any]:
@@ -382,6 +404,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
     parser.add_argument("--seeds", type=int, help="seeds of the seeded runs (default: the preset's)")
     parser.add_argument(
+        "--teacher",
+        type=Path,
+        help="use the teacher `make teacher` (or `python -m cocu.benchmarks.teacher`) wrote in this folder",
+    )
+    parser.add_argument(
         "--retrain-teacher",
         action="store_true",
         help="train the teacher CLIP in this run (the recipe of `make teacher`) instead of using the shipped one",
@@ -404,6 +431,8 @@ def main(argv: list[str] | None = None) -> Path:
         cfg = replace(cfg, train_steps=args.train_steps)
     if args.seeds:
         cfg = replace(cfg, seeds=args.seeds)
+    if args.teacher:
+        cfg = replace(cfg, retrain_teacher=False, shipped_teacher=args.teacher.resolve())
     if args.retrain_teacher:
         cfg = replace(cfg, retrain_teacher=True)
     return run_benchmark(cfg, args.out, args.preset, args.in_process, args.curation_only)

@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cocu.benchmarks.results import group_miou, run_label  # noqa: E402
-from cocu.benchmarks.teacher import SHIPPED  # noqa: E402
 from cocu.curation.shards import atomic_path  # noqa: E402
 
 RUN_TITLES = {
@@ -374,7 +373,7 @@ def write_benchmark_report(
     if examples:
         figure_examples(examples, classes, figures / "examples.png")
     omission = world["omission"]
-    teacher_folder = out / "teacher" if cfg.retrain_teacher else SHIPPED
+    teacher_folder = out / "teacher" if cfg.retrain_teacher else cfg.shipped_teacher
     labels = [run_label(mode, seed) for mode in cfg.runs for seed in cfg.run_seeds(mode)]
     lines = [
         "# cocu benchmark: CoCu on the synthetic semantic-gap world",

@@ -24,6 +24,7 @@ from cocu.benchmarks.paired import PerImage, mean_std, paired_bootstrap
 from cocu.curation.shards import atomic_write_json
 
 BASELINE = "caption"
+TEACHER_ZERO_SHOT = "teacher-zero-shot.json"  # the shipped teacher measured on this run's world
 
 
 def run_label(mode: str, seed: int) -> str:
@@ -51,7 +52,8 @@ def write_results(
     """Gather every run's evaluation into ``OUT/results.json`` and return it."""
     world = json.loads((out / "world" / "world.json").read_text())
     record = json.loads((teacher / "teacher.json").read_text())
-    zero_shot = record.get("zero_shot", {})
+    measured = out / TEACHER_ZERO_SHOT
+    zero_shot = json.loads(measured.read_text()) if not cfg.retrain_teacher else record.get("zero_shot", {})
     runs: dict[str, dict[str, Any]] = {}
     per_image: dict[str, list[PerImage]] = {}
     for label, (mode, seed) in jobs.items():
@@ -75,7 +77,7 @@ def write_results(
                 paired[f"{mode} - {BASELINE}"] = paired_bootstrap(evaluations, per_image[BASELINE], seed=cfg.seed)
     results = {
         "teacher": {
-            "source": "trained in this run" if cfg.retrain_teacher else "shipped (benchmarks/teacher)",
+            "source": "trained in this run" if cfg.retrain_teacher else f"shipped ({cfg.shipped_teacher})",
             "model": record.get("model"),
             "weights_sha256": record.get("weights_sha256"),
             "samples": record.get("training", {}).get("samples"),

@@ -6,13 +6,22 @@ import sys
 
 import pytest
 
-from cocu.benchmarks.benchmark import Runner, claim_run_dir, main
+from cocu.benchmarks.benchmark import BENCH_PRESETS, Runner, claim_run_dir, main
+from cocu.benchmarks.teacher import TeacherRecipe, make_teacher
 
 
 @pytest.mark.slow
 def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     out = tmp_path / "bench"
-    report = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])
+    teacher = make_teacher(
+        BENCH_PRESETS["quick"].world,
+        out / "world",
+        tmp_path / "teacher",
+        TeacherRecipe(samples=256, batch=64, curve_every=128, threads=1),
+    )  # what `make teacher` does, for the quick world
+    assert json.loads((teacher / "recipe.json").read_text())["command"].startswith("cocu-train clip WORLD/teacher")
+    args = ["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--teacher", str(teacher)]
+    report = main([*args, "--in-process"])
     text = report.read_text()
     for heading in (
         "## Findings",
@@ -60,7 +69,7 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     throughput = text.split("## Throughput")[1].split("##")[0]
     for stage in (
         "synth",
-        "teacher",
+        "teacher-eval",
         "bank",
         "bank-release",
         "enrich",
@@ -87,7 +96,8 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     assert paired["images"] == 16 and paired["seeds"] == [2, 2] and paired["ci95"][0] <= paired["ci95"][1]
     assert [p["step"] for p in results["curves"]["caption-s0"]] == [2, 4]
     assert 0.0 <= results["teacher"]["thing_recall"] <= 1.0 and results["teacher"]["curve"]
-    assert {"synth", "teacher", "train-caption-s1", "curve-caption-s0-4"} <= set(results["seconds"])
+    assert {"synth", "teacher-eval", "train-caption-s1", "curve-caption-s0-4"} <= set(results["seconds"])
+    assert results["teacher"]["source"] == f"shipped ({teacher})"
     pages = text.split("## Pages to look at")[1].split("##")[0]
     links = re.findall(r"\]\(([^)]+\.html)\)", pages)
     assert links == [
@@ -102,10 +112,10 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     assert "| gallery | 400 |" in throughput
     capsys.readouterr()
 
-    again = main(["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--in-process"])
+    again = main([*args, "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    # synth, teacher, 2 banks, 3 enrich, quality, gallery, 4 runs x (train, eval), 2 curve points
+    # synth, teacher-eval, 2 banks, 3 enrich, quality, gallery, 4 runs x (train, eval), 2 curve points
     assert printed.count("done in an earlier run") == 19
     assert "report:" in printed
 
