@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from PIL import ImageDraw
-
 # A stroke: (kind, value, geometry...). kinds: ellipse/rect take a box; poly takes points;
 # line takes points and a width; chord takes a box and start/end angles.
 Stroke = tuple
@@ -346,28 +344,3 @@ THINGS: tuple[Thing, ...] = (
     ),
     Thing("diamond", "diamonds", "tool", (("poly", 1, [(0, -0.5), (0.36, 0), (0, 0.5), (-0.36, 0)]),)),
 )
-
-
-def draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, cx: float, cy: float, size: float) -> None:
-    """Paint ``thing`` centred at (cx, cy), ``size`` pixels wide, into a mode-"L" mask (255 = thing)."""
-
-    def xy(x: float, y: float) -> tuple[float, float]:
-        return cx + x * size, cy + y * size
-
-    for stroke in thing.strokes:
-        kind, value = stroke[0], 255 * stroke[1]
-        if kind in ("ellipse", "rect", "chord"):
-            x0, y0, x1, y1 = stroke[2]
-            box = [*xy(x0, y0), *xy(x1, y1)]
-            if kind == "ellipse":
-                draw.ellipse(box, fill=value)
-            elif kind == "rect":
-                draw.rectangle(box, fill=value)
-            else:
-                draw.chord(box, stroke[3], stroke[4], fill=value)
-        elif kind == "poly":
-            draw.polygon([xy(x, y) for x, y in stroke[2]], fill=value)
-        elif kind == "line":
-            draw.line([xy(x, y) for x, y in stroke[2]], fill=value, width=max(1, round(stroke[3] * size)))
-        else:
-            raise ValueError(f"unknown stroke kind {kind!r} in thing {thing.name!r}")

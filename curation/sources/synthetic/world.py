@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from cocu.curation.shards import ShardWriter, atomic_path, atomic_write_json, remove_stale_temporaries
 
 from .captions import COLOURS, GROUP_COLOURS, Seen, calibrate_naming, choose_named, write_caption
+from .strokes import draw_thing
 from .stuff import STUFF, render_stuff
-from .things import THINGS, draw_thing
+from .things import THINGS
 
 THING_NAMES = [t.name for t in THINGS]
 STUFF_NAMES = list(STUFF)
