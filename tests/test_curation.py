@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import testkit
 
 from cocu.curation.bank import BankConfig, build_bank
 from cocu.curation.bank_layout import BankError
@@ -27,26 +28,12 @@ from cocu.curation.shards import sha256_file
 from cocu.curation.vocabulary import Vocabulary
 
 MODEL = "cocu-test-tiny"
-TINY = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+TINY = testkit.tiny_clip_config(width=64, layers=2)
 SHARD_ROWS = 100
 
 
 def save_tiny_clip(folder: Path, seed: int, name: str = MODEL) -> Path:
-    """A random-init tiny CLIP saved as a user would: <name>.json beside a state-dict checkpoint."""
-    import open_clip
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(folder / f"{name}.json")
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name)
-    torch.save(model.state_dict(), folder / "tiny.pt")
-    return folder / "tiny.pt"
+    return testkit.save_tiny_clip(folder, name, TINY, seed)
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,11 @@ class CleanRun:
         return random.Random(f"{stage}/{trial}").uniform(low, self.seconds)
 
 
+def spawn(command: list[str], env: dict[str, str], **options) -> subprocess.Popen:
+    """``command`` started in its own session (process group), in the CLI environment plus ``env``."""
+    return subprocess.Popen(command, env=cli_env(**env), cwd=REPO, start_new_session=True, **options)
+
+
 def clean_run(
     command: list[str],
     out: Path,
@@ -66,15 +71,7 @@ def clean_run(
     **env: str,
 ) -> CleanRun:
     begin = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        env=cli_env(**env),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = spawn(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = reached = None
     while process.poll() is None:
         now = time.perf_counter() - begin
@@ -91,14 +88,7 @@ def clean_run(
 
 def kill_at(command: list[str], moment: float, **env: str) -> bool:
     """Run ``command`` in its own process group and SIGKILL the group at ``moment``; False when it ended first."""
-    process = subprocess.Popen(
-        command,
-        env=cli_env(**env),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = spawn(command, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         process.wait(timeout=moment)
         return False
@@ -143,7 +133,7 @@ def bank_clean(faults_world, tmp_path_factory) -> CleanRun:
     """The clean build; its milestone is the end of the embedding stage (every part's manifest written)."""
     out = tmp_path_factory.mktemp("bank-clean") / "bank"
     shards = len(list(faults_world["train"].glob("*.parquet")))
-    command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
+    command = curate_command(*bank_args(faults_world["train"], out, faults_world["checkpoint"]))
     return clean_run(
         command, out, out.exists, milestone=lambda: len(list((out / "parts").glob("*.manifest.json"))) == shards
     )
@@ -228,7 +218,7 @@ def curation_case(stage: str, world: dict, tmp_path: Path, request) -> tuple[Cle
     timing, out = clean, tmp_path / "bank"
     if stage == "build-bank (assembly)":
         timing, out = request.getfixturevalue("assembly_clean"), with_parts(clean, out)
-    return timing, clean, out, curate_command(*bank_args(world["world"], out, world["checkpoint"]))
+    return timing, clean, out, curate_command(*bank_args(world["train"], out, world["checkpoint"]))
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
