@@ -10,6 +10,7 @@ the default keeps ``make test`` fast). The conftest prints the table of trials a
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -104,6 +105,16 @@ def finish(command: list[str], **env: str) -> str:
     return result.stdout
 
 
+def rerun_in_process(command: list[str]) -> None:
+    """Run a ``python -m cocu.cli.<tool>`` command to the end in this process: only the killed run needs a process of
+    its own, and the rerun after it is the same CLI without the seconds of a fresh interpreter's imports."""
+    from typer.testing import CliRunner
+
+    assert command[:2] == [sys.executable, "-m"], command
+    result = CliRunner().invoke(importlib.import_module(command[2]).app, command[3:])
+    assert result.exit_code == 0, f"{result.output[-3000:]}\n{result.exception!r}"
+
+
 def record(request, stage: str, trial: int, moment: float, killed: bool, differences: list[str]) -> None:
     request.config.stash.setdefault(TRIAL_RESULTS, []).append(TrialResult(stage, trial, moment, killed, differences))
     assert not differences, f"{stage} trial {trial} (kill at {moment:.2f} s): {differences}"
@@ -188,7 +199,7 @@ def test_synth_killed_and_rerun_gives_the_clean_bytes(synth_clean, tmp_path, tri
     command = [sys.executable, "-m", "cocu.cli.data", "synth", str(out), *SYNTH]
     moment = synth_clean.kill_moment("synth", trial)
     killed = kill_at(command, moment)
-    finish(command)
+    rerun_in_process(command)
     differences = compare_files(out, synth_clean.out)
     ours, theirs = (json.loads((folder / "world.json").read_text()) for folder in (out, synth_clean.out))
     differences += ["differs: world.json"] if ({**ours, "generation": None} != {**theirs, "generation": None}) else []
@@ -201,7 +212,7 @@ def test_curation_stage_killed_then_rerun_gives_the_clean_bytes(faults_world, tm
     timing, clean, out, command = curation_case(stage, faults_world, tmp_path, request)
     moment = timing.kill_moment(stage, trial)
     killed = kill_at(command, moment)
-    finish(command)
+    rerun_in_process(command)
     record(request, stage, trial, moment, killed, compare_files(out, clean.out))
 
 
