@@ -267,24 +267,17 @@ def test_ranking_equals_per_image_reference(curated):
 
 
 @pytest.mark.slow
+def enrich_args(curated: dict, out: Path, *extra: str) -> list[str]:
+    """`cocu-curate enrich` of the fixture's world with its bank into ``out``."""
+    shards = str(curated["world"] / "train")
+    return ["enrich", "--bank", str(curated["bank"]), "--shards", shards, "--out", str(out), *extra]
+
+
 def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
     """kill -9 mid-run, rerun: the output equals the uninterrupted run's, byte for byte, with no temporaries left."""
     killed = tmp_path / "killed"
     batch = str(curated["config"].batch_size)
-    command = [
-        sys.executable,
-        "-m",
-        "cocu.cli.curate",
-        "enrich",
-        "--bank",
-        str(curated["bank"]),
-        "--shards",
-        str(curated["world"] / "train"),
-        "--out",
-        str(killed),
-        "--batch-size",
-        batch,
-    ]
+    command = [sys.executable, "-m", "cocu.cli.curate", *enrich_args(curated, killed, "--batch-size", batch)]
     process = subprocess.Popen(
         command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -331,22 +324,8 @@ def test_enrich_refuses_another_model(curated, tmp_path):
             EnrichConfig(pretrained=str(other)),
             progress=False,
         )
-    result = CliRunner().invoke(
-        app,
-        [
-            "enrich",
-            "--bank",
-            str(curated["bank"]),
-            "--shards",
-            str(curated["world"] / "train"),
-            "--out",
-            str(tmp_path / "c"),
-            "--model",
-            "ViT-B-16",
-            "--pretrained",
-            "openai",
-        ],
-    )
+    other_model = ["--model", "ViT-B-16", "--pretrained", "openai"]
+    result = CliRunner().invoke(app, enrich_args(curated, tmp_path / "c", *other_model))
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and MODEL in lines[0] and "ViT-B-16 / openai" in lines[0]
@@ -443,33 +422,11 @@ def test_cli_help_and_status(curated):
     assert status.exit_code == 0 and "enrich" in status.output and "6 shard(s) done" in status.output
     bank_status = runner.invoke(app, ["status", "--out", str(curated["bank"])])
     assert "complete; 600 images" in bank_status.output
-    missing = runner.invoke(
-        app,
-        [
-            "enrich",
-            "--bank",
-            str(curated["root"] / "nope"),
-            "--shards",
-            str(curated["world"] / "train"),
-            "--out",
-            str(curated["root"] / "x"),
-        ],
-    )
+    shards, root = str(curated["world"] / "train"), curated["root"]
+    missing = runner.invoke(app, ["enrich", "--bank", str(root / "nope"), "--shards", shards, "--out", str(root / "x")])
     assert missing.exit_code == 1 and "no such bank directory" in missing.stderr
-    bad_tag = runner.invoke(
-        app,
-        [
-            "build-bank",
-            "--shards",
-            str(curated["world"] / "train"),
-            "--model",
-            MODEL,
-            "--pretrained",
-            "no-such-tag",
-            "--out",
-            str(curated["root"] / "never"),
-        ],
-    )
+    unknown_tag = ["build-bank", "--shards", shards, "--model", MODEL, "--pretrained", "no-such-tag"]
+    bad_tag = runner.invoke(app, [*unknown_tag, "--out", str(root / "never")])
     assert bad_tag.exit_code == 1 and not (curated["root"] / "never").exists()
     assert bad_tag.stderr.strip().splitlines() == [
         f"error: cannot load CLIP {MODEL} / no-such-tag: Pretrained value 'no-such-tag' "
