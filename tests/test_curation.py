@@ -266,13 +266,13 @@ def test_ranking_equals_per_image_reference(curated):
     assert compared == 600
 
 
-@pytest.mark.slow
 def enrich_args(curated: dict, out: Path, *extra: str) -> list[str]:
     """`cocu-curate enrich` of the fixture's world with its bank into ``out``."""
     shards = str(curated["world"] / "train")
     return ["enrich", "--bank", str(curated["bank"]), "--shards", shards, "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
     """kill -9 mid-run, rerun: the output equals the uninterrupted run's, byte for byte, with no temporaries left."""
     killed = tmp_path / "killed"
