@@ -61,6 +61,24 @@ class Layout:
     classes_file: str | None = None  # synthetic: names read from this file
 
 
+def _imagenet_s(classes: int, names: tuple[str, ...]) -> Layout:
+    """ImageNet-S's validation split of ``classes`` classes: class folders, RGB-coded labels, 1000 ignored."""
+    return Layout(
+        f"ImageNet-S{classes}",
+        (f"ImageNetS/ImageNetS{classes}", f"ImageNetS{classes}"),
+        "validation",
+        "validation-segmentation",
+        ".JPEG",
+        ".png",
+        names,
+        has_background=True,
+        ignore_index=1000,
+        recursive=True,
+        label_format="rgb",
+        downsample_above=1000 * 1000,
+    )
+
+
 LAYOUTS: dict[str, Layout] = {
     "voc": Layout(
         "PASCAL VOC 2012",
@@ -147,34 +165,8 @@ LAYOUTS: dict[str, Layout] = {
         cn.ADE20K,
         reduce_zero_label=True,
     ),
-    "imagenet_s50": Layout(
-        "ImageNet-S50",
-        ("ImageNetS/ImageNetS50", "ImageNetS50"),
-        "validation",
-        "validation-segmentation",
-        ".JPEG",
-        ".png",
-        cn.IMAGENET_S50,
-        has_background=True,
-        ignore_index=1000,
-        recursive=True,
-        label_format="rgb",
-        downsample_above=1000 * 1000,
-    ),
-    "imagenet_s300": Layout(
-        "ImageNet-S300",
-        ("ImageNetS/ImageNetS300", "ImageNetS300"),
-        "validation",
-        "validation-segmentation",
-        ".JPEG",
-        ".png",
-        cn.IMAGENET_S300,
-        has_background=True,
-        ignore_index=1000,
-        recursive=True,
-        label_format="rgb",
-        downsample_above=1000 * 1000,
-    ),
+    "imagenet_s50": _imagenet_s(50, cn.IMAGENET_S50),
+    "imagenet_s300": _imagenet_s(300, cn.IMAGENET_S300),
     "synthetic": Layout(
         "cocu synthetic world (val split)",
         ("val",),

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import testkit
 
 from cocu.curation.bank import BankConfig, build_bank
 from cocu.curation.bank_layout import BankError
@@ -27,26 +28,12 @@ from cocu.curation.shards import sha256_file
 from cocu.curation.vocabulary import Vocabulary
 
 MODEL = "cocu-test-tiny"
-TINY = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+TINY = testkit.tiny_clip_config(width=64, layers=2)
 SHARD_ROWS = 100
 
 
 def save_tiny_clip(folder: Path, seed: int, name: str = MODEL) -> Path:
-    """A random-init tiny CLIP saved as a user would: <name>.json beside a state-dict checkpoint."""
-    import open_clip
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(folder / f"{name}.json")
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name)
-    torch.save(model.state_dict(), folder / "tiny.pt")
-    return folder / "tiny.pt"
+    return testkit.save_tiny_clip(folder, name, TINY, seed)
 
 
 @pytest.fixture(scope="module")
@@ -279,25 +266,18 @@ def test_ranking_equals_per_image_reference(curated):
     assert compared == 600
 
 
+def enrich_args(curated: dict, out: Path, *extra: str) -> list[str]:
+    """`cocu-curate enrich` of the fixture's world with its bank into ``out``."""
+    shards = str(curated["world"] / "train")
+    return ["enrich", "--bank", str(curated["bank"]), "--shards", shards, "--out", str(out), *extra]
+
+
 @pytest.mark.slow
 def test_kill_during_enrich_then_rerun_equals_clean_run(curated, tmp_path):
     """kill -9 mid-run, rerun: the output equals the uninterrupted run's, byte for byte, with no temporaries left."""
     killed = tmp_path / "killed"
     batch = str(curated["config"].batch_size)
-    command = [
-        sys.executable,
-        "-m",
-        "cocu.cli.curate",
-        "enrich",
-        "--bank",
-        str(curated["bank"]),
-        "--shards",
-        str(curated["world"] / "train"),
-        "--out",
-        str(killed),
-        "--batch-size",
-        batch,
-    ]
+    command = [sys.executable, "-m", "cocu.cli.curate", *enrich_args(curated, killed, "--batch-size", batch)]
     process = subprocess.Popen(
         command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -344,22 +324,8 @@ def test_enrich_refuses_another_model(curated, tmp_path):
             EnrichConfig(pretrained=str(other)),
             progress=False,
         )
-    result = CliRunner().invoke(
-        app,
-        [
-            "enrich",
-            "--bank",
-            str(curated["bank"]),
-            "--shards",
-            str(curated["world"] / "train"),
-            "--out",
-            str(tmp_path / "c"),
-            "--model",
-            "ViT-B-16",
-            "--pretrained",
-            "openai",
-        ],
-    )
+    other_model = ["--model", "ViT-B-16", "--pretrained", "openai"]
+    result = CliRunner().invoke(app, enrich_args(curated, tmp_path / "c", *other_model))
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and MODEL in lines[0] and "ViT-B-16 / openai" in lines[0]
@@ -456,33 +422,11 @@ def test_cli_help_and_status(curated):
     assert status.exit_code == 0 and "enrich" in status.output and "6 shard(s) done" in status.output
     bank_status = runner.invoke(app, ["status", "--out", str(curated["bank"])])
     assert "complete; 600 images" in bank_status.output
-    missing = runner.invoke(
-        app,
-        [
-            "enrich",
-            "--bank",
-            str(curated["root"] / "nope"),
-            "--shards",
-            str(curated["world"] / "train"),
-            "--out",
-            str(curated["root"] / "x"),
-        ],
-    )
+    shards, root = str(curated["world"] / "train"), curated["root"]
+    missing = runner.invoke(app, ["enrich", "--bank", str(root / "nope"), "--shards", shards, "--out", str(root / "x")])
     assert missing.exit_code == 1 and "no such bank directory" in missing.stderr
-    bad_tag = runner.invoke(
-        app,
-        [
-            "build-bank",
-            "--shards",
-            str(curated["world"] / "train"),
-            "--model",
-            MODEL,
-            "--pretrained",
-            "no-such-tag",
-            "--out",
-            str(curated["root"] / "never"),
-        ],
-    )
+    unknown_tag = ["build-bank", "--shards", shards, "--model", MODEL, "--pretrained", "no-such-tag"]
+    bad_tag = runner.invoke(app, [*unknown_tag, "--out", str(root / "never")])
     assert bad_tag.exit_code == 1 and not (curated["root"] / "never").exists()
     assert bad_tag.stderr.strip().splitlines() == [
         f"error: cannot load CLIP {MODEL} / no-such-tag: Pretrained value 'no-such-tag' "

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import seg_args
 from typer.testing import CliRunner
 
 from cocu.cli.eval import app
@@ -17,40 +18,12 @@ def test_seg_refuses_a_missing_root_and_an_unknown_preset_pair_in_one_line(tmp_p
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"unused: the layout is checked first")
     out = tmp_path / "out"
-    result = runner.invoke(
-        app,
-        [
-            "seg",
-            "--checkpoint",
-            str(checkpoint),
-            "--dataset",
-            "ade20k",
-            "--root",
-            str(tmp_path / "data"),
-            "--out",
-            str(out),
-        ],
-    )
+    result = runner.invoke(app, seg_args(checkpoint, "ade20k", tmp_path / "data", out))
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and str(tmp_path / "data") in result.output
     (tmp_path / "data" / "ImageNetS" / "ImageNetS50" / "validation" / "n01443537").mkdir(parents=True)
     (tmp_path / "data" / "ImageNetS" / "ImageNetS50" / "validation-segmentation").mkdir(parents=True)
-    result = runner.invoke(
-        app,
-        [
-            "seg",
-            "--checkpoint",
-            str(checkpoint),
-            "--dataset",
-            "imagenet_s50",
-            "--root",
-            str(tmp_path / "data"),
-            "--preset",
-            "tcl",
-            "--out",
-            str(out),
-        ],
-    )
+    result = runner.invoke(app, seg_args(checkpoint, "imagenet_s50", tmp_path / "data", out, "--preset", "tcl"))
     assert result.exit_code == 2 and "preset 'tcl' has no setting for dataset 'imagenet_s50'" in result.output
     assert result.output.strip().count("\n") == 0
     assert not out.exists()
@@ -60,20 +33,7 @@ def test_seg_refuses_a_file_that_is_not_a_checkpoint(tmp_path, small_world):
     world, _ = small_world
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"not a checkpoint")
-    result = runner.invoke(
-        app,
-        [
-            "seg",
-            "--checkpoint",
-            str(checkpoint),
-            "--dataset",
-            "synthetic",
-            "--root",
-            str(world),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    result = runner.invoke(app, seg_args(checkpoint, "synthetic", world, tmp_path / "out"))
     assert result.exit_code == 1 and "model.ckpt: not a loadable checkpoint" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -110,27 +70,8 @@ def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_pa
 
     world, record = small_world
     out = tmp_path / "eval"
-    result = runner.invoke(
-        app,
-        [
-            "seg",
-            "--checkpoint",
-            str(fitted_checkpoint),
-            "--dataset",
-            "synthetic",
-            "--root",
-            str(world),
-            "--out",
-            str(out),
-            "--save-images",
-            "2",
-            "--batch-size",
-            "8",
-            "--limit",
-            "24",
-            "--per-image",
-        ],
-    )
+    extra = ["--save-images", "2", "--batch-size", "8", "--limit", "24", "--per-image"]
+    result = runner.invoke(app, seg_args(fitted_checkpoint, "synthetic", world, out, *extra))
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     with np.load(out / "per_image.npz") as per_image:  # what the benchmark's paired bootstrap reads

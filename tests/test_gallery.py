@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from test_curation import MODEL, save_tiny_clip
 from test_evaluation_cli import fitted_checkpoint  # noqa: F401  (a fixture)
+from testkit import seg_args
 from typer.testing import CliRunner
 
 from cocu.cli.curate import app as curate_app
@@ -207,23 +208,7 @@ def test_eval_seg_html_writes_metrics_per_class_bars_and_overlays(tmp_path, smal
     world, record = small_world
     out = tmp_path / "eval"
     result = runner.invoke(
-        eval_app,
-        [
-            "seg",
-            "--checkpoint",
-            str(fitted_checkpoint),
-            "--dataset",
-            "synthetic",
-            "--root",
-            str(world),
-            "--out",
-            str(out),
-            "--save-images",
-            "2",
-            "--limit",
-            "6",
-            "--html",
-        ],
+        eval_app, seg_args(fitted_checkpoint, "synthetic", world, out, "--save-images", "2", "--limit", "6", "--html")
     )
     assert result.exit_code == 0, result.output
     assert str(out / "index.html") in result.output

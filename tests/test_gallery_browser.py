@@ -14,19 +14,10 @@ from pathlib import Path
 import pytest
 from test_gallery import ROWS, corpus, curated_rows, truth_of  # noqa: F401  (corpus is a fixture)
 
+from cocu.benchmarks.gallery_throughput import ARGS  # Chromium's flags: headless, no network of its own
 from cocu.evaluation.gallery import write_gallery
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / ".pytest_cache" / "cocu-screenshots"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def chromium_path() -> str | None:

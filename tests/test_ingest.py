@@ -16,15 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from testkit import tiny_clip_config
 from typer.testing import CliRunner
 
 from cocu.cli.data import app
 from cocu.curation.download import DownloadConfig, download, summarize
 from cocu.curation.shards import expand_shards, iter_batches, validate_shard
 
-TIMEOUT = (
-    12  # img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land
-)
+# img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land (the
+# interrupter polls every 50 ms) and what the rerun waits on the slow URL
+TIMEOUT = 3
 
 
 @functools.cache
@@ -357,11 +358,7 @@ def test_corrupt_tar_is_one_line_and_the_others_convert(tmp_path):
     assert "1 shard(s) written, 0 skipped (already done), 4 failed" in result.stdout
 
 
-TINY_CLIP = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
+TINY_CLIP = tiny_clip_config(width=64, layers=1, image_size=32)
 
 
 @pytest.mark.slow

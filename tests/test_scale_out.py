@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from stage_functions import record_device
 from test_curation import MODEL, save_tiny_clip
 
 from cocu.curation.bank import BankConfig, build_bank
@@ -47,12 +48,6 @@ def test_workers_default_to_one_per_gpu_each_pinned_to_its_own(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # the scheduler gave this job GPUs 2 and 5
     fake_gpus(monkeypatch, 2)
     assert worker_devices(2, None) == ["2", "5"]
-
-
-def record_device(task: ShardTask, params, progress) -> dict[str, int]:
-    """A stage function that writes which GPU its process was pinned to, and which process it is."""
-    task.target.write_text(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')}")
-    return {"images": 1}
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import open_clip
 import pyarrow.parquet as pq
 import pytest
 import torch
+from testkit import tiny_clip_config
 
 from cocu.cli.teacher import main
 from cocu.curation.clip import load_clip, register_config_file
@@ -20,11 +21,7 @@ from cocu.evaluation.metrics import ranking_metrics
 from cocu.evaluation.zero_shot import evaluate_teacher
 from cocu.training.teacher import TeacherConfig, TeacherDeadline, fit_teacher, save_teacher, train_teacher
 
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+TINY = tiny_clip_config(width=32, layers=1, context_length=40)
 
 
 @pytest.fixture(scope="module")

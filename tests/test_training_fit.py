@@ -16,15 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from testkit import TRAIN_CONFIG, fit_args
 
 from cocu.cli.train import main
 from cocu.training.checkpoint import load_groupvit
 from cocu.training.model import GroupViT
-from cocu.training.recipes import recipe_path
 from cocu.training.text import tokenize
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(recipe_path("tiny-test"))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,21 +63,6 @@ def curated(small_world, tmp_path_factory) -> tuple[Path, Path]:
     return out, world / "truth" / "train"
 
 
-def _fit_args(shards: Path, root: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        CONFIG,
-        "--data.shards",
-        str(shards),
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
-
-
 def _metrics(root: Path, version: int) -> list[dict[str, str]]:
     with open(root / "logs" / f"version_{version}" / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -89,7 +73,7 @@ def _metrics(root: Path, version: int) -> list[dict[str, str]]:
 def test_fit_each_text_mode_writes_a_loadable_checkpoint(curated, tmp_path, mode):
     shards, truth = curated
     extra = ["--data.truth", str(truth)] if mode == "oracle" else []
-    main(_fit_args(shards, tmp_path, "--data.text_mode", mode, "--trainer.max_steps", "3", *extra))
+    main(fit_args(shards, tmp_path, "--data.text_mode", mode, "--trainer.max_steps", "3", *extra))
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)  # plain data only: no pickled code
@@ -114,8 +98,8 @@ def test_fit_each_text_mode_writes_a_loadable_checkpoint(curated, tmp_path, mode
 @pytest.mark.slow
 def test_a_fresh_run_in_a_used_folder_replaces_last_ckpt(curated, tmp_path):
     shards, _ = curated
-    main(_fit_args(shards, tmp_path, "--trainer.max_steps", "3"))
-    main(_fit_args(shards, tmp_path, "--trainer.max_steps", "1"))  # a new run, not a resume
+    main(fit_args(shards, tmp_path, "--trainer.max_steps", "3"))
+    main(fit_args(shards, tmp_path, "--trainer.max_steps", "1"))  # a new run, not a resume
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 1
 
@@ -136,7 +120,7 @@ def test_load_groupvit_rejects_bad_files(tmp_path):
 def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path, capsys):
     shards, _ = curated
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = _fit_args(shards, tmp_path, "--data.text_mode", "cocu-top", "--trainer.max_steps", "100000")
+    args = fit_args(shards, tmp_path, "--data.text_mode", "cocu-top", "--trainer.max_steps", "100000")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cocu.cli.train", *args],
         env=env,
@@ -159,7 +143,7 @@ def test_kill_and_resume_continues_from_the_saved_step(curated, tmp_path, capsys
     assert saved >= 2 and saved % 2 == 0
 
     main(
-        _fit_args(
+        fit_args(
             shards,
             tmp_path,
             "--data.text_mode",
@@ -263,5 +247,5 @@ def test_verbs(capsys):
         main(["clip", "--help"])
     assert done.value.code == 0 and "cocu-train clip" in capsys.readouterr().out
     with pytest.raises(SystemExit) as done:
-        main(["validate", "--config", CONFIG])
+        main(["validate", "--config", TRAIN_CONFIG])
     assert done.value.code != 0 and "validate" in capsys.readouterr().err

@@ -8,6 +8,7 @@ editable finder) are not run.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -72,27 +73,69 @@ def installed(tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
     return env_dir / "bin", env, _console_scripts(wheel)
 
 
-def test_the_wheel_imports_from_its_own_install_and_ships_its_data(installed, tmp_path):
-    bin_dir, env, _ = installed
-    probe = (
-        "import cocu.training, cocu.evaluation.html as html; from cocu.training.recipes import recipe_names;"
-        "from cocu.training.teacher import DEFAULT_MODEL_CONFIG as teacher;"
-        "print(cocu.training.__file__); print(recipe_names()); print(teacher.is_file());"
-        "print(html.asset('style.css') != ''); from cocu.evaluation.classnames import ADE20K;"
-        "print(ADE20K[7] == 'bed ')"
-    )
-    out = _run([bin_dir / "python", "-c", probe], tmp_path, env).splitlines()
-    assert out[0].startswith(str(bin_dir.parent)), f"cocu imported from {out[0]}, not from the wheel's install"
-    assert out[1] == "['groupvit-s', 'synthetic', 'tiny-test']" and out[2:] == ["True", "True", "True"]
+# One interpreter of the wheel's environment answers both checks below (each new one costs seconds of imports): first
+# where cocu imports from and the data it ships, then every `--help`, each console script's entry point (as the
+# wheel's metadata names it) called with the argv its script would get.
+PROBE = """
+import contextlib, io, json, sys
+import cocu.training, cocu.evaluation.html as html
+from cocu.evaluation.classnames import ADE20K
+from cocu.training.recipes import recipe_names
+from cocu.training.teacher import DEFAULT_MODEL_CONFIG as teacher
+from importlib.metadata import entry_points
+shipped = [cocu.training.__file__, str(recipe_names()), teacher.is_file(), html.asset("style.css") != ""]
+shipped.append(ADE20K[7] == "bed ")
+answers = {}
+for line in sys.stdin.read().splitlines():
+    script, *argv = line.split()
+    (entry,) = (e for e in entry_points(group="console_scripts") if e.name == script)
+    sys.argv, out = [script, *argv], io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            entry.load()()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code or 0
+    answers[line] = [code, out.getvalue()]
+print(json.dumps({"shipped": shipped, "help": answers}))
+"""
 
 
-def test_every_command_and_sub_command_answers_help(installed, tmp_path):
+@pytest.fixture(scope="module")
+def probed(installed, tmp_path_factory) -> tuple[list, list[str], dict[str, list]]:
+    """(what the wheel's install imports and ships, the `--help` commands asked, their [exit code, output])."""
     bin_dir, env, scripts = installed
+    commands = [f"{script} --help" for script in scripts]
+    commands += [f"{script} {verb} --help" for script, target in scripts.items() for verb in _sub_commands(target)]
+    done = subprocess.run(
+        [bin_dir / "python", "-c", PROBE],
+        input="\n".join(commands),
+        cwd=tmp_path_factory.mktemp("probe"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.splitlines()[-1])
+    return answer["shipped"], commands, answer["help"]
+
+
+def test_the_wheel_imports_from_its_own_install_and_ships_its_data(installed, probed):
+    bin_dir, _, _ = installed
+    where, *shipped = probed[0]
+    assert where.startswith(str(bin_dir.parent)), f"cocu imported from {where}, not from the wheel's install"
+    assert shipped == ["['groupvit-s', 'synthetic', 'tiny-test']", True, True, True]
+
+
+def test_every_command_and_sub_command_answers_help(installed, probed):
+    bin_dir, _, scripts = installed
+    _, commands, answers = probed
     assert set(scripts) == {"cocu-data", "cocu-curate", "cocu-train", "cocu-eval"}
-    for script, target in scripts.items():
-        assert "usage" in _run([bin_dir / script, "--help"], tmp_path, env).lower()
-        for verb in _sub_commands(target):
-            assert "usage" in _run([bin_dir / script, verb, "--help"], tmp_path, env).lower(), f"{script} {verb}"
+    assert all(os.access(bin_dir / script, os.X_OK) for script in scripts)
+    assert list(answers) == commands
+    for command, (code, output) in answers.items():
+        assert code == 0 and "usage" in output.lower(), f"{command}: exit {code}\n{output[-2000:]}"
 
 
 def test_synth_and_a_shipped_recipe_run_from_the_wheel(installed, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,19 +11,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from cocu.training.recipes import recipe_path
+import testkit
 
 MODEL = "cocu-faults-tiny"
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+TINY = testkit.tiny_clip_config(width=32, layers=1)
 SHARD_ROWS = 40
 SHARDS = 3
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_CONFIG = str(recipe_path("tiny-test"))
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -43,11 +36,11 @@ def curate_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "cocu.cli.curate", *args]
 
 
-def bank_args(world: Path, bank: Path, checkpoint: Path) -> list[str]:
+def bank_args(shards: Path, bank: Path, checkpoint: Path) -> list[str]:
     return [
         "build-bank",
         "--shards",
-        str(world / "train"),
+        str(shards),
         "--model",
         MODEL,
         "--pretrained",
@@ -80,22 +73,7 @@ def enrich_args(bank: Path, shards: Path, out: Path) -> list[str]:
 
 
 def fit_args(shards: Path, root: Path, max_steps: int, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        TRAIN_CONFIG,
-        "--data.shards",
-        str(shards),
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.max_steps",
-        str(max_steps),
-        "--data.text_mode",
-        "cocu-top",
-        *extra,
-    ]
+    return testkit.fit_args(shards, root, "--trainer.max_steps", str(max_steps), "--data.text_mode", "cocu-top", *extra)
 
 
 def run(command: list[str], **extra_env: str) -> subprocess.CompletedProcess:
@@ -103,16 +81,7 @@ def run(command: list[str], **extra_env: str) -> subprocess.CompletedProcess:
 
 
 def save_tiny_clip(folder: Path, seed: int = 1) -> Path:
-    """A random-init tiny CLIP saved as a user would: <name>.json beside a state-dict checkpoint."""
-    import open_clip
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{MODEL}.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(folder / f"{MODEL}.json")
-    torch.manual_seed(seed)
-    torch.save(open_clip.create_model(MODEL).state_dict(), folder / "tiny.pt")
-    return folder / "tiny.pt"
+    return testkit.save_tiny_clip(folder, MODEL, TINY, seed)
 
 
 def add_curated_columns(source: Path, target: Path) -> None:

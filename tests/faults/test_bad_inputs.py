@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, fit_args
+from faultkit import MATRIX_RESULTS, MatrixResult, add_curated_columns, bank_args, enrich_args, fit_args
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -141,42 +141,6 @@ def good(faults_world) -> pa.Table:
     return pq.read_table(sorted(faults_world["train"].glob("*.parquet"))[0])
 
 
-def _bank_cli(faults_world, shards: Path, out: Path) -> list[str]:
-    return [
-        "build-bank",
-        "--shards",
-        str(shards),
-        "--model",
-        MODEL,
-        "--pretrained",
-        str(faults_world["checkpoint"]),
-        "--out",
-        str(out),
-        "--min-count",
-        "2",
-        "--batch-size",
-        "16",
-        "--decode-workers",
-        "0",
-    ]
-
-
-def _enrich_cli(faults_world, shards: Path, out: Path) -> list[str]:
-    return [
-        "enrich",
-        "--bank",
-        str(faults_world["bank"]),
-        "--shards",
-        str(shards),
-        "--out",
-        str(out),
-        "--batch-size",
-        "16",
-        "--decode-workers",
-        "0",
-    ]
-
-
 @pytest.mark.parametrize("case", list(ROW_CASES))
 def test_row_damage_keeps_every_row(faults_world, good, tmp_path, case, request):
     make, error = ROW_CASES[case]
@@ -194,14 +158,14 @@ def test_row_damage_keeps_every_row(faults_world, good, tmp_path, case, request)
     else:
         assert checked.exit_code == 0 and not lines
 
-    built = runner.invoke(curate_app, _bank_cli(faults_world, shards, tmp_path / "bank"))
+    built = runner.invoke(curate_app, bank_args(shards, tmp_path / "bank", faults_world["checkpoint"]))
     _record(request, case, "build-bank", built.exit_code, built.stdout.strip().splitlines()[-1])
     assert built.exit_code == 0 and not _errors(built.stderr)
     indexed = pq.read_table(tmp_path / "bank" / "images.parquet", columns=["key"]).num_rows
     left_out = 1 if error and "image" in error else 0
     assert indexed == good.num_rows - left_out and f"({left_out} rows with a missing or undecodable" in built.stdout
 
-    curated = runner.invoke(curate_app, _enrich_cli(faults_world, shards, tmp_path / "out"))
+    curated = runner.invoke(curate_app, enrich_args(faults_world["bank"], shards, tmp_path / "out"))
     out = pq.read_table(tmp_path / "out" / "bad.parquet")
     errors = {i: e for i, e in enumerate(out.column("cocu_error").to_pylist()) if e}
     _record(request, case, "enrich", curated.exit_code, f"row {BAD_ROW}: {errors.get(BAD_ROW)}")
@@ -228,8 +192,8 @@ def test_file_damage_fails_that_file_alone_in_one_line(faults_world, good, tmp_p
 
     for stage, args, app in (
         ("validate", ["validate", str(shards)], data_app),
-        ("build-bank", _bank_cli(faults_world, shards, tmp_path / "bank"), curate_app),
-        ("enrich", _enrich_cli(faults_world, shards, tmp_path / "out"), curate_app),
+        ("build-bank", bank_args(shards, tmp_path / "bank", faults_world["checkpoint"]), curate_app),
+        ("enrich", enrich_args(faults_world["bank"], shards, tmp_path / "out"), curate_app),
     ):
         if stage == "enrich" and case == "duplicate key across shards":
             continue  # enrich curates each shard on its own: a key shared across shards is no error there
@@ -283,9 +247,9 @@ def test_a_second_run_sharing_the_output_folder_stops_in_one_line(faults_world, 
 
     out = tmp_path / "out"
     args = (
-        _bank_cli(faults_world, faults_world["train"], out)
+        bank_args(faults_world["train"], out, faults_world["checkpoint"])
         if stage == "build-bank"
-        else _enrich_cli(faults_world, faults_world["train"], out)
+        else enrich_args(faults_world["bank"], faults_world["train"], out)
     )
     with folder_lock(out):  # the first run, still going
         result = CliRunner().invoke(curate_app, args)

@@ -14,7 +14,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from faultkit import MATRIX_RESULTS, MODEL, MatrixResult, add_curated_columns, cli_env, data_files, fit_args
+from faultkit import (
+    MATRIX_RESULTS,
+    MODEL,
+    MatrixResult,
+    add_curated_columns,
+    bank_args,
+    cli_env,
+    data_files,
+    fit_args,
+)
 from typer.testing import CliRunner
 
 from cocu.cli.curate import app as curate_app
@@ -361,20 +370,7 @@ def test_duplicate_keys_across_shards_are_refused_before_embedding(faults_world,
     keys[9] = pq.read_table(first, columns=["key"]).column("key")[4].as_py()
     pq.write_table(table.set_column(0, "key", pa.array(keys)), shards / "b.parquet")
     started = time.perf_counter()
-    result = CliRunner().invoke(
-        curate_app,
-        [
-            "build-bank",
-            "--shards",
-            str(shards),
-            "--model",
-            MODEL,
-            "--pretrained",
-            str(faults_world["checkpoint"]),
-            "--out",
-            str(tmp_path / "bank"),
-        ],
-    )
+    result = CliRunner().invoke(curate_app, bank_args(shards, tmp_path / "bank", faults_world["checkpoint"]))
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [  # its own line: no progress bar was started
         f"error: {shards / 'b.parquet'}: row 9: key '{keys[9]}' is also in {shards / 'a.parquet'}; "

@@ -10,6 +10,7 @@ the default keeps ``make test`` fast). The conftest prints the table of trials a
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -58,6 +59,11 @@ class CleanRun:
         return random.Random(f"{stage}/{trial}").uniform(low, self.seconds)
 
 
+def spawn(command: list[str], env: dict[str, str], **options) -> subprocess.Popen:
+    """``command`` started in its own session (process group), in the CLI environment plus ``env``."""
+    return subprocess.Popen(command, env=cli_env(**env), cwd=REPO, start_new_session=True, **options)
+
+
 def clean_run(
     command: list[str],
     out: Path,
@@ -66,15 +72,7 @@ def clean_run(
     **env: str,
 ) -> CleanRun:
     begin = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        env=cli_env(**env),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = spawn(command, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = reached = None
     while process.poll() is None:
         now = time.perf_counter() - begin
@@ -91,14 +89,7 @@ def clean_run(
 
 def kill_at(command: list[str], moment: float, **env: str) -> bool:
     """Run ``command`` in its own process group and SIGKILL the group at ``moment``; False when it ended first."""
-    process = subprocess.Popen(
-        command,
-        env=cli_env(**env),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = spawn(command, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         process.wait(timeout=moment)
         return False
@@ -112,6 +103,16 @@ def finish(command: list[str], **env: str) -> str:
     result = subprocess.run(command, env=cli_env(**env), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def rerun_in_process(command: list[str]) -> None:
+    """Run a ``python -m cocu.cli.<tool>`` command to the end in this process: only the killed run needs a process of
+    its own, and the rerun after it is the same CLI without the seconds of a fresh interpreter's imports."""
+    from typer.testing import CliRunner
+
+    assert command[:2] == [sys.executable, "-m"], command
+    result = CliRunner().invoke(importlib.import_module(command[2]).app, command[3:])
+    assert result.exit_code == 0, f"{result.output[-3000:]}\n{result.exception!r}"
 
 
 def record(request, stage: str, trial: int, moment: float, killed: bool, differences: list[str]) -> None:
@@ -143,7 +144,7 @@ def bank_clean(faults_world, tmp_path_factory) -> CleanRun:
     """The clean build; its milestone is the end of the embedding stage (every part's manifest written)."""
     out = tmp_path_factory.mktemp("bank-clean") / "bank"
     shards = len(list(faults_world["train"].glob("*.parquet")))
-    command = curate_command(*bank_args(faults_world["world"], out, faults_world["checkpoint"]))
+    command = curate_command(*bank_args(faults_world["train"], out, faults_world["checkpoint"]))
     return clean_run(
         command, out, out.exists, milestone=lambda: len(list((out / "parts").glob("*.manifest.json"))) == shards
     )
@@ -198,7 +199,7 @@ def test_synth_killed_and_rerun_gives_the_clean_bytes(synth_clean, tmp_path, tri
     command = [sys.executable, "-m", "cocu.cli.data", "synth", str(out), *SYNTH]
     moment = synth_clean.kill_moment("synth", trial)
     killed = kill_at(command, moment)
-    finish(command)
+    rerun_in_process(command)
     differences = compare_files(out, synth_clean.out)
     ours, theirs = (json.loads((folder / "world.json").read_text()) for folder in (out, synth_clean.out))
     differences += ["differs: world.json"] if ({**ours, "generation": None} != {**theirs, "generation": None}) else []
@@ -211,7 +212,7 @@ def test_curation_stage_killed_then_rerun_gives_the_clean_bytes(faults_world, tm
     timing, clean, out, command = curation_case(stage, faults_world, tmp_path, request)
     moment = timing.kill_moment(stage, trial)
     killed = kill_at(command, moment)
-    finish(command)
+    rerun_in_process(command)
     record(request, stage, trial, moment, killed, compare_files(out, clean.out))
 
 
@@ -228,7 +229,7 @@ def curation_case(stage: str, world: dict, tmp_path: Path, request) -> tuple[Cle
     timing, out = clean, tmp_path / "bank"
     if stage == "build-bank (assembly)":
         timing, out = request.getfixturevalue("assembly_clean"), with_parts(clean, out)
-    return timing, clean, out, curate_command(*bank_args(world["world"], out, world["checkpoint"]))
+    return timing, clean, out, curate_command(*bank_args(world["train"], out, world["checkpoint"]))
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
