@@ -125,7 +125,7 @@ def test_the_wheel_imports_from_its_own_install_and_ships_its_data(installed, pr
     bin_dir, _, _ = installed
     where, *shipped = probed[0]
     assert where.startswith(str(bin_dir.parent)), f"cocu imported from {where}, not from the wheel's install"
-    assert shipped == ["['groupvit-s', 'synthetic', 'tiny-test']", True, True, True]
+    assert shipped == ["['groupvit-s', 'synthetic', 'synthetic-gpu', 'tiny-test']", True, True, True]
 
 
 def test_every_command_and_sub_command_answers_help(installed, probed):
