@@ -233,7 +233,9 @@ def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, 
             if difference["includes_zero"]:
                 sentence += " **which includes zero: no difference is shown**"
         closed = results["oracle_gap_closed"].get(mode)
-        if closed is not None:
+        if closed is not None and closed > 1:
+            sentence += "; it scores above the oracle, so here the oracle is no ceiling and the gap no scale"
+        elif closed is not None:
             sentence += f"; it closes {100 * closed:.0f} % of the caption-to-oracle gap"
         out.append(sentence + ".")
     groups = class_groups(world)
