@@ -59,10 +59,12 @@ def paired_bootstrap(
             raise ValueError("paired bootstrap: the runs were not evaluated on the same images in the same order")
     rng = np.random.default_rng(seed)
     draws = rng.integers(len(names), size=(resamples, len(names)))
+    # how often each resample drew each image: a resample's summed areas are these counts times the per-image areas
+    counts = np.stack([np.bincount(draw, minlength=len(names)) for draw in draws])
 
     def mean_miou(side: list[PerImage]) -> tuple[float, np.ndarray]:
         point = np.mean([miou(r.intersect.sum(0), r.union.sum(0)) for r in side])
-        resampled = np.mean([miou(r.intersect[draws].sum(1), r.union[draws].sum(1)) for r in side], axis=0)
+        resampled = np.mean([miou(counts @ r.intersect, counts @ r.union) for r in side], axis=0)
         return float(point), resampled
 
     point_a, boot_a = mean_miou(runs)

@@ -102,8 +102,11 @@ class SegMetric:
         self.intersect, self.union, self.pred_area, self.label_area = zeros(), zeros(), zeros(), zeros()
         self.images = 0
 
-    def update(self, pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> None:
-        """Add one ``[H, W]`` or a batch ``[B, H, W]`` of predictions (evaluation ids) and raw labels."""
+    def update(
+        self, pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one ``[H, W]`` or a batch ``[B, H, W]`` of predictions (evaluation ids) and raw labels; returns what
+        they added, (intersection, union) per class, for callers that keep per-image areas."""
         pred, label = as_tensor(pred), prepare_label(label, self.reduce_zero_label)
         if pred.shape != label.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
@@ -113,6 +116,7 @@ class SegMetric:
         self.pred_area += pred_area
         self.label_area += label_area
         self.images += 1 if pred.dim() == 2 else pred.shape[0]
+        return inter, union
 
     def merge(self, other: SegMetric) -> None:
         for name in ("intersect", "union", "pred_area", "label_area"):

@@ -33,7 +33,7 @@ from .inference import (
     rescale_size,
     slide_windows,
 )
-from .metrics import SegMetric, as_tensor, intersect_and_union, prepare_label
+from .metrics import SegMetric, prepare_label
 from .presets import Preset
 from .visualize import save_overlay
 
@@ -79,17 +79,11 @@ def evaluate(
             names, images, labels = zip(*chunk)
             for name, image, label, pred in zip(names, images, labels, segmenter.predict(images)):
                 pred = _to_label_size(pred, label.shape)
+                inter, union = metric.update(pred, label)
                 if per_image:
-                    inter, union, _, _ = intersect_and_union(
-                        as_tensor(pred),
-                        prepare_label(label, dataset.reduce_zero_label),
-                        len(dataset.classes),
-                        dataset.ignore_index,
-                    )
                     kept["names"].append(name)
                     kept["intersect"].append(inter.numpy())
                     kept["union"].append(union.numpy())
-                metric.update(pred, label)
                 if overlays is not None and saved < save_images:
                     target = prepare_label(label, dataset.reduce_zero_label).numpy()
                     save_overlay(
