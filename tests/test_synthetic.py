@@ -93,22 +93,40 @@ def test_teacher_captions_name_everything(small_world):
         assert sorted(row["named"]) == sorted(row["present"])
 
 
-def test_masks_agree_with_what_was_drawn():
-    cfg = WorldConfig(things_min=3, things_max=5)
+@pytest.mark.parametrize("things_per_group", [0, 2])
+def test_masks_agree_with_what_was_drawn(things_per_group):
+    cfg = WorldConfig(things_min=3, things_max=5, things_per_group=things_per_group)
+    classes = cfg.classes()
     rng = np.random.default_rng(7)
     for _ in range(30):
         scene = render_scene(cfg, rng, 64)
         for seen in scene.things:
-            cls = CLASSES.index(seen.name)
+            cls = classes.index(seen.name)
             pixels = scene.image[scene.labels == cls].astype(np.float32)
             colour = np.asarray(COLOURS[seen.colour], np.float32)
             # thing pixels carry the thing's colour (within the +-8% shading), and the area is what truth reports
             assert np.all(np.abs(pixels - colour) <= 0.08 * colour + 1.0)
             assert (scene.labels == cls).mean() == pytest.approx(seen.area)
         for seen in scene.stuff:
-            assert (scene.labels == CLASSES.index(seen.name)).mean() == pytest.approx(seen.area)
-        visible = {CLASSES[c] for c in np.unique(scene.labels)}
+            assert (scene.labels == classes.index(seen.name)).mean() == pytest.approx(seen.area)
+        visible = {classes[c] for c in np.unique(scene.labels)}
         assert {s.name for s in scene.things + scene.stuff} <= visible
+
+
+def test_fewer_things_per_group_keep_every_group_confusable(tmp_path):
+    cfg = WorldConfig(train=200, teacher=100, val=20, shard_size=100, things_per_group=2)
+    record = generate_world(tmp_path, cfg, progress=False)
+    groups = record["confusable_groups"]
+    assert set(groups) == {t.group for t in THINGS} and all(len(members) == 2 for members in groups.values())
+    assert groups["container"] == ["cup", "mug"]
+    classes = (tmp_path / "val" / "classes.txt").read_text().split("\n")[:-1]
+    assert classes == record["classes"] == cfg.classes() == record["things"] + STUFF_NAMES
+    assert len(classes) == 2 * len(groups) + len(STUFF_NAMES)
+    for path in (tmp_path / "val" / "annotations").glob("*.png"):
+        assert np.asarray(Image.open(path)).max() < len(classes)
+    for row in read_split(tmp_path, "truth/train/00000.parquet"):
+        assert set(row["present"]) <= set(classes)
+    assert abs(record["omission"]["measured_train"] - cfg.omit) < 0.05
 
 
 def test_val_annotations_are_class_ids(small_world):

@@ -159,6 +159,20 @@ def test_eval_interface(tiny: GroupViT):
     assert tiny.logit_scale_value().item() <= 100
 
 
+def test_conv_stem_gives_the_same_token_grid_and_learns():
+    """The conv stem (the synthetic recipe's) replaces only the patch projection: same grid, any test size, trains."""
+    torch.manual_seed(0)
+    model = build_model(get_config("groupvit-test", {"vision": {"conv_stem": True, "gumbel": False}}))
+    stem = model.img_encoder.patch_embed.proj
+    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 3 + [(1, 1)]
+    feats = model.group_features(torch.randn(2, 3, 48, 40))
+    assert feats.attn.shape == (2, 2, 6, 5)
+    losses = _toy_losses(model)
+    assert stem[0].weight.grad.abs().sum() > 0 and losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="power-of-two"):
+        build_model(get_config("groupvit-test", {"vision": {"conv_stem": True, "patch_size": 6, "image_size": 36}}))
+
+
 def test_text_pooling_ignores_padding_and_batch_length(tiny: GroupViT):
     tokens = tokenize(["a dog", "a photo of a very small red umbrella next to a mug."], 32)
     assert tokens[0, 0] == 49406 and tokens[0, 3] == 49407 and tokens[0, 4:].eq(0).all()
@@ -221,20 +235,26 @@ def test_loss_equals_reference_on_a_toy_batch():
     assert groupvit_loss(image_x, text_x, prompt_x[:, :0], s, s_ml).multi_label.item() == 0.0
 
 
-def test_model_trains_on_a_toy_batch():
-    """Gradients reach every parameter group and a few AdamW steps lower the loss on a fixed batch."""
-    torch.manual_seed(0)
-    model = build_model(get_config("groupvit-test", {"vision": {"gumbel": False}}))
+def _toy_losses(model: GroupViT, steps: int = 4) -> list[float]:
+    """The loss at each of a few AdamW steps on one fixed batch of 8 images with 1 caption + 3 prompts each."""
     images = torch.randn(8, 3, 32, 32)
     text = tokenize([f"a photo of thing {i}" for i in range(32)], 32).view(8, 4, 32)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(steps):
         out = groupvit_loss(*model(images, text), model.logit_scale_value(), model.multi_label_logit_scale_value())
         opt.zero_grad()
         out.loss.backward()
         losses.append(out.loss.item())
         opt.step()
+    return losses
+
+
+def test_model_trains_on_a_toy_batch():
+    """Gradients reach every parameter group and a few AdamW steps lower the loss on a fixed batch."""
+    torch.manual_seed(0)
+    model = build_model(get_config("groupvit-test", {"vision": {"gumbel": False}}))
+    losses = _toy_losses(model)
     assert model.logit_scale.grad is not None and model.img_encoder.layers[0].group_token.grad.abs().sum() > 0
     assert losses[-1] < losses[0]
 

@@ -58,13 +58,16 @@ class GroupViTConfig:
 # into 8 groups (the paper's 1-stage variant, Table 2). Measured on the world (20k pairs, oracle prompts, 600 steps of
 # 64): the 2-stage 16 -> 4 layout reached the same image-level zero-shot recall but its last-stage assignment stayed
 # near uniform, so segmentation was at chance (mIoU 0.2-1.4), while 1 stage into 8 groups used ~4 groups per image and
-# reached mIoU 3.2 at less cost per step. `groupvit-test` is for unit tests.
+# reached mIoU 3.2 at less cost per step. Its patches go through a conv stem (three stride-2 3x3 convs, not in the
+# reference): on the 16-thing world, oracle prompts, 500 steps of 64, it raised mIoU from 7.0 to 10.8 for 14 % more
+# time per step. `groupvit-test` is for unit tests.
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "groupvit-s": {},
     "groupvit-cpu": {
         "vision": {
             "image_size": 64,
             "patch_size": 8,
+            "conv_stem": True,
             "width": 128,
             "depths": [2, 2],
             "num_heads": [4, 4],

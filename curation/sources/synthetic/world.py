@@ -22,7 +22,7 @@ import json
 import math
 import multiprocessing as mp
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ from cocu.curation.shards import ShardWriter, atomic_path, atomic_write_json, re
 from .captions import COLOURS, GROUP_COLOURS, Seen, calibrate_naming, choose_named, write_caption
 from .strokes import draw_thing
 from .stuff import STUFF, render_stuff
-from .things import THINGS
+from .things import THINGS, Thing
 
 THING_NAMES = [t.name for t in THINGS]
 STUFF_NAMES = list(STUFF)
@@ -95,6 +95,18 @@ class WorldConfig:
     teacher_stuff_mention: float = 1.0
     teacher_things_min: int | None = None
     teacher_things_max: int | None = None
+    # the first N things of each confusable group (0: all of them): fewer classes, the same kind of confusion
+    things_per_group: int = 0
+
+    def things(self) -> list[Thing]:
+        if self.things_per_group <= 0:
+            return list(THINGS)
+        kept = {name for group in _groups().values() for name in group[: self.things_per_group]}
+        return [t for t in THINGS if t.name in kept]
+
+    def classes(self) -> list[str]:
+        """Class names, line i = label id i: the things, then the stuff."""
+        return [t.name for t in self.things()] + STUFF_NAMES
 
     def things_range(self, split: str) -> tuple[int, int]:
         if split == "teacher":
@@ -113,10 +125,11 @@ class Scene:
 def render_scene(cfg: WorldConfig, rng: np.random.Generator, size: int, split: str = "train") -> Scene:
     """Draw stuff regions, then icons on top; the label map follows exactly what was painted."""
     h = w = size
+    things = cfg.things()
     n_stuff = 2 if rng.random() < cfg.two_stuff_prob else 1
     stuff_ids = rng.choice(len(STUFF_NAMES), size=n_stuff, replace=False)
     image = render_stuff(STUFF_NAMES[stuff_ids[0]], rng, h, w)
-    labels = np.full((h, w), len(THING_NAMES) + stuff_ids[0], np.uint8)
+    labels = np.full((h, w), len(things) + stuff_ids[0], np.uint8)
     if n_stuff == 2:
         y, x = np.mgrid[0:h, 0:w].astype(np.float32)
         if rng.random() < 0.7:  # a horizon
@@ -124,14 +137,14 @@ def render_scene(cfg: WorldConfig, rng: np.random.Generator, size: int, split: s
         else:
             region = x < rng.uniform(0.3, 0.7) * w + rng.uniform(-0.4, 0.4) * (y - h / 2)
         image[region] = render_stuff(STUFF_NAMES[stuff_ids[1]], rng, h, w)[region]
-        labels[region] = len(THING_NAMES) + stuff_ids[1]
+        labels[region] = len(things) + stuff_ids[1]
 
     things_min, things_max = cfg.things_range(split)
     n_things = int(rng.integers(things_min, things_max + 1))
-    thing_ids = rng.choice(len(THINGS), size=n_things, replace=False)
+    thing_ids = rng.choice(len(things), size=n_things, replace=False)
     colour_names = list(COLOURS)
     colours = {
-        int(t): GROUP_COLOURS[THINGS[t].group]
+        int(t): GROUP_COLOURS[things[t].group]
         if rng.random() < cfg.colour_prior
         else colour_names[rng.integers(len(colour_names))]
         for t in thing_ids
@@ -148,23 +161,23 @@ def render_scene(cfg: WorldConfig, rng: np.random.Generator, size: int, split: s
     for i in order:
         t, cx, cy, s = instances[i]
         mask_image = Image.new("L", (w, h), 0)
-        draw_thing(ImageDraw.Draw(mask_image), THINGS[t], cx, cy, s)
+        draw_thing(ImageDraw.Draw(mask_image), things[t], cx, cy, s)
         mask = np.asarray(mask_image) > 127
         if not mask.any():
             continue
         image[mask] = (np.asarray(COLOURS[colours[t]], np.float32) * shade)[mask]
         labels[mask] = t
 
-    areas = np.bincount(labels.ravel(), minlength=len(CLASSES)) / labels.size
+    areas = np.bincount(labels.ravel(), minlength=len(things) + len(STUFF_NAMES)) / labels.size
     scene = Scene(np.clip(image, 0, 255).astype(np.uint8), labels)
     for t in thing_ids:
         if areas[t] >= cfg.min_visible:
             visible = sum(1 for inst in instances if inst[0] == t)
             scene.things.append(
-                Seen(THINGS[t].name, THINGS[t].plural, "thing", float(areas[t]), visible, colours[int(t)])
+                Seen(things[t].name, things[t].plural, "thing", float(areas[t]), visible, colours[int(t)])
             )
     for s in stuff_ids:
-        c = len(THING_NAMES) + s
+        c = len(things) + s
         if areas[c] >= cfg.min_visible:
             scene.stuff.append(Seen(STUFF_NAMES[s], STUFF_NAMES[s], "stuff", float(areas[c])))
     return scene
@@ -295,15 +308,15 @@ def generate_world(
         seconds = bar.format_dict["elapsed"]
     (out / "val").mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "val" / "classes.txt") as tmp:
-        tmp.write_text("\n".join(CLASSES) + "\n")
+        tmp.write_text("\n".join(cfg.classes()) + "\n")
     train = [r for r in results if r["split"] == "train"]
     present, named = sum(r["present"] for r in train), sum(r["named"] for r in train)
     record = {
         "config": asdict(cfg),
-        "classes": CLASSES,
-        "things": THING_NAMES,
+        "classes": cfg.classes(),
+        "things": [t.name for t in cfg.things()],
         "stuff": STUFF_NAMES,
-        "confusable_groups": _groups(),
+        "confusable_groups": _groups(cfg.things()),
         "counts": {"train": cfg.train, "teacher": cfg.teacher, "val": cfg.val},
         "omission": {
             "target": cfg.omit,
@@ -320,8 +333,8 @@ def generate_world(
     return record
 
 
-def _groups() -> dict[str, list[str]]:
+def _groups(things: Sequence[Thing] = THINGS) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
-    for thing in THINGS:
+    for thing in things:
         groups.setdefault(thing.group, []).append(thing.name)
     return groups
