@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from cocu.benchmarks.grouping_bound import write_grouping_bound
 from cocu.benchmarks.results import TEACHER_ZERO_SHOT, run_label
 from cocu.benchmarks.runner import Runner, claim_run_dir, tool
 from cocu.benchmarks.teacher import SHIPPED, TeacherRecipe, shipped_teacher, teacher_command
@@ -315,6 +316,14 @@ def run_benchmark(
             quiet=lanes > 1,
         )
         evaluate(f"eval-{label}", run_dir / "checkpoints" / "last.ckpt", run_dir / "eval", {"train": train_params})
+        if seed == cfg.seed:  # what the groups alone allow, and what naming them loses
+            checkpoint = run_dir / "checkpoints" / "last.ckpt"
+            runner.run(
+                f"grouping-{label}",
+                lambda: write_grouping_bound(checkpoint, world, run_dir / "eval"),
+                {"train": train_params},
+                items=w.val,
+            )
         if curve:
             for step, checkpoint in step_checkpoints(run_dir / "checkpoints"):
                 target = run_dir / "curve" / f"step-{step:06d}"

@@ -295,6 +295,23 @@ def paired_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def grouping_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| run | groups used per image | true labels: mIoU / things / stuff | nearest text: mIoU / things / stuff |",
+        "|---|---|---|---|",
+    ]
+    for mode, g in results.get("grouping", {}).items():
+        true, near = g["true_labels"], g["nearest_text"]
+        lines.append(
+            f"| {RUN_TITLES.get(mode, mode)} | {g['groups_used_per_image']} | "
+            + " / ".join(_num(true[k]) for k in ("miou", "things", "stuff"))
+            + " | "
+            + " / ".join(_num(near[k]) for k in ("miou", "things", "stuff"))
+            + " |"
+        )
+    return lines
+
+
 def figure_curves(results: dict[str, Any], path: Path) -> None:
     """Where the budget goes: the teacher's zero-shot recall and GroupViT's mIoU against samples seen."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110)
@@ -422,6 +439,15 @@ def write_benchmark_report(
         f"{', '.join(f'`{m}`' for m in cfg.curve_runs)} (seed {cfg.seed}).",
         "",
         "![learning curves](figures/learning_curves.png)",
+        "",
+        "## Grouping or naming",
+        "",
+        "Zero-shot segmentation needs groups that follow the objects and group embeddings that name them. Each "
+        "run's first seed, on the val split: every group labelled with the class most of its pixels truly are "
+        "(*true labels*: the best any naming could do with these groups), and with its nearest class text (*nearest "
+        "text*: the harness without its image-level prior; `benchmarks/grouping_bound.py`).",
+        "",
+        *grouping_table(results),
         "",
         "## Curation quality (against the world's truth)",
         "",

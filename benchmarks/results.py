@@ -8,6 +8,7 @@ Shape::
      "paired": {"<mode> - caption": {"mean", "ci95", "includes_zero", ...}},
      "oracle_gap_closed": {"<mode>": share},
      "curves": {"<label>": [{"samples", "miou", "things", "stuff"}, ...]},
+     "grouping": {"<text mode>": {"groups_used_per_image", "true_labels": {...}, "nearest_text": {...}}},
      "seconds": {"<stage>": s}}
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cocu.benchmarks.grouping_bound import RECORD_NAME as GROUPING_RECORD
 from cocu.benchmarks.paired import PerImage, mean_std, paired_bootstrap
 from cocu.curation.shards import atomic_write_json
 
@@ -90,6 +92,7 @@ def write_results(
         "paired": paired,
         "oracle_gap_closed": gap_closed(runs),
         "curves": curves(out, cfg, world),
+        "grouping": grouping(out, cfg, world),
         "seconds": {stage.name: round(stage.seconds, 1) for stage in stages},
     }
     atomic_write_json(out / "results.json", results)
@@ -108,6 +111,21 @@ def gap_closed(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
         for mode, run in runs.items()
         if mode not in (BASELINE, "oracle")
     }
+
+
+def grouping(out: Path, cfg: Any, world: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per mode (first seed): mIoU with each group given its true class, and with its nearest class text."""
+    found = {}
+    for mode in cfg.runs:
+        path = out / "runs" / run_label(mode, cfg.seed) / "eval" / GROUPING_RECORD
+        if path.is_file():
+            record = json.loads(path.read_text())
+            found[mode] = {
+                "groups_used_per_image": record["groups_used_per_image"],
+                "true_labels": scores(record["grouping"], world),
+                "nearest_text": scores(record["naming"], world),
+            }
+    return found
 
 
 def curves(out: Path, cfg: Any, world: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

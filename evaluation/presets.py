@@ -12,7 +12,7 @@ Two harnesses are in use in the literature and their numbers do not compare (gro
   refinement; cocu has no PAMR, so the preset takes the 0.5 that TCL's paper pairs with no PAMR.
   VOC20 and Context59 are its background-free variants (background pixels ignored).
 
-``synthetic`` is cocu's own world (64 px images, 52 classes, no background): the whole image is one
+``synthetic`` is cocu's own world (64 px images, 24 or 52 classes, no background): the whole image is one
 window at short side 64 with stride 32, which is how a model trained at 64 px sees it. It shares the
 geometry between both harnesses; only the templates differ.
 

@@ -83,6 +83,8 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         "train-caption-s1",
         "train-cocu-cluster-s0",
         "eval-cocu-cluster-s1",
+        "grouping-caption-s0",
+        "grouping-cocu-cluster-s0",
     ):
         assert f"| {stage} |" in throughput, stage
     assert "- `cocu-cluster` scores" in text
@@ -98,6 +100,10 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     assert 0.0 <= results["teacher"]["thing_recall"] <= 1.0 and results["teacher"]["curve"]
     assert {"synth", "teacher-eval", "train-caption-s1", "curve-caption-s0-4"} <= set(results["seconds"])
     assert results["teacher"]["source"] == f"shipped ({teacher})"
+    assert set(results["grouping"]) == {"caption", "cocu-cluster"} and "## Grouping or naming" in text
+    bound = json.loads((out / "runs" / "caption-s0" / "eval" / "grouping_bound.json").read_text())
+    # a group's true majority class is right on at least as many pixels as any other label for it
+    assert bound["grouping"]["pixel_accuracy"] >= bound["naming"]["pixel_accuracy"] and bound["images"] == 16
     pages = text.split("## Pages to look at")[1].split("##")[0]
     links = re.findall(r"\]\(([^)]+\.html)\)", pages)
     assert links == [
@@ -115,8 +121,8 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     again = main([*args, "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    # synth, teacher-eval, 2 banks, 3 enrich, quality, gallery, 4 runs x (train, eval), 2 curve points
-    assert printed.count("done in an earlier run") == 19
+    # synth, teacher-eval, 2 banks, 3 enrich, quality, gallery, 4 runs x (train, eval), 2 curve points, 2 groupings
+    assert printed.count("done in an earlier run") == 21
     assert "report:" in printed
 
 

@@ -137,8 +137,10 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, norm: bool, conv_stem: bool = False):
         super().__init__()
-        self.proj = _conv_stem(patch_size, in_chans, embed_dim) if conv_stem else nn.Conv2d(
-            in_chans, embed_dim, kernel_size=patch_size, stride=patch_size
+        self.proj = (
+            _conv_stem(patch_size, in_chans, embed_dim)
+            if conv_stem
+            else nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         )
         self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
 

@@ -1,0 +1,94 @@
+"""What a GroupViT's groups alone allow, and what its naming of them loses, on the synthetic world.
+
+Zero-shot segmentation asks two things of the model: groups that follow the objects, and group embeddings that
+name them. The harness's mIoU mixes both. Here every group is labelled twice on the val split (one window per
+image): ``grouping`` gives it the class most of its pixels truly are (the best any naming could do with these
+groups), ``naming`` the class text nearest to its embedding (the harness without its image-level prior). A low
+``naming`` under a high ``grouping`` says the model groups well and names badly, which no longer training fixes
+if the curve is flat.
+
+    python -m cocu.benchmarks.grouping_bound --checkpoint RUN/checkpoints/last.ckpt --world WORLD --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cocu.curation.shards import atomic_write_json
+from cocu.evaluation.datasets import open_dataset
+from cocu.evaluation.inference import ZeroShotSegmenter, build_text_embeddings, resize_bilinear
+from cocu.evaluation.metrics import SegMetric
+from cocu.evaluation.presets import get_preset
+from cocu.training.checkpoint import load_groupvit
+
+RECORD_NAME = "grouping_bound.json"
+
+
+def majority_labels(groups: torch.Tensor, label: torch.Tensor, num_groups: int, num_classes: int) -> torch.Tensor:
+    """``[H, W]`` map giving each pixel the class that most pixels of its group truly are."""
+    counts = torch.zeros(num_groups, num_classes, dtype=torch.int64)
+    counts.index_put_((groups.flatten(), label.flatten()), torch.ones(groups.numel(), dtype=torch.int64), True)
+    return counts.argmax(dim=1)[groups]
+
+
+@torch.no_grad()
+def grouping_bound(checkpoint: Path, world: Path, batch_size: int = 50) -> dict[str, Any]:
+    model, _ = load_groupvit(checkpoint)
+    data = open_dataset("synthetic", world)
+    preset = get_preset("groupvit", "synthetic")
+    classes = preset.prompt_classes(tuple(data.classes), data.has_background)
+    text = build_text_embeddings(model, classes, preset.templates)
+    segmenter = ZeroShotSegmenter(model, text, preset, data.has_background)
+    grouping, naming = SegMetric(len(classes)), SegMetric(len(classes))
+    samples, used = list(data), []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        images = torch.stack([segmenter.prepare(image) for _, image, _ in chunk])
+        feats = model.group_features(images)
+        groups = resize_bilinear(feats.attn.float(), tuple(images.shape[-2:])).argmax(dim=1)  # [B, H, W]
+        named = (F.normalize(feats.group_embeds.float(), dim=-1) @ text.t()).argmax(dim=-1)  # [B, G]
+        for (name, _, label), group_map, names in zip(chunk, groups, named):
+            label = torch.tensor(label, dtype=torch.int64)
+            if label.shape != group_map.shape:
+                raise ValueError(
+                    f"{name}: label {tuple(label.shape)} is not the model's window {tuple(group_map.shape)}"
+                )
+            grouping.update(majority_labels(group_map, label, feats.attn.shape[1], len(classes)), label)
+            naming.update(names[group_map], label)
+            used.append(len(group_map.unique()))
+    return {
+        "checkpoint": str(checkpoint),
+        "images": len(samples),
+        "groups": int(feats.attn.shape[1]),
+        "groups_used_per_image": round(sum(used) / max(len(used), 1), 2),
+        "grouping": grouping.compute().to_dict(classes),
+        "naming": naming.compute().to_dict(classes),
+    }
+
+
+def write_grouping_bound(checkpoint: Path, world: Path, out: Path) -> Path:
+    record = grouping_bound(checkpoint, world)
+    target = out / RECORD_NAME
+    atomic_write_json(target, record)
+    g, n = record["grouping"]["miou"], record["naming"]["miou"]
+    print(f"grouping bound: mIoU {g:.1f} with true group labels, {n:.1f} with nearest-text labels -> {target}")
+    return target
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--world", type=Path, required=True, help="the synthetic world (its val split is used)")
+    parser.add_argument("--out", type=Path, required=True, help=f"folder for {RECORD_NAME}")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return write_grouping_bound(args.checkpoint, args.world, args.out)
+
+
+if __name__ == "__main__":
+    main()
