@@ -30,6 +30,9 @@ def synth(
     ),
     things_min: int = typer.Option(2, min=1, help="Fewest thing concepts drawn per image."),
     things_max: int = typer.Option(5, min=1, help="Most thing concepts drawn per image."),
+    things_per_group: int = typer.Option(
+        0, min=0, help="Keep the first N things of each confusable group (0: all 44; the benchmark's world: 2)."
+    ),
     shard_size: int = typer.Option(2500, min=1, help="Rows per Parquet shard."),
     seed: int = typer.Option(0, help="Same seed, byte-identical shards."),
     workers: int = typer.Option(2, min=1, help="Processes drawing shards in parallel."),
@@ -48,25 +51,32 @@ def synth(
         unknown = set(settings) - {f.name for f in fields(WorldConfig)}
         if unknown:
             raise typer.BadParameter(f"{config}: not WorldConfig fields: {sorted(unknown)}")
-        cfg = WorldConfig(**settings)
+        try:
+            cfg = WorldConfig(**settings)
+        except ValueError as error:
+            raise typer.BadParameter(f"{config}: {error}") from None
         record = generate_world(out, cfg, workers=workers)
         _say_world(out, record, cfg)
         return
     if things_max < things_min:
         raise typer.BadParameter("--things-max must be at least --things-min")
-    cfg = WorldConfig(
-        seed=seed,
-        train=train,
-        teacher=teacher,
-        val=val,
-        image_size=image_size,
-        val_image_size=val_image_size,
-        omit=omit,
-        stuff_mention=stuff_mention,
-        things_min=things_min,
-        things_max=things_max,
-        shard_size=shard_size,
-    )
+    try:
+        cfg = WorldConfig(
+            things_per_group=things_per_group,
+            seed=seed,
+            train=train,
+            teacher=teacher,
+            val=val,
+            image_size=image_size,
+            val_image_size=val_image_size,
+            omit=omit,
+            stuff_mention=stuff_mention,
+            things_min=things_min,
+            things_max=things_max,
+            shard_size=shard_size,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     record = generate_world(out, cfg, workers=workers)
     _say_world(out, record, cfg)
 

@@ -127,6 +127,8 @@ def test_fewer_things_per_group_keep_every_group_confusable(tmp_path):
     for row in read_split(tmp_path, "truth/train/00000.parquet"):
         assert set(row["present"]) <= set(classes)
     assert abs(record["omission"]["measured_train"] - cfg.omit) < 0.05
+    with pytest.raises(ValueError, match="up to 9 things per image, but the world has 8 things"):
+        WorldConfig(things_per_group=1, things_max=9)
 
 
 def test_val_annotations_are_class_ids(small_world):

@@ -98,6 +98,11 @@ class WorldConfig:
     # the first N things of each confusable group (0: all of them): fewer classes, the same kind of confusion
     things_per_group: int = 0
 
+    def __post_init__(self) -> None:
+        most = max(self.things_range("train")[1], self.things_range("teacher")[1])
+        if most > len(self.things()):
+            raise ValueError(f"up to {most} things per image, but the world has {len(self.things())} things")
+
     def things(self) -> list[Thing]:
         if self.things_per_group <= 0:
             return list(THINGS)
