@@ -46,6 +46,8 @@ def grouping_bound(checkpoint: Path, world: Path, batch_size: int = 50) -> dict[
     segmenter = ZeroShotSegmenter(model, text, preset, data.has_background)
     grouping, naming = SegMetric(len(classes)), SegMetric(len(classes))
     samples, used = list(data), []
+    if not samples:
+        raise ValueError(f"{world}: the val split has no images")
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         images = torch.stack([segmenter.prepare(image) for _, image, _ in chunk])
