@@ -315,12 +315,12 @@ def run_benchmark(
             unit="sample",
             quiet=lanes > 1,
         )
-        evaluate(f"eval-{label}", run_dir / "checkpoints" / "last.ckpt", run_dir / "eval", {"train": train_params})
+        last = run_dir / "checkpoints" / "last.ckpt"
+        evaluate(f"eval-{label}", last, run_dir / "eval", {"train": train_params})
         if seed == cfg.seed:  # what the groups alone allow, and what naming them loses
-            checkpoint = run_dir / "checkpoints" / "last.ckpt"
             runner.run(
                 f"grouping-{label}",
-                lambda: write_grouping_bound(checkpoint, world, run_dir / "eval"),
+                lambda: write_grouping_bound(last, world, run_dir / "eval"),
                 {"train": train_params},
                 items=w.val,
             )

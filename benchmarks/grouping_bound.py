@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from cocu.curation.shards import atomic_write_json
 from cocu.evaluation.datasets import open_dataset
-from cocu.evaluation.inference import ZeroShotSegmenter, build_text_embeddings, resize_bilinear
+from cocu.evaluation.inference import ZeroShotSegmenter, build_text_embeddings, pixel_groups
 from cocu.evaluation.metrics import SegMetric
 from cocu.evaluation.presets import get_preset
 from cocu.training.checkpoint import load_groupvit
@@ -52,7 +52,7 @@ def grouping_bound(checkpoint: Path, world: Path, batch_size: int = 50) -> dict[
         chunk = samples[start : start + batch_size]
         images = torch.stack([segmenter.prepare(image) for _, image, _ in chunk])
         feats = model.group_features(images)
-        groups = resize_bilinear(feats.attn.float(), tuple(images.shape[-2:])).argmax(dim=1)  # [B, H, W]
+        groups = pixel_groups(feats.attn, (images.shape[-2], images.shape[-1]))
         named = (F.normalize(feats.group_embeds.float(), dim=-1) @ text.t()).argmax(dim=-1)  # [B, G]
         for (name, _, label), group_map, names in zip(chunk, groups, named):
             label = torch.tensor(label, dtype=torch.int64)

@@ -301,14 +301,11 @@ def grouping_table(results: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
     ]
     for mode, g in results.get("grouping", {}).items():
-        true, near = g["true_labels"], g["nearest_text"]
-        lines.append(
-            f"| {RUN_TITLES.get(mode, mode)} | {g['groups_used_per_image']} | "
-            + " / ".join(_num(true[k]) for k in ("miou", "things", "stuff"))
-            + " | "
-            + " / ".join(_num(near[k]) for k in ("miou", "things", "stuff"))
-            + " |"
+        true, near = (
+            " / ".join(_num(g[side][k]) for k in ("miou", "things", "stuff"))
+            for side in ("true_labels", "nearest_text")
         )
+        lines.append(f"| {RUN_TITLES.get(mode, mode)} | {g['groups_used_per_image']} | {true} | {near} |")
     return lines
 
 

@@ -109,9 +109,14 @@ def group_class_scores(
     return p_top * p_full
 
 
+def pixel_groups(attn: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each pixel's group ``[B, H, W]``: the argmax after bilinear upsampling of ``attn [B, G, h, w]``."""
+    return resize_bilinear(attn.float(), size).argmax(dim=1)
+
+
 def pixel_scores(attn: torch.Tensor, group_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Each pixel takes the scores of its argmax group after bilinear upsampling of ``attn [B, G, h, w]``."""
-    groups = resize_bilinear(attn.float(), size).argmax(dim=1)  # [B, H, W]
+    """Each pixel takes the scores of its group (``pixel_groups``)."""
+    groups = pixel_groups(attn, size)
     b, c = group_scores.shape[0], group_scores.shape[-1]
     index = groups.view(b, -1, 1).expand(-1, -1, c)
     return torch.gather(group_scores, 1, index).view(b, *size, c).permute(0, 3, 1, 2)
