@@ -38,7 +38,7 @@ def peak_rss_gib() -> float:
 
 
 def default_ivf_factory(rows: int, dim: int) -> str:
-    from cocu.curation.index import FLAT_LIMIT, choose_factory
+    from cocu.curation.bank.index import FLAT_LIMIT, choose_factory
 
     return choose_factory(max(rows, FLAT_LIMIT + 1), dim)
 
@@ -60,8 +60,8 @@ def build(folder: Path, factory: str, seed: int, part_rows: int, max_train_rows:
     The k-means sample is the bank's (64 per list) capped at ``max_train_rows``: on 2 CPU cores k-means is
     the one step whose cost grows with lists x sample; the cap (2^18 by default) keeps a 4 M run within half an hour.
     """
-    from cocu.curation.index import training_size, write_index
-    from cocu.curation.index_build import build_index_in_parts
+    from cocu.curation.bank.index import training_size, write_index
+    from cocu.curation.bank.index_parts import build_index_in_parts
 
     vectors = np.load(folder / "embeddings.npy", mmap_mode="r")
     train_rows = min(training_size(factory, len(vectors)), max_train_rows)
@@ -105,7 +105,7 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def synthetic_concepts(rng: np.random.Generator, rows: int, vocab: int, per_caption: float):
     """Caption concept ids per row (1 + Poisson, Zipf-like popularity, distinct), vectorized for millions of rows."""
-    from cocu.curation.ranking import Ragged, offsets_from_lengths
+    from cocu.curation.enrich.ranking import Ragged, offsets_from_lengths
 
     popularity = 1.0 / (np.arange(vocab) + 10.0)
     draws = np.sort(rng.choice(vocab, size=(rows, 12), p=popularity / popularity.sum()).astype(np.int32), axis=1)
@@ -118,10 +118,10 @@ def query(folder: Path, args: argparse.Namespace) -> dict:
     """Recall@k against exact search, then enrich's hot path against IVF search alone on the same anchors."""
     import pyarrow as pa
 
-    from cocu.curation.bank_reader import Bank
-    from cocu.curation.curator import EnrichConfig, curate
-    from cocu.curation.index import Searcher, SearchParams, default_nprobe, read_index
-    from cocu.curation.ranking import pair_similarities
+    from cocu.curation.bank.index import Searcher, SearchParams, default_nprobe, read_index
+    from cocu.curation.bank.reader import Bank
+    from cocu.curation.enrich.curator import EnrichConfig, curate
+    from cocu.curation.enrich.ranking import pair_similarities
 
     vectors = np.load(folder / "embeddings.npy", mmap_mode="r")
     rng = np.random.default_rng(args.seed + 1)

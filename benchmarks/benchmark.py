@@ -37,8 +37,8 @@ from cocu.benchmarks.grouping_bound import write_grouping_bound
 from cocu.benchmarks.results import TEACHER_ZERO_SHOT, run_label
 from cocu.benchmarks.runner import Runner, claim_run_dir, tool
 from cocu.benchmarks.teacher import SHIPPED, TeacherRecipe, shipped_teacher, teacher_command
-from cocu.curation.shards import atomic_write_json
-from cocu.curation.sources.synthetic import WorldConfig
+from cocu.curation.core.shards import atomic_write_json
+from cocu.curation.inputs.synthetic import WorldConfig
 
 TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
 
@@ -154,7 +154,7 @@ def run_benchmark(
         teacher = weights.parent
 
         def measure_teacher() -> None:  # on this run's world, as a user would check a downloaded CLIP
-            from cocu.evaluation.zero_shot import evaluate_teacher
+            from cocu.training.clip.zero_shot import evaluate_teacher
 
             zero_shot = evaluate_teacher(teacher, world, "train", progress=False)
             atomic_write_json(out / TEACHER_ZERO_SHOT, zero_shot)

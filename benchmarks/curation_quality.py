@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cocu.curation.shards import expand_shards
+from cocu.curation.core.shards import expand_shards
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def rival_rankings(
     - ``neighbours``: the concepts the L nearest images' captions mention most often (ties: the more
       frequent concept in the corpus first).
     """
-    from cocu.curation.bank_reader import Bank
+    from cocu.curation.bank.reader import Bank
 
     bank = Bank.open(bank_path)
     ids = bank.lookup(list(keys))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cocu.benchmarks.curation_quality import ranking_quality, read_columns
-from cocu.curation.ranking import FORMULAS, Formula
+from cocu.curation.enrich.ranking import FORMULAS, Formula
 
 # (Formula field, what cocu does, why): the rows of the departures table in docs/curation.md
 DEPARTURES = (
@@ -46,7 +46,7 @@ DEPARTURES = (
 
 def rank_all(bank: Any, formula: Formula, neighbors: int, batch_size: int = 1024) -> list[list[str]]:
     """Every bank image curated with ``formula`` (its stored embedding as the anchor), whole archives, no clusters."""
-    from cocu.curation.curator import EnrichConfig, curate
+    from cocu.curation.enrich.curator import EnrichConfig, curate
 
     config = EnrichConfig(neighbors=neighbors, top_k=0, clusters=False)
     names = np.asarray(bank.concept_names.to_pylist(), dtype=object)
@@ -65,7 +65,7 @@ def kmeans_inertia_ratio(bank: Any, neighbors: int, archives: int = 400, seed: i
         from sklearn.cluster import KMeans
     except ImportError:  # scikit-learn is in the test extra only
         return None
-    from cocu.curation.curator import EnrichConfig, curate
+    from cocu.curation.enrich.curator import EnrichConfig, curate
 
     ids = np.arange(min(archives, len(bank.embeddings)))
     curated = curate(
@@ -94,7 +94,7 @@ def measure_departures(
     ks: tuple[int, ...] = (1, 3, 16),
 ) -> dict[str, Any]:
     """Ranking quality of ``release``, of ``release`` plus each departure alone, and of ``cocu``."""
-    from cocu.curation.bank_reader import Bank
+    from cocu.curation.bank.reader import Bank
 
     release, cocu = Bank.open(release_bank), Bank.open(cocu_bank)
     gt = read_columns(truth, ["key", "present"])

@@ -38,12 +38,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from cocu.curation.bank_embed import set_worker_threads  # noqa: E402
-from cocu.curation.bank_reader import Bank  # noqa: E402
-from cocu.curation.clip import ShardImages, load_clip  # noqa: E402
-from cocu.curation.curator import EnrichConfig, curate  # noqa: E402
-from cocu.curation.index import Searcher  # noqa: E402
-from cocu.curation.ranking import Ragged, pair_similarities  # noqa: E402
+from cocu.curation.bank.clip import ShardImages, load_clip  # noqa: E402
+from cocu.curation.bank.embed import set_worker_threads  # noqa: E402
+from cocu.curation.bank.index import Searcher  # noqa: E402
+from cocu.curation.bank.reader import Bank  # noqa: E402
+from cocu.curation.enrich.curator import EnrichConfig, curate  # noqa: E402
+from cocu.curation.enrich.ranking import Ragged, pair_similarities  # noqa: E402
 
 
 def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:

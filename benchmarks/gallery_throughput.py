@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cocu.curation.shards import count_rows, expand_shards, iter_batches
-from cocu.evaluation.gallery import CURATED_COLUMNS, GalleryConfig, write_gallery
+from cocu.curation.core.shards import count_rows, expand_shards, iter_batches
+from cocu.curation.show.gallery import CURATED_COLUMNS, GalleryConfig, write_gallery
 
 ARGS = [
     "--headless",

@@ -86,7 +86,7 @@ def clip_rows(
 ) -> list[Row]:
     from torch.utils.data import DataLoader
 
-    from cocu.curation.clip import ShardImages, load_clip
+    from cocu.curation.bank.clip import ShardImages, load_clip
 
     clip = load_clip(model_name, device=device)
     loader = DataLoader(

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cocu.curation.shards import atomic_write_json
+from cocu.curation.core.shards import atomic_write_json
 from cocu.evaluation.datasets import open_dataset
 from cocu.evaluation.inference import ZeroShotSegmenter, build_text_embeddings, pixel_groups
 from cocu.evaluation.metrics import SegMetric

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cocu.benchmarks.results import group_miou, run_label  # noqa: E402
-from cocu.curation.shards import atomic_path  # noqa: E402
+from cocu.curation.core.shards import atomic_path  # noqa: E402
 
 RUN_TITLES = {
     "caption": "caption (GroupViT baseline)",

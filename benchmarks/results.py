@@ -23,7 +23,7 @@ import numpy as np
 
 from cocu.benchmarks.grouping_bound import RECORD_NAME as GROUPING_RECORD
 from cocu.benchmarks.paired import PerImage, mean_std, paired_bootstrap
-from cocu.curation.shards import atomic_write_json
+from cocu.curation.core.shards import atomic_write_json
 
 BASELINE = "caption"
 TEACHER_ZERO_SHOT = "teacher-zero-shot.json"  # the shipped teacher measured on this run's world

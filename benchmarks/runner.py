@@ -20,8 +20,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, cast
 
-from cocu.curation.shards import atomic_write_json
-from cocu.curation.stage import params_digest
+from cocu.curation.core.shards import atomic_write_json
+from cocu.curation.core.stage import params_digest
 
 BIN = Path(sys.executable).parent
 

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cocu.benchmarks.runner import tool
-from cocu.curation.errors import CocuError
-from cocu.curation.shards import atomic_write_json, sha256_file
-from cocu.curation.sources.synthetic import WorldConfig
-from cocu.training.teacher import DEFAULT_MODEL_CONFIG, RECORD_NAME
+from cocu.curation.core.errors import CocuError
+from cocu.curation.core.shards import atomic_write_json, sha256_file
+from cocu.curation.inputs.synthetic import WorldConfig
+from cocu.training.clip import DEFAULT_MODEL_CONFIG, RECORD_NAME
 
 # in a checkout (and an editable install); a wheel does not carry the weights, and the benchmark then trains them
 SHIPPED = Path(__file__).resolve().parent / "teacher"

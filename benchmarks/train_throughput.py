@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         world = args.world
         if world is None:
-            from cocu.curation.sources.synthetic import WorldConfig, generate_world
+            from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
             world = Path(tmp) / "world"
             generate_world(

@@ -70,7 +70,7 @@ def _executor(kind: Executor, address: str | None, workers: int | None):
         import ray  # noqa: F401
     except ImportError:
         raise typer.BadParameter("--executor ray needs Ray: pip install 'cocu[ray]'") from None
-    from cocu.curation.ray_executor import RayExecutor
+    from cocu.curation.executors.ray_actors import RayExecutor
 
     return RayExecutor(address=address, workers=workers)
 
@@ -112,10 +112,10 @@ def build_bank(
     finalize: bool = typer.Option(False, help="Embed nothing: build the bank from the parts the array tasks wrote."),
 ) -> None:
     """Embed the images of SHARDS with a CLIP, mine their caption concepts and build the FAISS bank in OUT."""
-    from cocu.curation.bank import BankConfig
-    from cocu.curation.bank import build_bank as build
-    from cocu.curation.errors import CocuError
-    from cocu.curation.placement import ShardSlice, shard_slice
+    from cocu.curation.bank.build import BankConfig
+    from cocu.curation.bank.build import build_bank as build
+    from cocu.curation.core.errors import CocuError
+    from cocu.curation.core.placement import ShardSlice, shard_slice
 
     try:
         user = tuple(line.strip() for line in concepts.read_text().splitlines() if line.strip()) if concepts else ()
@@ -200,12 +200,12 @@ def enrich(
     num_shards: int = NUM_SHARDS,
 ) -> None:
     """Add caption_concepts, cocu_concepts, cocu_scores, cocu_clusters and cocu_error to every row of SHARDS."""
-    from cocu.curation.bank_layout import read_bank_manifest
-    from cocu.curation.curator import EnrichConfig
-    from cocu.curation.enrich import enrich as run
-    from cocu.curation.enrich import summary_line, template_note
-    from cocu.curation.errors import CocuError
-    from cocu.curation.placement import shard_slice
+    from cocu.curation.bank.layout import read_bank_manifest
+    from cocu.curation.core.errors import CocuError
+    from cocu.curation.core.placement import shard_slice
+    from cocu.curation.enrich.curator import EnrichConfig
+    from cocu.curation.enrich.run import enrich as run
+    from cocu.curation.enrich.run import summary_line, template_note
 
     config = EnrichConfig(
         neighbors=neighbors,
@@ -258,8 +258,8 @@ def show(
     page_size: int = typer.Option(60, min=1, help="Cards per page."),
 ) -> None:
     """Write a static HTML gallery of curated shards: thumbnails, captions, curated concepts, and a summary page."""
-    from cocu.curation.errors import CocuError
-    from cocu.evaluation.gallery import GalleryConfig, write_gallery
+    from cocu.curation.core.errors import CocuError
+    from cocu.curation.show.gallery import GalleryConfig, write_gallery
 
     try:
         config = GalleryConfig(limit=limit, thumb_size=thumb_size, page_size=page_size)

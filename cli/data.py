@@ -44,7 +44,7 @@ def synth(
     import json
     from dataclasses import fields
 
-    from cocu.curation.sources.synthetic import WorldConfig, generate_world
+    from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
     if config is not None:
         settings = json.loads(config.read_text())
@@ -100,8 +100,8 @@ def _say_world(out: Path, record: dict, cfg) -> None:
 @app.command()
 def validate(shards: list[str] = typer.Argument(..., help="Shard files, folders or globs.")) -> None:
     """Check shards against the data contract: one line per bad file, exit 1 if any."""
-    from cocu.curation.errors import CocuError
-    from cocu.curation.shards import check_keys_across_shards, expand_shards, validate_shard
+    from cocu.curation.core.errors import CocuError
+    from cocu.curation.core.shards import check_keys_across_shards, expand_shards, validate_shard
 
     try:
         paths = expand_shards(shards)
@@ -177,10 +177,10 @@ def download(
     ),
 ) -> None:
     """Download images with img2dataset into Parquet shards; rerun the same command to resume."""
-    from cocu.curation.download import DownloadConfig, DownloadInterrupted
-    from cocu.curation.download import download as run_download
-    from cocu.curation.errors import CocuError
-    from cocu.curation.url_lists import LIST_LAYOUTS
+    from cocu.curation.core.errors import CocuError
+    from cocu.curation.inputs.download import DownloadConfig, DownloadInterrupted
+    from cocu.curation.inputs.download import download as run_download
+    from cocu.curation.inputs.url_lists import LIST_LAYOUTS
 
     if preset is not None and columns is not None:
         raise typer.BadParameter("give --preset or --columns, not both")
@@ -227,8 +227,8 @@ def convert(
     workers: int = typer.Option(2, min=1, help="Tars converted in parallel."),
 ) -> None:
     """Convert webdataset tars (jpg/png + txt, the GroupViT format) to Parquet shards; resumable."""
-    from cocu.curation.errors import CocuError
-    from cocu.curation.webdataset_tars import convert_webdataset
+    from cocu.curation.core.errors import CocuError
+    from cocu.curation.inputs.convert import convert_webdataset
 
     try:
         summary = convert_webdataset(tars, out, workers=workers)

@@ -50,7 +50,7 @@ def seg(
     ),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
-    from cocu.curation.errors import CocuError
+    from cocu.curation.core.errors import CocuError
     from cocu.evaluation.datasets import open_dataset
     from cocu.evaluation.presets import get_preset
 
@@ -62,8 +62,8 @@ def seg(
         raise typer.Exit(2) from None
     import torch
 
-    from cocu.curation.clip import resolve_device
-    from cocu.curation.shards import sha256_file
+    from cocu.curation.bank.clip import resolve_device
+    from cocu.curation.core.shards import sha256_file
     from cocu.evaluation.segeval import evaluate, write_metrics
     from cocu.training.checkpoint import load_groupvit
 

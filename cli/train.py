@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from cocu.curation.errors import CocuError
+from cocu.curation.core.errors import CocuError
 from cocu.training.checkpoint import AtomicCheckpointIO, GroupViTCheckpoint
 from cocu.training.model import get_config
 from cocu.training.module import GroupViTModule, datamodule_batch_size
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `cocu-train`."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "clip":
-        from cocu.cli.teacher import main as teacher_main
+        from cocu.cli.clip import main as teacher_main
 
         teacher_main(args[1:])
         return
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _loader_shard_error(err: RuntimeError) -> str | None:
     """The one line of a ShardError raised in a DataLoader worker: torch re-raises it as a RuntimeError holding the
-    worker's whole traceback, whose last line is ``cocu.curation.shards.ShardError: FILE: ...``."""
+    worker's whole traceback, whose last line is ``cocu.curation.core.shards.ShardError: FILE: ...``."""
     text = str(err).strip()
     if not text.startswith("Caught ShardError"):
         return None

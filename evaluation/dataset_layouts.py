@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import classnames as cn
+from cocu.evaluation import classnames as cn
 
 # The 11 COCO thing ids that have no category (and no pixels); mmseg's converter does not list them.
 _COCO_UNUSED = frozenset({11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90})

@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from cocu.curation.errors import CocuError
-
-from .dataset_layouts import LAYOUTS, Layout
-from .inference import resize_image
+from cocu.curation.core.errors import CocuError
+from cocu.evaluation.dataset_layouts import LAYOUTS, Layout
+from cocu.evaluation.inference import resize_image
 
 Sample = tuple[str, np.ndarray, np.ndarray]
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .html import write_page
+from cocu.evaluation.html import write_page
 
 PAGE = "index.html"
 

@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from cocu.curation.shards import atomic_write_bytes
+from cocu.curation.core.shards import atomic_write_bytes
 
 MARKER = "cocu-page.json"  # written last into every folder made by ``page_folder``; a rerun may replace such a folder
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .presets import Preset
+from cocu.evaluation.presets import Preset
 
 # mmseg img_norm_cfg of every GroupViT/CoCu/TCL dataset config (0-255 scale, RGB).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

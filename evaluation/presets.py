@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from . import classnames as cn
+from cocu.evaluation import classnames as cn
 
 BackgroundRule = Literal["groupvit", "constant"]
 

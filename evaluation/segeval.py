@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from cocu.curation.shards import atomic_path, atomic_write_bytes
-
-from .datasets import FolderDataset, Sample
-from .inference import (
+from cocu.curation.core.shards import atomic_path, atomic_write_bytes
+from cocu.evaluation.datasets import FolderDataset, Sample
+from cocu.evaluation.inference import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Tokenizer,
@@ -33,9 +32,9 @@ from .inference import (
     rescale_size,
     slide_windows,
 )
-from .metrics import SegMetric, prepare_label
-from .presets import Preset
-from .visualize import save_overlay
+from cocu.evaluation.metrics import SegMetric, prepare_label
+from cocu.evaluation.presets import Preset
+from cocu.evaluation.visualize import save_overlay
 
 
 def evaluate(
@@ -68,8 +67,7 @@ def evaluate(
     metric = SegMetric(len(dataset.classes), dataset.ignore_index, dataset.reduce_zero_label)
     source: Dataset[Sample] = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
     total = len(dataset) if limit is None else min(limit, len(dataset))
-    # torch types collate_fn for lists of samples; with batch_size=None it is given one sample at a time
-    loader = DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_identity)  # type: ignore[arg-type]
+    loader = DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_identity)  # one sample at a time
     overlays = Path(out_dir) / "overlays" if save_images and out_dir is not None else None
     saved = windows = 0
     kept: dict[str, list] = {"names": [], "intersect": [], "union": []}

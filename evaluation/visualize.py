@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from cocu.curation.shards import atomic_path  # noqa: E402
+from cocu.curation.core.shards import atomic_path  # noqa: E402
 
 IGNORED_RGB = (255, 255, 255)
 

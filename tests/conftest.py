@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A 2k-row synthetic world shared by tests that only read it."""
-    from cocu.curation.sources.synthetic import WorldConfig, generate_world
+    from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     record = generate_world(

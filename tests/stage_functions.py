@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from cocu.curation.stage import ShardTask
+from cocu.curation.core.stage import ShardTask
 
 
 def record_device(task: ShardTask, params, progress) -> dict[str, int]:

@@ -168,9 +168,9 @@ def test_the_shipped_teacher_is_used_only_for_its_own_world_recipe_and_bytes(tmp
     from dataclasses import asdict
 
     from cocu.benchmarks.teacher import TeacherRecipe, shipped_teacher
-    from cocu.curation.errors import CocuError
-    from cocu.curation.shards import sha256_file
-    from cocu.curation.sources.synthetic import WorldConfig
+    from cocu.curation.core.errors import CocuError
+    from cocu.curation.core.shards import sha256_file
+    from cocu.curation.inputs.synthetic import WorldConfig
 
     world, recipe = WorldConfig(train=10), TeacherRecipe(samples=64)
     with pytest.raises(CocuError, match="no shipped teacher here"):

@@ -5,14 +5,14 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from cocu.curation.concept_mining import build_vocabulary, caption_nouns
-from cocu.curation.concept_words import DEFAULT_STOPWORDS
-from cocu.curation.concepts import normalize_concept, prompt, tokens
-from cocu.curation.errors import VocabularyError
-from cocu.curation.shards import ShardError
-from cocu.curation.sources.synthetic import STUFF_NAMES, THING_NAMES
-from cocu.curation.sources.synthetic.captions import COLOURS, NUMBERS
-from cocu.curation.vocabulary import Vocabulary
+from cocu.curation.concepts.mining import build_vocabulary, caption_nouns
+from cocu.curation.concepts.names import normalize_concept, prompt, tokens
+from cocu.curation.concepts.vocabulary import Vocabulary
+from cocu.curation.concepts.words import DEFAULT_STOPWORDS
+from cocu.curation.core.errors import VocabularyError
+from cocu.curation.core.shards import ShardError
+from cocu.curation.inputs.synthetic import STUFF_NAMES, THING_NAMES
+from cocu.curation.inputs.synthetic.captions import COLOURS, NUMBERS
 
 
 def vocab(*concepts: str) -> Vocabulary:

@@ -19,13 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 import testkit
 
-from cocu.curation.bank import BankConfig, build_bank
-from cocu.curation.bank_layout import BankError
-from cocu.curation.bank_reader import Bank
-from cocu.curation.curator import EnrichConfig
-from cocu.curation.enrich import enrich
-from cocu.curation.shards import sha256_file
-from cocu.curation.vocabulary import Vocabulary
+from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.bank.layout import BankError
+from cocu.curation.bank.reader import Bank
+from cocu.curation.concepts.vocabulary import Vocabulary
+from cocu.curation.core.shards import sha256_file
+from cocu.curation.enrich.curator import EnrichConfig
+from cocu.curation.enrich.run import enrich
 
 MODEL = "cocu-test-tiny"
 TINY = testkit.tiny_clip_config(width=64, layers=2)
@@ -39,7 +39,7 @@ def save_tiny_clip(folder: Path, seed: int, name: str = MODEL) -> Path:
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """World (6 shards of 100), a bank built from it, and one enrich run (batches of 40 rows)."""
-    from cocu.curation.sources.synthetic import WorldConfig, generate_world
+    from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("curation")
     generate_world(

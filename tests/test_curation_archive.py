@@ -10,9 +10,9 @@ import pytest
 from test_curation import reference_rank
 from test_curation_units import clip_like_world, normalized
 
-from cocu.curation.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
-from cocu.curation.curator import EnrichConfig, curate
-from cocu.curation.ranking import Ragged, anchor_first, local_floor
+from cocu.curation.enrich.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
+from cocu.curation.enrich.curator import EnrichConfig, curate
+from cocu.curation.enrich.ranking import Ragged, anchor_first, local_floor
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import pytest
 import torch
 from test_curation import TINY, reference_rank
 
-from cocu.curation.bank_reader import Bank
-from cocu.curation.clip import decode_image, load_clip
-from cocu.curation.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
-from cocu.curation.curator import EnrichConfig, curate
-from cocu.curation.index import Searcher, SearchParams, build_index, choose_factory
-from cocu.curation.ranking import EPS, Ragged, exclude_self, rank
+from cocu.curation.bank.clip import decode_image, load_clip
+from cocu.curation.bank.index import Searcher, SearchParams, build_index, choose_factory
+from cocu.curation.bank.reader import Bank
+from cocu.curation.enrich.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds
+from cocu.curation.enrich.curator import EnrichConfig, curate
+from cocu.curation.enrich.ranking import EPS, Ragged, exclude_self, rank
 
 
 def normalized(x: np.ndarray) -> np.ndarray:

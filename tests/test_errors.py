@@ -5,10 +5,10 @@ import pickle
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from cocu.curation.bank_layout import BankError
-from cocu.curation.errors import CocuError, VocabularyError
-from cocu.curation.shards import ShardError
-from cocu.curation.url_lists import IngestError
+from cocu.curation.bank.layout import BankError
+from cocu.curation.core.errors import CocuError, VocabularyError
+from cocu.curation.core.shards import ShardError
+from cocu.curation.inputs.url_lists import IngestError
 from cocu.evaluation.datasets import DatasetError
 from cocu.training.checkpoint import CheckpointError
 

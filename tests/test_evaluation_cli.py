@@ -66,7 +66,7 @@ def fitted_checkpoint(small_world, tmp_path_factory):
 @pytest.mark.slow
 def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_path, small_world, fitted_checkpoint):
     from cocu.benchmarks.paired import miou
-    from cocu.curation.shards import sha256_file
+    from cocu.curation.core.shards import sha256_file
 
     world, record = small_world
     out = tmp_path / "eval"

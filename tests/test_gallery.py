@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from cocu.cli.curate import app as curate_app
 from cocu.cli.eval import app as eval_app
-from cocu.curation.bank import BankConfig, build_bank
-from cocu.curation.curator import EnrichConfig
-from cocu.curation.enrich import enrich
+from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.enrich.curator import EnrichConfig
+from cocu.curation.enrich.run import enrich
 
 runner = CliRunner()
 ROWS = 2 * 150 + 12
@@ -29,7 +29,7 @@ ROWS = 2 * 150 + 12
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Two world shards curated by a tiny random CLIP, plus one with a corrupt and a missing image; truth for all."""
-    from cocu.curation.sources.synthetic import WorldConfig, generate_world
+    from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("gallery")
     generate_world(root / "world", WorldConfig(train=300, teacher=0, val=0, shard_size=150), progress=False)

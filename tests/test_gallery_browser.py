@@ -15,7 +15,7 @@ import pytest
 from test_gallery import ROWS, corpus, curated_rows, truth_of  # noqa: F401  (corpus is a fixture)
 
 from cocu.benchmarks.gallery_throughput import ARGS  # Chromium's flags: headless, no network of its own
-from cocu.evaluation.gallery import write_gallery
+from cocu.curation.show.gallery import write_gallery
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / ".pytest_cache" / "cocu-screenshots"
 

@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from cocu.curation.index import build_index
-from cocu.curation.index_build import build_index_in_parts
+from cocu.curation.bank.index import build_index
+from cocu.curation.bank.index_parts import build_index_in_parts
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from testkit import tiny_clip_config
 from typer.testing import CliRunner
 
 from cocu.cli.data import app
-from cocu.curation.download import DownloadConfig, download, summarize
-from cocu.curation.shards import expand_shards, iter_batches, validate_shard
+from cocu.curation.core.shards import expand_shards, iter_batches, validate_shard
+from cocu.curation.inputs.download import DownloadConfig, download, summarize
 
 # img2dataset's per-URL timeout here (s): shard 1 stays open this long, the window for the interrupt to land (the
 # interrupter polls every 50 ms) and what the rerun waits on the slow URL

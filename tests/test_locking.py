@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from cocu.curation.locking import FolderInUse, folder_lock
+from cocu.curation.core.locking import FolderInUse, folder_lock
 
 HOLD = """
 import sys, time
-from cocu.curation.locking import folder_lock
+from cocu.curation.core.locking import folder_lock
 with folder_lock(sys.argv[1], sys.argv[2] or None):
     print("held", flush=True)
     time.sleep(30)

@@ -53,7 +53,7 @@ def release_cocu(
 
 @pytest.fixture(scope="module")
 def release_run(tmp_path_factory):
-    from cocu.curation.sources.synthetic import WorldConfig, generate_world
+    from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("release")
     generate_world(root / "world", WorldConfig(train=IMAGES, teacher=0, val=0, shard_size=SHARD), progress=False)
@@ -188,8 +188,8 @@ def test_release_formula_equals_the_port_for_images_outside_the_bank_too():
     """Fresh anchors (self id -1) rank with their L hits, none excluded, and not their own caption's concepts."""
     from test_curation_units import memory_bank, normalized
 
-    from cocu.curation.curator import EnrichConfig, curate
-    from cocu.curation.ranking import Ragged
+    from cocu.curation.enrich.curator import EnrichConfig, curate
+    from cocu.curation.enrich.ranking import Ragged
 
     rng = np.random.default_rng(9)
     common = np.eye(24)[0] * 3.0

@@ -16,12 +16,12 @@ import pytest
 from stage_functions import record_device
 from test_curation import MODEL, save_tiny_clip
 
-from cocu.curation.bank import BankConfig, build_bank
-from cocu.curation.bank_layout import BankError
-from cocu.curation.curator import EnrichConfig
-from cocu.curation.enrich import enrich
-from cocu.curation.placement import ShardSlice, default_workers, shard_slice, worker_devices
-from cocu.curation.stage import ShardTask, run_stage
+from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.bank.layout import BankError
+from cocu.curation.core.placement import ShardSlice, default_workers, shard_slice, worker_devices
+from cocu.curation.core.stage import ShardTask, run_stage
+from cocu.curation.enrich.curator import EnrichConfig
+from cocu.curation.enrich.run import enrich
 
 SHARDS, ROWS = 6, 40
 # build.json is the build's own bookkeeping (it records each file's mtime to skip re-hashing): compared without those
@@ -89,7 +89,7 @@ def test_array_slice_from_flags_or_slurm():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A small world, its bank and its enrich output from one plain local run."""
-    from cocu.curation.sources.synthetic import WorldConfig, generate_world
+    from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("scale")
     generate_world(root / "world", WorldConfig(train=SHARDS * ROWS, teacher=0, val=0, shard_size=ROWS), progress=False)
@@ -148,7 +148,7 @@ def test_array_tasks_then_finalize_equal_one_plain_run(reference, tmp_path):
 
 @pytest.mark.slow
 def test_ray_run_is_byte_identical_to_the_local_run(reference, ray_cluster, tmp_path):
-    from cocu.curation.ray_executor import RayExecutor
+    from cocu.curation.executors.ray_actors import RayExecutor
 
     bank, out = tmp_path / "bank", tmp_path / "out"
     summary = build_bank(
@@ -180,7 +180,7 @@ def flaky(task: ShardTask, params, progress) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_ray_retries_a_dead_actor_and_reports_what_keeps_failing(ray_cluster, tmp_path):
-    from cocu.curation.ray_executor import RayExecutor
+    from cocu.curation.executors.ray_actors import RayExecutor
 
     ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # its stage function travels by value
 
@@ -202,7 +202,7 @@ def test_ray_retries_a_dead_actor_and_reports_what_keeps_failing(ray_cluster, tm
 @pytest.mark.slow
 def test_killed_ray_run_resumes(reference, ray_cluster, tmp_path):
     """SIGKILL the driver of a Ray build-bank mid-run; the rerun embeds only what is missing, to the same bytes."""
-    from cocu.curation.ray_executor import RayExecutor
+    from cocu.curation.executors.ray_actors import RayExecutor
 
     bank = tmp_path / "bank"
     address = ray_cluster.get_runtime_context().gcs_address

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cocu.curation.shards import (
+from cocu.curation.core.shards import (
     ShardError,
     ShardWriter,
     expand_shards,
@@ -16,7 +16,7 @@ from cocu.curation.shards import (
     remove_stale_temporaries,
     validate_shard,
 )
-from cocu.curation.stage import ShardTask, run_stage
+from cocu.curation.core.stage import ShardTask, run_stage
 
 
 def make_table(n=10, start=0, **extra):
@@ -87,7 +87,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_killed_write_leaves_no_partial_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time, pyarrow as pa
-        from cocu.curation.shards import ShardWriter
+        from cocu.curation.core.shards import ShardWriter
         table = pa.table({{"key": ["k"], "jpg": [b"x"], "caption": ["c"]}})
         with ShardWriter({str(tmp_path / "out.parquet")!r}, table.schema) as writer:
             writer.write(table)

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cocu.curation.sources.synthetic import CLASSES, STUFF_NAMES, THING_NAMES, WorldConfig, generate_world
-from cocu.curation.sources.synthetic.captions import COLOURS
-from cocu.curation.sources.synthetic.things import THINGS
-from cocu.curation.sources.synthetic.world import render_scene
+from cocu.curation.inputs.synthetic import CLASSES, STUFF_NAMES, THING_NAMES, WorldConfig, generate_world
+from cocu.curation.inputs.synthetic.captions import COLOURS
+from cocu.curation.inputs.synthetic.things import THINGS
+from cocu.curation.inputs.synthetic.world import render_scene
 
 
 def read_split(root, name):

@@ -14,12 +14,12 @@ import pytest
 import torch
 from testkit import tiny_clip_config
 
-from cocu.cli.teacher import main
-from cocu.curation.clip import load_clip, register_config_file
-from cocu.curation.shards import ShardError, write_table
+from cocu.cli.clip import main
+from cocu.curation.bank.clip import load_clip, register_config_file
+from cocu.curation.core.shards import ShardError, write_table
 from cocu.evaluation.metrics import ranking_metrics
-from cocu.evaluation.zero_shot import evaluate_teacher
-from cocu.training.teacher import TeacherConfig, TeacherDeadline, fit_teacher, save_teacher, train_teacher
+from cocu.training.clip import TeacherConfig, TeacherDeadline, fit_teacher, save_teacher, train_teacher
+from cocu.training.clip.zero_shot import evaluate_teacher
 
 TINY = tiny_clip_config(width=32, layers=1, context_length=40)
 
@@ -214,7 +214,7 @@ def test_training_does_not_depend_on_the_wall_clock(small_world, tiny_config, mo
     world, _ = small_world
     cfg = TeacherConfig(model_config=tiny_config, samples=96, batch_size=16, workers=0, log_every=1, progress=False)
     quiet = fit_teacher(world / "teacher", cfg)
-    monkeypatch.setattr("cocu.training.teacher.fit.time.perf_counter", SlowClock())
+    monkeypatch.setattr("cocu.training.clip.loop.time.perf_counter", SlowClock())
     busy = fit_teacher(world / "teacher", cfg)
     for run in (quiet, busy):
         assert run.stats["training"]["samples"] == 96 and run.stats["training"]["steps"] == 6
@@ -229,7 +229,7 @@ def test_a_deadline_stops_training_with_an_error_instead_of_a_shorter_teacher(sm
     cfg = TeacherConfig(
         model_config=tiny_config, samples=96, batch_size=16, workers=0, deadline_minutes=30, progress=False
     )
-    monkeypatch.setattr("cocu.training.teacher.fit.time.perf_counter", SlowClock())
+    monkeypatch.setattr("cocu.training.clip.loop.time.perf_counter", SlowClock())
     with pytest.raises(TeacherDeadline, match=r"0 of 96 samples after 60.0 min, past the deadline of 30 min"):
         fit_teacher(world / "teacher", cfg)
 

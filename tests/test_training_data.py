@@ -16,7 +16,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
-from cocu.curation.shards import ShardError
+from cocu.curation.core.shards import ShardError
 from cocu.training.data import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -320,7 +320,7 @@ def test_a_whole_epoch_skips_error_rows_and_undecodable_images_and_stays_full(cu
 
 
 def test_caption_mode_without_curated_columns_uses_caption_nouns(world):
-    from cocu.curation.concept_mining import caption_nouns
+    from cocu.curation.concepts.mining import caption_nouns
 
     shard = sorted((world / "train").glob("*.parquet"))[0]
     by_key = {r["key"]: r for r in pq.read_table(shard).to_pylist()}

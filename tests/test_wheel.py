@@ -81,7 +81,7 @@ import contextlib, io, json, sys
 import cocu.training, cocu.evaluation.html as html
 from cocu.evaluation.classnames import ADE20K
 from cocu.training.recipes import recipe_names
-from cocu.training.teacher import DEFAULT_MODEL_CONFIG as teacher
+from cocu.training.clip import DEFAULT_MODEL_CONFIG as teacher
 from importlib.metadata import entry_points
 shipped = [cocu.training.__file__, str(recipe_names()), teacher.is_file(), html.asset("style.css") != ""]
 shipped.append(ADE20K[7] == "bed ")

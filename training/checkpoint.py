@@ -17,8 +17,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from cocu.curation.errors import CocuError
-from cocu.curation.shards import atomic_path, remove_stale_temporaries
+from cocu.curation.core.errors import CocuError
+from cocu.curation.core.shards import atomic_path, remove_stale_temporaries
 from cocu.training.model import GroupViT, GroupViTConfig, get_config
 
 _PREFIX = "model."

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .vit_blocks import CrossAttnBlock, Mlp
+from cocu.training.vit_blocks import CrossAttnBlock, Mlp
 
 
 class Assignment(NamedTuple):

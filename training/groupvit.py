@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from .grouping import Assignment, GroupingBlock
-from .vit_blocks import AttnBlock, MixerMlp
+from cocu.training.grouping import Assignment, GroupingBlock
+from cocu.training.vit_blocks import AttnBlock, MixerMlp
 
 
 @dataclass

@@ -243,7 +243,7 @@ def test_a_damaged_bank_file_stops_enrich_in_one_line(faults_world, bank_copy, t
 
 @pytest.mark.parametrize("stage", ["build-bank", "enrich"])
 def test_a_second_run_sharing_the_output_folder_stops_in_one_line(faults_world, tmp_path, stage, request):
-    from cocu.curation.locking import folder_lock
+    from cocu.curation.core.locking import folder_lock
 
     out = tmp_path / "out"
     args = (

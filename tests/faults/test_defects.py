@@ -29,12 +29,12 @@ from typer.testing import CliRunner
 from cocu.cli.curate import app as curate_app
 from cocu.cli.data import app as data_app
 from cocu.cli.train import main as train_main
-from cocu.curation.bank import BankConfig, build_bank
-from cocu.curation.bank_reader import Bank
-from cocu.curation.curator import EnrichConfig
-from cocu.curation.enrich import enrich
-from cocu.curation.shards import ShardError, write_table
-from cocu.curation.sources.synthetic import WorldConfig, generate_world
+from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.bank.reader import Bank
+from cocu.curation.core.shards import ShardError, write_table
+from cocu.curation.enrich.curator import EnrichConfig
+from cocu.curation.enrich.run import enrich
+from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -293,7 +293,7 @@ def test_8_a_second_run_on_the_same_output_folder_is_refused_in_one_line(faults_
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom cocu.curation.locking import folder_lock\n"
+            "import sys, time\nfrom cocu.curation.core.locking import folder_lock\n"
             f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)",
         ],
         env=cli_env(),
@@ -389,7 +389,7 @@ def test_duplicate_keys_across_shards_are_refused_before_embedding(faults_world,
 def test_an_undecodable_image_gives_the_same_error_text_every_run():
     """cocu_error is part of the output bytes: Pillow's message names the buffer's memory address, which a rerun
     would not repeat, so a rerun after a kill would differ from a clean run for every shard with such a row."""
-    from cocu.curation.clip import decode_image
+    from cocu.curation.bank.clip import decode_image
 
     messages = set()
     for _ in range(3):

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from cocu.curation.truth import read_truth
+from cocu.curation.inputs.synthetic.truth import read_truth
 from cocu.training.data.augment import AUGMENTS
 from cocu.training.data.planning import TEXT_MODES, ShardInfo, scan_shards
 from cocu.training.data.stream import CuratedShardStream, StreamConfig
@@ -126,7 +126,7 @@ class CuratedShardsDataModule(L.LightningDataModule):
         # load the BPE merges (and spaCy, when captions need their nouns) once here: forked workers inherit them
         cached_tokenizer(self.config.context_length)
         if self.config.text_mode == "caption" and any("caption_concepts" not in info.columns for info in stream.shards):
-            from cocu.curation.concept_mining import load_nlp
+            from cocu.curation.concepts.mining import load_nlp
 
             load_nlp()
         return _EpochLoader(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cocu.curation.shards import REQUIRED_COLUMNS, STRING_LISTS, check_schema, expand_shards, open_parquet
+from cocu.curation.core.shards import REQUIRED_COLUMNS, STRING_LISTS, check_schema, expand_shards, open_parquet
 
 _FLOATS = (pa.list_(pa.float32()), pa.list_(pa.float64()), pa.large_list(pa.float32()), pa.large_list(pa.float64()))
 _INTS = (pa.list_(pa.int32()), pa.list_(pa.int64()), pa.large_list(pa.int32()), pa.large_list(pa.int64()))

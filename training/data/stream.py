@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cocu.curation.clip import decode_image
-from cocu.curation.shards import ShardError, decode_text, open_parquet
+from cocu.curation.bank.clip import decode_image
+from cocu.curation.core.shards import ShardError, decode_text, open_parquet
 from cocu.training.data.augment import ImageAugment
 from cocu.training.data.planning import ReadUnit, ShardInfo, assign_units, plan_units
 from cocu.training.data.tokens import cached_tokenizer
@@ -163,7 +163,7 @@ class CuratedShardStream(IterableDataset):
                 sources = [c or [] for c in batch.column("caption_concepts").to_pylist()]
             else:
                 # spaCy: loaded only for shards without curated columns
-                from cocu.curation.concept_mining import caption_nouns
+                from cocu.curation.concepts.mining import caption_nouns
 
                 kept = [i for i in range(len(keys)) if keep[i]]
                 nouns = iter(caption_nouns([captions[i] for i in kept]))

@@ -1,0 +1,103 @@
+"""Enrich: curated concepts for every row of every shard, one shard per unit of work.
+
+``enrich`` runs ``enrich_shard`` over every shard through ``run_stage``, which skips shards already done with the same
+bank and parameters and runs the rest in parallel; ``curator`` holds the per-batch algorithm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cocu.curation.bank.embed import restored_threads
+from cocu.curation.bank.layout import check_bank_model, read_bank_manifest
+from cocu.curation.bank.reader import Bank
+from cocu.curation.concepts.names import TEMPLATES
+from cocu.curation.core.locking import folder_lock
+from cocu.curation.core.placement import ShardSlice, default_workers, wants_gpu, worker_devices
+from cocu.curation.core.shards import ShardError, expand_shards
+from cocu.curation.core.stage import ShardTask, StageSummary, run_stage
+from cocu.curation.enrich.curator import EnrichConfig
+from cocu.curation.enrich.shard import enrich_shard, open_enrich_worker
+
+
+def enrich(
+    bank: str | os.PathLike,
+    shards: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    config: EnrichConfig = EnrichConfig(),
+    workers: int | None = None,
+    progress: bool = True,
+    executor: Any = None,
+    part: ShardSlice = ShardSlice(),
+) -> StageSummary:
+    """Curate every shard into ``out/<shard name>`` (skipping shards already done with this bank and parameters).
+
+    ``workers`` None is one per visible GPU (one without), each pinned to its own; ``executor`` runs the
+    shards elsewhere (``RayExecutor``); ``part`` is an array task's slice of the shards.
+    """
+    bank_path = Path(bank)
+    manifest = read_bank_manifest(bank_path)
+    check_bank_model(bank_path, manifest, config.model, config.pretrained)
+    config.check()
+    sources = expand_shards(shards)
+    tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
+    _check_distinct_targets(tasks)
+    workers = default_workers(config.device) if workers is None else workers
+    if executor is not None and not wants_gpu(config.device):
+        executor = replace(executor, num_gpus=0.0)
+    opened = Bank.open(bank_path, config.nprobe, config.ef_search)  # a damaged bank: one error, not one per shard
+    in_process = workers <= 1 and executor is None  # worker processes open their own; this one reuses it
+    with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
+        return run_stage(
+            "enrich",
+            part.take(tasks),
+            enrich_shard,
+            config.output_params(manifest["bank_id"]),
+            workers=workers,
+            progress=progress,
+            initializer=open_enrich_worker,
+            initargs=(str(bank_path), config, workers, opened if in_process else None),
+            devices=worker_devices(workers, config.device),
+            executor=executor,
+        )
+
+
+def template_note(manifest: dict[str, Any], formula: str) -> str | None:
+    """One line when ``--formula release`` runs on a bank whose concept prompts are not the release's."""
+    template = (manifest.get("prompt_template"), manifest.get("prompt_articles", True))
+    if formula != "release" or template == TEMPLATES["release"]:
+        return None
+    articles = " with articles fixed" if template[1] else ""
+    return (
+        f"note: the bank's concept prompts are {template[0]!r}{articles}, not the release's "
+        f"{TEMPLATES['release'][0]!r}; build the bank with --template release to rank exactly as the release"
+    )
+
+
+def _check_distinct_targets(tasks: list[ShardTask]) -> None:
+    seen: dict[Path, Path] = {}
+    for task in tasks:
+        for target in (task.target, task.manifest):
+            if target in seen:
+                raise ShardError(
+                    task.source,
+                    f"writes the same output as {seen[target]} ({target.name}); "
+                    f"enrich them into separate --out folders",
+                )
+            seen[target] = task.source
+
+
+def summary_line(summary: StageSummary) -> str:
+    """The closing line of an enrich run: images, concepts per image, empty archives, errors."""
+    c = summary.counts
+    curated = max(c.get("curated", 0), 1)
+    return (
+        f"images {c.get('images', 0)} (curated {c.get('curated', 0)}, errors {c.get('errors', 0)}, "
+        f"empty archives {c.get('empty_archives', 0)}); concepts/image {c.get('concepts', 0) / curated:.2f}, "
+        f"archive/image {c.get('archive', 0) / curated:.2f}; embeddings reused {c.get('reused', 0)}, "
+        f"embedded {c.get('embedded', 0)}"
+    )
