@@ -27,349 +27,309 @@ import argparse
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cocu.benchmarks.grouping_bound import write_grouping_bound
+from cocu.benchmarks.presets import BENCH_PRESETS, TEXT_MODES, BenchConfig
 from cocu.benchmarks.results import TEACHER_ZERO_SHOT, run_label
 from cocu.benchmarks.runner import Runner, claim_run_dir, tool
-from cocu.benchmarks.teacher import SHIPPED, TeacherRecipe, shipped_teacher, teacher_command
+from cocu.benchmarks.teacher.recipe import shipped_teacher, teacher_command
 from cocu.curation.core.shards import atomic_write_json
-from cocu.curation.inputs.synthetic import WorldConfig
-
-TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """Every setting of one benchmark run; the GroupViT trainings share all but the text mode and the seed."""
+@dataclass
+class Bench:
+    """One benchmark run as its stages fill it in: the settings, the folders, and what each stage handed on.
 
-    # two things of each confusable group (16 things, 8 stuff): a world whose things a teacher and a GroupViT can learn
-    # in this budget, with the same omission rate, confusable pairs and rarely named stuff
-    world: WorldConfig = WorldConfig(train=20000, teacher=40000, val=300, shard_size=2500, things_per_group=2)
-    teacher_recipe: TeacherRecipe = TeacherRecipe()
-    retrain_teacher: bool = False  # train the teacher here instead of using the shipped one
-    shipped_teacher: Path = SHIPPED  # where the shipped teacher is (`make teacher` writes it)
-    neighbors: int = 8
-    top_k: int = 16  # the largest k of the curation-quality table; enrich stores whole archives
-    vocabulary_top: int = 16  # M of the hybrid archive
-    train_config: str = "synthetic"  # a shipped recipe name or a YAML file
-    train_steps: int = 500
-    train_batch: int = 64
-    train_workers: int = 1
-    runs: tuple[str, ...] = TEXT_MODES
-    seeds: int = 3  # seeds of the runs in seeded_runs: seed, seed + 1, ...
-    seeded_runs: tuple[str, ...] = ("caption", "cocu-cluster", "oracle")
-    curve_runs: tuple[str, ...] = ("oracle",)  # evaluated at curve_points checkpoints of their first seed
-    curve_points: int = 5
-    seed: int = 0
-    save_images: int = 6
-    threads: int = 2  # torch threads of the single-process stages (teacher, eval when the runs go one at a time)
-    parallel_runs: int = 2  # GroupViT runs side by side, one torch thread each: 2 cores do ~2x one 2-thread run
+    ``params`` holds the settings each stage ran with, by stage; a later stage's settings include its inputs', so a
+    changed world or teacher reruns everything downstream and nothing else.
+    """
 
-    def run_seeds(self, mode: str) -> list[int]:
-        return [self.seed + i for i in range(self.seeds if mode in self.seeded_runs else 1)]
+    cfg: BenchConfig
+    out: Path
+    runner: Runner
+    preset: str = "default"
+    started: float = field(default_factory=time.perf_counter)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher: Path = Path()  # the teacher's folder
+    weights: Path = Path()
+    model: str = ""
+    report: Path | None = None
 
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
 
-BENCH_PRESETS: dict[str, BenchConfig] = {
-    "default": BenchConfig(),
-    # CI-sized: proves the pipeline and the report, not the science
-    "quick": BenchConfig(
-        world=WorldConfig(train=400, teacher=400, val=16, shard_size=200),
-        teacher_recipe=TeacherRecipe(samples=256, batch=64, curve_every=128, threads=1),
-        retrain_teacher=True,
-        train_steps=4,
-        train_batch=16,
-        seeds=2,
-        seeded_runs=("caption", "cocu-cluster"),
-        curve_runs=("caption",),
-        curve_points=2,
-        save_images=2,
-        threads=1,
-        parallel_runs=1,
-    ),
-    # more data and longer training, for a machine with time to spare
-    "large": BenchConfig(
-        world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000, things_per_group=2),
-        retrain_teacher=True,
-        teacher_recipe=TeacherRecipe(samples=524_288),
-        train_steps=5000,
-        train_batch=128,
-    ),
-    # one GPU (not yet run: no GPU was lent to this project's sessions): the large world, the teacher retrained on
-    # the GPU, GroupViT 5,000 x 256 in bf16, one run at a time
-    "gpu": BenchConfig(
-        world=WorldConfig(train=60000, teacher=60000, val=500, shard_size=5000, things_per_group=2),
-        retrain_teacher=True,
-        teacher_recipe=TeacherRecipe(samples=1_048_576, batch=256, curve_every=65_536, threads=8),
-        train_config="synthetic-gpu",
-        train_steps=5000,
-        train_batch=256,
-        train_workers=8,
-        threads=8,
-        parallel_runs=1,
-    ),
-}
+    @property
+    def truth(self) -> Path:
+        return self.world / "truth" / "train"
+
+    def folder(self, name: str) -> Path:
+        return self.out / name
 
 
-def run_benchmark(
-    cfg: BenchConfig, out: Path, preset: str, in_process: bool = False, curation_only: bool = False
-) -> Path:
-    from cocu.benchmarks.report import write_benchmark_report
-    from cocu.benchmarks.results import write_results
-    from cocu.evaluation.eval_page import write_eval_page
-
-    out = out.resolve()
-    # the lanes actually used, so the report and its settings say what ran (in-process stages go one at a time)
-    cfg = replace(cfg, parallel_runs=1 if in_process else max(1, cfg.parallel_runs))
-    runner = Runner(out, in_process)
-    world, bank, curated = out / "world", out / "bank", out / "curated"
-    w = cfg.world
-    threads = str(cfg.threads)
-    started = time.perf_counter()
-
-    world_params = asdict(w)
-    world_config = out / "world-config.json"
-    atomic_write_json(world_config, world_params)
-    runner.run(
+def draw_world(b: Bench) -> None:
+    w = b.cfg.world
+    b.params["world"] = asdict(w)
+    world_config = b.out / "world-config.json"
+    atomic_write_json(world_config, b.params["world"])
+    b.runner.run(
         "synth",
-        [tool("cocu-data"), "synth", str(world), "--config", str(world_config), "--workers", "2"],
-        world_params,
+        [tool("cocu-data"), "synth", str(b.world), "--config", str(world_config), "--workers", "2"],
+        b.params["world"],
         items=w.train + w.teacher + w.val,
         unit="pair",
     )
 
+
+def prepare_teacher(b: Bench) -> None:
+    """The shipped teacher, checked and measured on this run's world, or one trained here (``--retrain-teacher``)."""
+    cfg = b.cfg
     if cfg.retrain_teacher:
-        teacher = out / "teacher"
-        teacher_params = {"world": world_params, "recipe": asdict(cfg.teacher_recipe)}
-        runner.run("teacher", teacher_command(cfg.teacher_recipe, world, teacher), teacher_params)
-        record = json.loads((teacher / "teacher.json").read_text())
-        weights = teacher / record["weights"]
+        b.teacher = b.folder("teacher")
+        b.params["teacher"] = {"world": b.params["world"], "recipe": asdict(cfg.teacher_recipe)}
+        b.runner.run("teacher", teacher_command(cfg.teacher_recipe, b.world, b.teacher), b.params["teacher"])
+        record = json.loads((b.teacher / "teacher.json").read_text())
+        b.weights = b.teacher / record["weights"]
     else:
-        record, weights = shipped_teacher(w, cfg.teacher_recipe, cfg.shipped_teacher)
-        teacher_params = {"shipped": record["weights_sha256"]}
-        teacher = weights.parent
+        record, b.weights = shipped_teacher(cfg.world, cfg.teacher_recipe, cfg.shipped_teacher)
+        b.params["teacher"] = {"shipped": record["weights_sha256"]}
+        b.teacher = b.weights.parent
 
         def measure_teacher() -> None:  # on this run's world, as a user would check a downloaded CLIP
             from cocu.training.clip.zero_shot import evaluate_teacher
 
-            zero_shot = evaluate_teacher(teacher, world, "train", progress=False)
-            atomic_write_json(out / TEACHER_ZERO_SHOT, zero_shot)
+            zero_shot = evaluate_teacher(b.teacher, b.world, "train", progress=False)
+            atomic_write_json(b.out / TEACHER_ZERO_SHOT, zero_shot)
 
-        runner.run("teacher-eval", measure_teacher, {"teacher": teacher_params, "world": world_params})
-    model = record["model"]
+        b.runner.run("teacher-eval", measure_teacher, {"teacher": b.params["teacher"], "world": b.params["world"]})
+    b.model = record["model"]
 
-    def build_bank(name: str, target: Path, *options: str) -> dict[str, Any]:
-        params = {"teacher": teacher_params, "options": list(options)}
-        command = ["build-bank", "--shards", str(world / "train"), "--model", model, "--pretrained", str(weights)]
-        runner.run(name, [tool("cocu-curate"), *command, "--out", str(target), *options], params, items=w.train)
-        return params
 
-    release_bank, curated_release = out / "bank-release", out / "curated-release"
-    curated_hybrid = out / "curated-hybrid"
-    bank_params = build_bank("bank", bank)
-    release_bank_params = build_bank("bank-release", release_bank, "--template", "release")
-
-    def enrich(name: str, on_bank: Path, target: Path, params: dict[str, Any], *options: str) -> dict[str, Any]:
-        params = {"bank": params, "neighbors": cfg.neighbors, "options": list(options)}
-        runner.run(
+def build_banks(b: Bench) -> None:
+    """Two banks of the train split: cocu's concept prompts, and the release's (for ``--formula release``)."""
+    for name, options in (("bank", ()), ("bank-release", ("--template", "release"))):
+        b.params[name] = {"teacher": b.params["teacher"], "options": list(options)}
+        command = ["build-bank", "--shards", str(b.world / "train"), "--model", b.model, "--pretrained", str(b.weights)]
+        b.runner.run(
             name,
-            [
-                tool("cocu-curate"),
-                "enrich",
-                "--bank",
-                str(on_bank),
-                "--shards",
-                str(world / "train"),
-                "--out",
-                str(target),
-                "--neighbors",
-                str(cfg.neighbors),
-                "--top-k",
-                "0",
-                "--seed",
-                str(cfg.seed),
-                *options,
-            ],
-            params,
-            items=w.train,
+            [tool("cocu-curate"), *command, "--out", str(b.folder(name)), *options],
+            b.params[name],
+            items=b.cfg.world.train,
         )
-        return params
 
-    enrich_params = enrich("enrich", bank, curated, bank_params, "--clusters", "--formula", "cocu")
-    release_params = enrich(
-        "enrich-release", release_bank, curated_release, release_bank_params, "--no-clusters", "--formula", "release"
-    )
-    hybrid_params = enrich(
-        "enrich-hybrid",
-        bank,
-        curated_hybrid,
-        bank_params,
-        "--no-clusters",
-        "--formula",
-        "cocu",
-        "--archive",
-        "both",
-        "--vocabulary-top",
-        str(cfg.vocabulary_top),
-    )
+
+ENRICH_RUNS = {  # stage -> (bank, output folder, options)
+    "enrich": ("bank", "curated", ("--clusters", "--formula", "cocu")),
+    "enrich-release": ("bank-release", "curated-release", ("--no-clusters", "--formula", "release")),
+    "enrich-hybrid": ("bank", "curated-hybrid", ("--no-clusters", "--formula", "cocu", "--archive", "both")),
+}
+
+
+def enrich_shards(b: Bench) -> None:
+    """Whole archives (``--top-k 0``) of cocu's formula with clusters, of the release's, and of the hybrid archive."""
+    cfg = b.cfg
+    for name, (bank, target, options) in ENRICH_RUNS.items():
+        if "--archive" in options:
+            options = (*options, "--vocabulary-top", str(cfg.vocabulary_top))
+        b.params[name] = {"bank": b.params[bank], "neighbors": cfg.neighbors, "options": list(options)}
+        command = ["enrich", "--bank", str(b.folder(bank)), "--shards", str(b.world / "train")]
+        command += ["--out", str(b.folder(target)), "--neighbors", str(cfg.neighbors), "--top-k", "0"]
+        command += ["--seed", str(cfg.seed), *options]
+        b.runner.run(name, [tool("cocu-curate"), *command], b.params[name], items=cfg.world.train)
+
+
+def measure_curation(b: Bench) -> None:
+    """How well each curator recovers what the captions left out, and each departure from the release, measured."""
+    cfg = b.cfg
 
     def quality() -> None:
         from cocu.benchmarks.curation_quality import evaluate_curation
         from cocu.benchmarks.departures import measure_departures
 
-        truth = world / "truth" / "train"
         record = evaluate_curation(
-            curated,
-            truth,
-            bank,
+            b.folder("curated"),
+            b.truth,
+            b.folder("bank"),
             cfg.neighbors,
             cfg.top_k,
             seed=cfg.seed,
-            release=curated_release,
-            hybrid=curated_hybrid,
+            release=b.folder("curated-release"),
+            hybrid=b.folder("curated-hybrid"),
         )
-        record["departures"] = measure_departures(release_bank, bank, truth, cfg.neighbors, tuple(record["ks"]))
-        atomic_write_json(out / "quality.json", record)
+        record["departures"] = measure_departures(
+            b.folder("bank-release"), b.folder("bank"), b.truth, cfg.neighbors, tuple(record["ks"])
+        )
+        atomic_write_json(b.out / "quality.json", record)
 
-    runner.run(
-        "quality", quality, {"enrich": enrich_params, "release": release_params, "hybrid": hybrid_params}, items=w.train
+    params = {"enrich": b.params["enrich"], "release": b.params["enrich-release"], "hybrid": b.params["enrich-hybrid"]}
+    b.runner.run("quality", quality, params, items=cfg.world.train)
+
+
+def write_gallery(b: Bench) -> None:
+    command = [
+        "show",
+        "--curated",
+        str(b.folder("curated")),
+        "--out",
+        str(b.folder("gallery")),
+        "--truth",
+        str(b.truth),
+    ]
+    b.runner.run(
+        "gallery", [tool("cocu-curate"), *command], {"enrich": b.params["enrich"]}, items=b.cfg.world.train, unit="row"
     )
-    runner.run(
-        "gallery",
-        [
-            tool("cocu-curate"),
-            "show",
-            "--curated",
-            str(curated),
-            "--out",
-            str(out / "gallery"),
-            "--truth",
-            str(world / "truth" / "train"),
-        ],
-        {"enrich": enrich_params},
-        items=w.train,
-        unit="row",
-    )
-    if curation_only:
-        print(f"curation quality: {out / 'quality.json'}")
-        return out / "quality.json"
 
-    jobs = {run_label(mode, seed): (mode, seed) for mode in cfg.runs for seed in cfg.run_seeds(mode)}
-    lanes = max(1, min(cfg.parallel_runs, len(jobs)))
-    eval_threads = threads if lanes == 1 else "1"
-    run_dirs = {label: out / "runs" / label for label in jobs}
-    curve_every = max(1, cfg.train_steps // cfg.curve_points)
 
-    def train_and_evaluate(label: str) -> None:
-        mode, seed = jobs[label]
-        run_dir = run_dirs[label]
+class Trainings:
+    """The GroupViT runs: every text mode and seed trained, evaluated, its groups measured, its curve points scored."""
+
+    def __init__(self, b: Bench):
+        self.b, cfg = b, b.cfg
+        self.jobs = {run_label(mode, seed): (mode, seed) for mode in cfg.runs for seed in cfg.run_seeds(mode)}
+        self.lanes = max(1, min(cfg.parallel_runs, len(self.jobs)))
+        self.eval_threads = str(cfg.threads) if self.lanes == 1 else "1"
+        self.curve_every = max(1, cfg.train_steps // cfg.curve_points)
+
+    def run_dir(self, label: str) -> Path:
+        return self.b.out / "runs" / label
+
+    def run_all(self) -> None:
+        if self.lanes > 1:
+            print(
+                f"[benchmark] training {len(self.jobs)} GroupViT runs, {self.lanes} at a time; their output goes to "
+                f"{self.b.out / 'logs'}",
+                flush=True,
+            )
+        self.b.runner.side_by_side(self.train_and_evaluate, list(self.jobs), self.lanes)
+
+    def train_and_evaluate(self, label: str) -> None:
+        b, cfg = self.b, self.b.cfg
+        mode, seed = self.jobs[label]
+        run_dir = self.run_dir(label)
         curve = mode in cfg.curve_runs and seed == cfg.seed
-        train_params = {
-            "enrich": release_params if mode == "release" else enrich_params,
+        params = {
+            "enrich": b.params["enrich-release" if mode == "release" else "enrich"],
             "mode": mode,
             "config": cfg.train_config,
             "steps": cfg.train_steps,
             "batch": cfg.train_batch,
             "seed": seed,
-            "curve_every": curve_every if curve else None,
+            "curve_every": self.curve_every if curve else None,
         }
-        claim_run_dir(run_dir, train_params)
-        # the release's top-3 (its training code takes the first 3 concepts)
-        shards, text_mode = (curated_release, "cocu-top") if mode == "release" else (curated, mode)
-        keep = ["--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", str(curve_every)] if curve else []
-        runner.run(
-            f"train-{label}",
-            [
-                tool("cocu-train"),
-                "fit",
-                "--config",
-                cfg.train_config,
-                "--data.shards",
-                str(shards),
-                "--data.text_mode",
-                text_mode,
-                "--data.truth",
-                str(world / "truth" / "train"),
-                "--data.batch_size",
-                str(cfg.train_batch),
-                "--data.num_workers",
-                str(cfg.train_workers),
-                "--data.seed",
-                str(seed),
-                "--seed_everything",
-                str(seed),
-                "--trainer.max_steps",
-                str(cfg.train_steps),
-                "--trainer.default_root_dir",
-                str(run_dir),
-                *keep,
-                "--ckpt_path",
-                "last",  # a killed benchmark resumes the run from its last checkpoint
-            ],
-            train_params,
-            items=cfg.train_steps * cfg.train_batch,
-            unit="sample",
-            quiet=lanes > 1,
-        )
+        claim_run_dir(run_dir, params)
+        self.train(label, mode, seed, params, curve)
         last = run_dir / "checkpoints" / "last.ckpt"
-        evaluate(f"eval-{label}", last, run_dir / "eval", {"train": train_params})
+        self.evaluate(f"eval-{label}", last, run_dir / "eval", {"train": params})
         if seed == cfg.seed:  # what the groups alone allow, and what naming them loses
-            runner.run(
+            b.runner.run(
                 f"grouping-{label}",
-                lambda: write_grouping_bound(last, world, run_dir / "eval"),
-                {"train": train_params},
-                items=w.val,
+                lambda: write_grouping_bound(last, b.world, run_dir / "eval"),
+                {"train": params},
+                items=cfg.world.val,
             )
         if curve:
             for step, checkpoint in step_checkpoints(run_dir / "checkpoints"):
                 target = run_dir / "curve" / f"step-{step:06d}"
-                evaluate(f"curve-{label}-{step}", checkpoint, target, {"train": train_params, "step": step}, images=0)
+                self.evaluate(f"curve-{label}-{step}", checkpoint, target, {"train": params, "step": step}, images=0)
 
-    def evaluate(name: str, checkpoint: Path, target: Path, params: dict[str, Any], images: int | None = None) -> None:
-        runner.run(
-            name,
-            [
-                tool("cocu-eval"),
-                "seg",
-                "--checkpoint",
-                str(checkpoint),
-                "--dataset",
-                "synthetic",
-                "--root",
-                str(world),
-                "--out",
-                str(target),
-                "--save-images",
-                str(cfg.save_images if images is None else images),
-                "--threads",
-                eval_threads,
-                "--per-image",
-            ],
+    def train(self, label: str, mode: str, seed: int, params: dict[str, Any], curve: bool) -> None:
+        b, cfg = self.b, self.b.cfg
+        # the release's top-3 (its training code takes the first 3 concepts)
+        shards, text_mode = (
+            (b.folder("curated-release"), "cocu-top") if mode == "release" else (b.folder("curated"), mode)
+        )
+        keep = ["--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", str(self.curve_every)]
+        command = ["fit", "--config", cfg.train_config, "--data.shards", str(shards), "--data.text_mode", text_mode]
+        command += ["--data.truth", str(b.truth), "--data.batch_size", str(cfg.train_batch)]
+        command += [
+            "--data.num_workers",
+            str(cfg.train_workers),
+            "--data.seed",
+            str(seed),
+            "--seed_everything",
+            str(seed),
+        ]
+        command += ["--trainer.max_steps", str(cfg.train_steps), "--trainer.default_root_dir", str(self.run_dir(label))]
+        command += [
+            *(keep if curve else []),
+            "--ckpt_path",
+            "last",
+        ]  # a killed benchmark resumes from its last checkpoint
+        b.runner.run(
+            f"train-{label}",
+            [tool("cocu-train"), *command],
             params,
-            items=w.val,
-            quiet=lanes > 1,
+            items=cfg.train_steps * cfg.train_batch,
+            unit="sample",
+            quiet=self.lanes > 1,
         )
 
-    if lanes > 1:
-        print(
-            f"[benchmark] training {len(jobs)} GroupViT runs, {lanes} at a time; their output goes to {out / 'logs'}",
-            flush=True,
-        )
-    runner.side_by_side(train_and_evaluate, list(jobs), lanes)
+    def evaluate(
+        self, name: str, checkpoint: Path, target: Path, params: dict[str, Any], images: int | None = None
+    ) -> None:
+        b, cfg = self.b, self.b.cfg
+        command = ["seg", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--root", str(b.world)]
+        command += ["--out", str(target), "--save-images", str(cfg.save_images if images is None else images)]
+        command += ["--threads", self.eval_threads, "--per-image"]
+        b.runner.run(name, [tool("cocu-eval"), *command], params, items=cfg.world.val, quiet=self.lanes > 1)
 
+
+def train_groupvit(b: Bench) -> None:
+    trainings = Trainings(b)
+    trainings.run_all()
+    b.params["trainings"] = {"jobs": trainings.jobs}
+
+
+def write_report(b: Bench) -> None:
+    from cocu.benchmarks.report.page import write_benchmark_report
+    from cocu.benchmarks.results import write_results
+    from cocu.evaluation.eval_page import write_eval_page
+
+    cfg, jobs = b.cfg, b.params["trainings"]["jobs"]
     for label in jobs:  # one page per evaluation, beside its metrics.json and overlays
-        write_eval_page(run_dirs[label] / "eval")
-    first = {mode: run_dirs[run_label(mode, cfg.seed)] / "checkpoints" / "last.ckpt" for mode in cfg.runs}
-    examples = predict_examples(world, first, cfg.save_images)
-    results = write_results(out, cfg, jobs, teacher, runner.stages)
-    report = write_benchmark_report(out, cfg, preset, runner.stages, time.perf_counter() - started, results, examples)
-    print(f"results: {out / 'results.json'}")
-    print(f"report: {report}")
-    return report
+        write_eval_page(b.out / "runs" / label / "eval")
+    first = {mode: b.out / "runs" / run_label(mode, cfg.seed) / "checkpoints" / "last.ckpt" for mode in cfg.runs}
+    examples = predict_examples(b.world, first, cfg.save_images)
+    results = write_results(b.out, cfg, jobs, b.teacher, b.runner.stages)
+    elapsed = time.perf_counter() - b.started
+    b.report = write_benchmark_report(b.out, cfg, b.preset, b.runner.stages, elapsed, results, examples)
+    print(f"results: {b.out / 'results.json'}")
+    print(f"report: {b.report}")
+
+
+BenchStage = Callable[[Bench], None]
+CURATION_STAGES: tuple[tuple[str, BenchStage], ...] = (
+    ("world", draw_world),
+    ("teacher", prepare_teacher),
+    ("banks", build_banks),
+    ("enrich", enrich_shards),
+    ("curation quality", measure_curation),
+    ("gallery", write_gallery),
+)
+TRAINING_STAGES: tuple[tuple[str, BenchStage], ...] = (("groupvit", train_groupvit), ("report", write_report))
+
+
+def run_benchmark(
+    cfg: BenchConfig, out: Path, preset: str, in_process: bool = False, curation_only: bool = False
+) -> Path:
+    """Run the stages in order; each skips the commands already recorded with the same settings."""
+    out = out.resolve()
+    # the lanes actually used, so the report and its settings say what ran (in-process stages go one at a time)
+    cfg = replace(cfg, parallel_runs=1 if in_process else max(1, cfg.parallel_runs))
+    b = Bench(cfg, out, Runner(out, in_process), preset=preset)
+    for _, stage in CURATION_STAGES + (() if curation_only else TRAINING_STAGES):
+        stage(b)
+    if curation_only:
+        print(f"curation quality: {out / 'quality.json'}")
+        return out / "quality.json"
+    assert b.report is not None
+    return b.report
 
 
 def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:

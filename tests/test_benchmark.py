@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from cocu.benchmarks.benchmark import BENCH_PRESETS, Runner, claim_run_dir, main
-from cocu.benchmarks.teacher import TeacherRecipe, make_teacher
+from cocu.benchmarks.benchmark import main
+from cocu.benchmarks.presets import BENCH_PRESETS
+from cocu.benchmarks.runner import Runner, claim_run_dir
+from cocu.benchmarks.teacher.recipe import TeacherRecipe, make_teacher
 
 
 @pytest.mark.slow
@@ -167,7 +169,7 @@ def test_a_run_folder_is_kept_for_its_own_settings_only(tmp_path):
 def test_the_shipped_teacher_is_used_only_for_its_own_world_recipe_and_bytes(tmp_path):
     from dataclasses import asdict
 
-    from cocu.benchmarks.teacher import TeacherRecipe, shipped_teacher
+    from cocu.benchmarks.teacher.recipe import TeacherRecipe, shipped_teacher
     from cocu.curation.core.errors import CocuError
     from cocu.curation.core.shards import sha256_file
     from cocu.curation.inputs.synthetic import WorldConfig

@@ -8,7 +8,6 @@ time on the GroupViT runs. ``make teacher`` reproduces it (the exact command is 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from cocu.curation.inputs.synthetic import WorldConfig
 from cocu.training.clip import DEFAULT_MODEL_CONFIG, RECORD_NAME
 
 # in a checkout (and an editable install); a wheel does not carry the weights, and the benchmark then trains them
-SHIPPED = Path(__file__).resolve().parent / "teacher"
+SHIPPED = Path(__file__).resolve().parent
 RECIPE_NAME = "recipe.json"
 
 
@@ -109,19 +108,3 @@ def _relative(part: str, world: Path, out: Path) -> str:
     return (
         part.replace(str(world), "WORLD").replace(str(out), "OUT").replace(str(DEFAULT_MODEL_CONFIG.parent), "CONFIGS")
     )
-
-
-def main(argv: list[str] | None = None) -> Path:
-    from cocu.benchmarks.benchmark import BENCH_PRESETS
-
-    parser = argparse.ArgumentParser(description="Train the benchmark's teacher CLIP (what `make teacher` runs).")
-    parser.add_argument("--preset", choices=sorted(BENCH_PRESETS), default="default", help="whose world to train on")
-    parser.add_argument("--work", type=Path, default=Path("benchmark"), help="folder for the world")
-    parser.add_argument("--out", type=Path, default=SHIPPED, help="where the teacher goes")
-    args = parser.parse_args(argv)
-    cfg = BENCH_PRESETS[args.preset]
-    return make_teacher(cfg.world, args.work.resolve() / "world", args.out.resolve(), cfg.teacher_recipe)
-
-
-if __name__ == "__main__":
-    main()

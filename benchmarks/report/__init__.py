@@ -1,0 +1,1 @@
+"""The benchmark report: tables, figures, and the page that lays them out."""

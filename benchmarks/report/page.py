@@ -1,0 +1,237 @@
+"""The benchmark report (``report.md``): findings, links, every table and figure, from the records of one run.
+
+Nothing here computes a result: it reads ``world.json``, ``teacher.json``, ``quality.json`` and each
+run's ``metrics.json`` (plus a few predictions for the example figure) and lays them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cocu.benchmarks.report.figures import figure_curation, figure_curves, figure_examples, figure_per_class
+from cocu.benchmarks.report.tables import (
+    class_groups,
+    curation_tables,
+    grouping_table,
+    paired_table,
+    pct,
+    per_class_table,
+    seeds_table,
+    segmentation_table,
+    spread,
+    teacher_section,
+    throughput_table,
+)
+from cocu.benchmarks.results import run_label
+from cocu.curation.core.shards import atomic_path
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def load_runs(out: Path, modes: Sequence[str], seed: int) -> dict[str, dict[str, Any]]:
+    """The metrics of each mode's first-seed run (the per-class tables and figures show one seed)."""
+    return {mode: _load(out / "runs" / run_label(mode, seed) / "eval" / "metrics.json") for mode in modes}
+
+
+def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, Any]) -> list[str]:
+    """Plain sentences that read the numbers; what they say depends only on this run's figures."""
+    out = []
+    runs, paired = results["runs"], results["paired"]
+    base = runs.get("caption", {}).get("mean", {}).get("miou")
+    for mode in ("cocu-cluster", "cocu-top", "release", "oracle"):
+        if mode not in runs or base is None:
+            continue
+        run, difference = runs[mode], paired.get(f"{mode} - caption")
+        sentence = (
+            f"- `{mode}` scores {spread(run, 'miou')} mIoU ({len(run['seeds'])} seed(s)) against "
+            f"{spread(runs['caption'], 'miou')} for captions only"
+        )
+        if difference:
+            low, high = difference["ci95"]
+            sentence += f": {difference['mean']:+.1f} points, paired 95 % interval [{low:+.1f}, {high:+.1f}]"
+            if difference["includes_zero"]:
+                sentence += " **which includes zero: no difference is shown**"
+        closed = results["oracle_gap_closed"].get(mode)
+        if closed is not None and closed > 1:
+            sentence += "; it scores above the oracle, so here the oracle is no ceiling and the gap no scale"
+        elif closed is not None:
+            sentence += f"; it closes {100 * closed:.0f} % of the caption-to-oracle gap"
+        out.append(sentence + ".")
+    groups = class_groups(world)
+    for group in ("things", "stuff"):
+        values = ", ".join(f"`{mode}` {spread(run, group)}" for mode, run in runs.items())
+        out.append(f"- mIoU over the {len(groups[group])} {group} classes: {values}.")
+    best_things = max((run["mean"]["things"] or 0.0) for run in runs.values()) if runs else 0.0
+    if best_things < 5.0:
+        included = ", the oracle's run included" if "oracle" in runs else ""
+        out.append(
+            f"- No run learned to segment things (at most {best_things:.1f} mIoU{included}): at this "
+            "training length the differences between runs are differences on stuff."
+        )
+    teacher = results["teacher"]
+    if teacher.get("thing_recall") is not None:
+        out.append(
+            f"- The teacher CLIP finds {pct(teacher['stuff_recall'])} % of the stuff and "
+            f"{pct(teacher['thing_recall'])} % of the things an image shows (recall@|present|, chance "
+            f"{pct(teacher['chance_recall'])} %): curation can only add what its teacher sees."
+        )
+    ranking = quality["ranking"]
+    k = quality["ks"][1] if len(quality["ks"]) > 1 else quality["ks"][0]
+    at_k = {name: next(r for r in rows if r["k"] == k) for name, rows in ranking.items()}
+    best = max(at_k, key=lambda n: at_k[n]["recall"])
+    out.append(
+        f"- Among the curators, **{best}** recovers the most caption-omitted concepts at k = {k} "
+        f"(recall {pct(at_k[best]['recall'])}, precision {pct(at_k[best]['precision'])})."
+    )
+    return out
+
+
+def page_links(out: Path, labels: Sequence[str]) -> list[str]:
+    """Links to the HTML pages of this run that exist: the curation gallery and one page per evaluation."""
+    lines = []
+    if (out / "gallery" / "index.html").exists():
+        lines.append(
+            "- Curation: [gallery of the curated shards](gallery/index.html) (filter by concept, added or "
+            "named, right or wrong) and its [summary](gallery/summary.html)."
+        )
+    evaluations = [
+        f"[{label}](runs/{label}/eval/index.html)"
+        for label in labels
+        if (out / "runs" / label / "eval" / "index.html").exists()
+    ]
+    if evaluations:
+        lines.append(f"- Evaluation pages (metrics, per-class IoU, overlays): {', '.join(evaluations)}.")
+    return lines
+
+
+def _resumed(stages: Sequence[Any]) -> str:
+    earlier = [s.name for s in stages if s.earlier]
+    return f", after resuming: {', '.join(earlier)} ran in an earlier invocation" if earlier else ""
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def write_benchmark_report(
+    out: Path,
+    cfg: Any,
+    preset: str,
+    stages: Sequence[Any],
+    total_seconds: float,
+    results: dict[str, Any],
+    examples: dict[str, Any] | None = None,
+) -> Path:
+    world = _load(out / "world" / "world.json")
+    quality = _load(out / "quality.json")
+    runs = load_runs(out, cfg.runs, cfg.seed)
+    figures = out / "figures"
+    classes = world["classes"]
+    figure_per_class(runs, classes, figures / "per_class_iou.png")
+    figure_curation(quality, figures / "curation.png")
+    figure_curves(results, figures / "learning_curves.png")
+    if examples:
+        figure_examples(examples, classes, figures / "examples.png")
+    omission = world["omission"]
+    teacher_folder = out / "teacher" if cfg.retrain_teacher else cfg.shipped_teacher
+    labels = [run_label(mode, seed) for mode in cfg.runs for seed in cfg.run_seeds(mode)]
+    lines = [
+        "# cocu benchmark: CoCu on the synthetic semantic-gap world",
+        "",
+        f"Preset `{preset}`, total wall time {total_seconds / 60:.1f} min on {platform.machine()} "
+        f"({_cpu_count()} CPU threads){_resumed(stages)}. Every number below was measured in this run; "
+        "`results.json` beside this file holds the same figures for programs.",
+        "",
+        "## Findings",
+        "",
+        *findings(results, quality, world),
+        "",
+        "## Pages to look at",
+        "",
+        *page_links(out, labels),
+        "",
+        "## Segmentation (zero-shot, synthetic val split)",
+        "",
+        f"{world['counts']['val']} val images, {len(classes)} classes ({len(world['things'])} things, "
+        f"{len(world['stuff'])} stuff), no background. Identical GroupViT settings for every run ({cfg.train_steps} "
+        f"steps of {cfg.train_batch} images, config `{cfg.train_config}`); only the concepts in the 3 prompts and the "
+        f"seed differ. Seeds (model initialisation and data order): {cfg.seeds} for "
+        f"{', '.join(f'`{m}`' for m in cfg.seeded_runs)}, one for the others; mean ± std over seeds.",
+        "",
+        *seeds_table(results),
+        "",
+        "Paired bootstrap over the val images (2,000 resamples, the same draw for both sides and every seed) of the "
+        "difference in mean mIoU: the interval says how much the choice of val images leaves open; the seeds' "
+        "spread is the ± above.",
+        "",
+        *paired_table(results),
+        "",
+        f"The first seed of each run in detail (seed {cfg.seed}):",
+        "",
+        *segmentation_table(runs, world),
+        "",
+        "![per-class IoU](figures/per_class_iou.png)",
+        "",
+        *(["![examples](figures/examples.png)", ""] if examples else []),
+        "## Learning curves",
+        "",
+        "Left: the teacher's zero-shot recall of things and stuff against the samples it has seen (its training "
+        "log). Right: GroupViT's val mIoU at periodic checkpoints of "
+        f"{', '.join(f'`{m}`' for m in cfg.curve_runs)} (seed {cfg.seed}).",
+        "",
+        "![learning curves](figures/learning_curves.png)",
+        "",
+        "## Grouping or naming",
+        "",
+        "Zero-shot segmentation needs groups that follow the objects and group embeddings that name them. Each "
+        "run's first seed, on the val split: every group labelled with the class most of its pixels truly are "
+        "(*true labels*: the best any naming could do with these groups), and with its nearest class text (*nearest "
+        "text*: the harness without its image-level prior; `benchmarks/grouping_bound.py`).",
+        "",
+        *grouping_table(results),
+        "",
+        "## Curation quality (against the world's truth)",
+        "",
+        f"{quality['images']} train images. A caption names {omission['named_per_image']} of the "
+        f"{omission['present_per_image']} concepts an image shows (omitted share {pct(omission['measured_train'])}%). "
+        "Ranked curators are scored on the concepts they add beyond the caption: precision = share of those that the "
+        "image shows, recall = share of the caption-omitted concepts they find. Micro-averaged over images.",
+        "",
+        *curation_tables(quality),
+        "",
+        "![curation](figures/curation.png)",
+        "",
+        "## Teacher CLIP",
+        "",
+        *teacher_section(results, teacher_folder),
+        "",
+        "## Throughput",
+        "",
+        f"Wall time of each stage. The GroupViT runs trained {cfg.parallel_runs} at a time, one torch "
+        "thread each, so their rates are per run, not per machine.",
+        "",
+        *throughput_table(stages),
+        "",
+        "## Per-class IoU",
+        "",
+        *per_class_table(runs, classes),
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(asdict(cfg), indent=2, default=str),
+        "```",
+        "",
+    ]
+    report = out / "report.md"
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines))
+    return report
