@@ -1,4 +1,7 @@
-"""`make teacher` (`python -m cocu.benchmarks.teacher`): train the benchmark's teacher CLIP again with its recorded recipe, into ``benchmarks/teacher/``."""
+"""`make teacher` (`python -m cocu.benchmarks.teacher`): train the benchmark's teacher CLIP again.
+
+It follows its recorded recipe and writes into ``benchmarks/teacher/``.
+"""
 
 from __future__ import annotations
 
