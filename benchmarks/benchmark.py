@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from cocu.benchmarks.grouping_bound import write_grouping_bound
-from cocu.benchmarks.presets import BENCH_PRESETS, TEXT_MODES, BenchConfig
+from cocu.benchmarks.presets import BENCH_PRESETS, RUNS, BenchConfig
 from cocu.benchmarks.results import TEACHER_ZERO_SHOT, run_label
 from cocu.benchmarks.runner import Runner, claim_run_dir, tool
 from cocu.benchmarks.teacher.recipe import shipped_teacher, teacher_command
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Run the CoCu experiment end to end on the synthetic world.")
     parser.add_argument("--preset", choices=sorted(BENCH_PRESETS), default="default")
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
-    parser.add_argument("--runs", nargs="+", choices=TEXT_MODES, help="text modes to train (default: the preset's)")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, help="runs to train (default: the preset's)")
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
     parser.add_argument("--seeds", type=int, help="seeds of the seeded runs (default: the preset's)")
     parser.add_argument(

@@ -8,7 +8,7 @@ from pathlib import Path
 from cocu.benchmarks.teacher.recipe import SHIPPED, TeacherRecipe
 from cocu.curation.inputs.synthetic import WorldConfig
 
-TEXT_MODES = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
+RUNS = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class BenchConfig:
     train_steps: int = 500
     train_batch: int = 64
     train_workers: int = 1
-    runs: tuple[str, ...] = TEXT_MODES
+    runs: tuple[str, ...] = RUNS
     seeds: int = 3  # seeds of the runs in seeded_runs: seed, seed + 1, ...
     seeded_runs: tuple[str, ...] = ("caption", "cocu-cluster", "oracle")
     curve_runs: tuple[str, ...] = ("oracle",)  # evaluated at curve_points checkpoints of their first seed

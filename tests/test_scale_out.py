@@ -18,10 +18,11 @@ from test_curation import MODEL, save_tiny_clip
 
 from cocu.curation.bank.build import BankConfig, build_bank
 from cocu.curation.bank.layout import BankError
-from cocu.curation.core.placement import ShardSlice, default_workers, shard_slice, worker_devices
-from cocu.curation.core.stage import ShardTask, run_stage
+from cocu.curation.core.placement import ShardSlice, shard_slice, worker_devices
+from cocu.curation.core.stage import Resources, ShardTask, Stage, run_stage
 from cocu.curation.enrich.curator import EnrichConfig
 from cocu.curation.enrich.run import enrich
+from cocu.curation.executors.local import LocalExecutor
 
 SHARDS, ROWS = 6, 40
 # build.json is the build's own bookkeeping (it records each file's mtime to skip re-hashing): compared without those
@@ -37,11 +38,16 @@ def fake_gpus(monkeypatch, count: int) -> None:
 
 def test_workers_default_to_one_per_gpu_each_pinned_to_its_own(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    def workers(device: str | None) -> int:
+        return LocalExecutor().workers_for(Stage("s", record_device, {}, resources=Resources.for_device(device)), 99)
+
     fake_gpus(monkeypatch, 0)
-    assert default_workers(None) == 1 and worker_devices(1, None) is None
+    assert workers(None) == 1 and worker_devices(1, None) is None
     fake_gpus(monkeypatch, 4)
-    assert default_workers(None) == default_workers("cuda") == 4
-    assert default_workers("cpu") == 1 and worker_devices(4, "cpu") is None
+    assert workers(None) == workers("cuda") == 4
+    assert LocalExecutor().workers_for(Stage("s", record_device, {}, resources=Resources.for_device(None)), 3) == 3
+    assert workers("cpu") == 1 and worker_devices(4, "cpu") is None
     assert worker_devices(4, None) == ["0", "1", "2", "3"]
     assert worker_devices(6, "cuda") == ["0", "1", "2", "3", "0", "1"]  # more workers than GPUs: dealt round-robin
     assert worker_devices(2, "cuda:3") is None  # the user pinned the device himself
@@ -51,14 +57,17 @@ def test_workers_default_to_one_per_gpu_each_pinned_to_its_own(monkeypatch):
 
 
 @pytest.mark.slow
-def test_each_parallel_worker_sees_only_its_own_gpu(tmp_path):
+def test_each_parallel_worker_sees_only_its_own_gpu(tmp_path, monkeypatch):
     sources = []
     for i in range(6):
         sources.append(tmp_path / f"{i}.src")
         sources[-1].write_text(str(i))
     tasks = [ShardTask(src, tmp_path / "out" / f"{i}.txt") for i, src in enumerate(sources)]
     (tmp_path / "out").mkdir()
-    summary = run_stage("pin", tasks, record_device, {}, workers=2, progress=False, devices=["3", "7"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")  # the scheduler gave this job GPUs 3 and 7
+    fake_gpus(monkeypatch, 2)  # the driver sees them; each spawned worker must see only its own
+    stage = Stage("pin", record_device, {}, resources=Resources.for_device(None))
+    summary = run_stage(stage, tasks, LocalExecutor(), progress=False)
     assert summary.ok and summary.done == 6
     seen = {}
     for task in tasks:
@@ -189,7 +198,8 @@ def test_ray_retries_a_dead_actor_and_reports_what_keeps_failing(ray_cluster, tm
         (tmp_path / f"{name}.src").write_text(name)
     (tmp_path / "out").mkdir()
     tasks = [ShardTask(tmp_path / f"{n}.src", tmp_path / "out" / f"{n}.txt") for n in names]
-    summary = run_stage("flaky", tasks, flaky, {}, progress=False, executor=RayExecutor(workers=2, max_retries=2))
+    stage = Stage("flaky", flaky, {})
+    summary = run_stage(stage, tasks, RayExecutor(workers=2, max_retries=2), progress=False)
     assert summary.done == 3 and len(summary.failures) == 1
     assert "bad2.src" in summary.failures[0] and "failed 3 time(s), last: the disk said no" in summary.failures[0]
     assert "\n" not in summary.failures[0]

@@ -16,7 +16,8 @@ from cocu.curation.core.shards import (
     remove_stale_temporaries,
     validate_shard,
 )
-from cocu.curation.core.stage import ShardTask, run_stage
+from cocu.curation.core.stage import ShardTask, Stage, run_stage
+from cocu.curation.executors.local import LocalExecutor
 
 
 def make_table(n=10, start=0, **extra):
@@ -115,21 +116,26 @@ def copy_upper(task, params, progress):
     return {"rows": writer.rows}
 
 
+UPPER = Stage("upper", copy_upper, {"upper": True})
+
+
 def test_stage_skips_done_shards_and_redoes_changed_ones(tmp_path):
     sources = []
     for i in range(3):
         pq.write_table(make_table(10, start=10 * i), tmp_path / f"in{i}.parquet")
         sources.append(tmp_path / f"in{i}.parquet")
     tasks = [ShardTask(s, tmp_path / "out" / s.name) for s in sources]
-    first = run_stage("upper", tasks, copy_upper, {"upper": True}, progress=False)
+    first = run_stage(UPPER, tasks, LocalExecutor(), progress=False)
     assert (first.done, first.skipped, first.counts["rows"]) == (3, 0, 30)
     assert pq.read_table(tasks[0].target).column("caption")[0].as_py() == "A PHOTO OF THING 0"
-    again = run_stage("upper", tasks, copy_upper, {"upper": True}, progress=False)
+    again = run_stage(UPPER, tasks, LocalExecutor(), progress=False)
     assert (again.done, again.skipped) == (0, 3)
     pq.write_table(make_table(5, start=100), sources[1])  # changed input: only that shard is redone
-    changed = run_stage("upper", tasks, copy_upper, {"upper": True}, progress=False)
+    changed = run_stage(UPPER, tasks, LocalExecutor(), progress=False)
     assert (changed.done, changed.skipped) == (1, 2)
-    other = run_stage("upper", tasks, copy_upper, {"upper": False}, progress=False)  # changed parameters: all redone
+    other = run_stage(
+        Stage("upper", copy_upper, {"upper": False}), tasks, LocalExecutor(), progress=False
+    )  # changed parameters: all redone
     assert other.done == 3
 
 
@@ -137,7 +143,7 @@ def test_stage_reports_bad_shard_and_finishes_the_others(tmp_path):
     pq.write_table(make_table(10), tmp_path / "good.parquet")
     pq.write_table(make_table(10).drop(["key"]), tmp_path / "bad.parquet")
     tasks = [ShardTask(tmp_path / n, tmp_path / "out" / n) for n in ("bad.parquet", "good.parquet")]
-    summary = run_stage("upper", tasks, copy_upper, {"upper": True}, workers=2, progress=False)
+    summary = run_stage(UPPER, tasks, LocalExecutor(workers=2), progress=False)
     assert summary.done == 1 and len(summary.failures) == 1
     assert "bad.parquet" in summary.failures[0] and "missing required column 'key'" in summary.failures[0]
     assert not (tmp_path / "out" / "bad.parquet").exists()

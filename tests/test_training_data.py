@@ -27,6 +27,7 @@ from cocu.training.data import (
     cached_tokenizer,
     plan_units,
     scan_shards,
+    text_mode,
 )
 from cocu.training.prompts import TEMPLATES, build_texts, draw_cluster_guided, draw_uniform, take_top
 
@@ -379,7 +380,7 @@ def test_read_units_partition_the_rows_for_any_layout(shape, unit_kind, world, t
     per = 240 // shards
     for s in range(shards):
         pq.write_table(rows.slice(s * per, per), tmp_path / f"{s}.parquet", row_group_size=math.ceil(per / groups))
-    infos = scan_shards(str(tmp_path), "oracle")
+    infos = scan_shards(str(tmp_path), text_mode("oracle"))
     units = plan_units(infos, 4)
     assert {
         "shard": len(units) == shards,

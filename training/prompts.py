@@ -1,6 +1,6 @@
 """Training text for each sample: the caption plus K prompts, each a CLIP template filled with a concept.
 
-The text modes (``data.planning.TEXT_MODES``) differ only in *which* concepts fill the prompts:
+The text modes (``data.text_modes``, one object each) differ only in *which* concepts fill the prompts:
 
 - ``caption``: the GroupViT baseline. Up to K distinct concepts of the caption itself, drawn at random
   each time the sample is read (GroupViT draws caption words without replacement).

@@ -27,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,19 @@ from cocu.curation.bank.embed import (
 from cocu.curation.bank.layout import MANIFEST, PARTS, BankError
 from cocu.curation.concepts.names import resolve_template
 from cocu.curation.core.locking import folder_lock
-from cocu.curation.core.placement import ShardSlice, default_workers, wants_gpu, worker_devices
+from cocu.curation.core.placement import ShardSlice
 from cocu.curation.core.shards import check_keys_across_shards, expand_shards
-from cocu.curation.core.stage import ShardTask, StageSummary, is_done, params_digest, run_stage
+from cocu.curation.core.stage import (
+    Executor,
+    Resources,
+    ShardTask,
+    Stage,
+    StageSummary,
+    is_done,
+    params_digest,
+    run_stage,
+)
+from cocu.curation.executors.local import LocalExecutor
 
 
 @dataclass(frozen=True)
@@ -112,15 +122,15 @@ def build_bank(
     config: BankConfig,
     workers: int | None = None,
     progress: bool = True,
-    executor: Any = None,
+    executor: Executor | None = None,
     part: ShardSlice = ShardSlice(),
     finalize: bool = False,
 ) -> BankSummary:
     """Embed the shards, mine the vocabulary, embed the concept prompts, assemble the tables and the index.
 
-    ``workers`` None is one per visible GPU (one without). ``executor`` runs the embed stage elsewhere
-    (``RayExecutor``). A ``part`` of an array job embeds its slice of the shards only; ``finalize`` then
-    embeds nothing and runs the global steps once every shard's part is there.
+    ``workers`` None is one per visible GPU (one without); ``executor`` runs the embed stage elsewhere
+    (``RayExecutor``; ``workers`` is then its business). A ``part`` of an array job embeds its slice of the
+    shards only; ``finalize`` then embeds nothing and runs the global steps once every shard's part is there.
     """
     started = time.perf_counter()
     resolve_template(config.template)  # a bad template fails before any embedding
@@ -131,7 +141,8 @@ def build_bank(
         cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here
     check_keys_across_shards(sources)  # before hours of embedding, not after
     with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
-        return _build_locked(sources, out, config, spec, workers, progress, started, executor, part, finalize)
+        executor = executor or LocalExecutor(workers)
+        return _build_locked(sources, out, config, spec, progress, started, executor, part, finalize)
 
 
 def _build_locked(
@@ -139,10 +150,9 @@ def _build_locked(
     out: Path,
     config: BankConfig,
     spec: ModelSpec,
-    workers: int | None,
     progress: bool,
     started: float,
-    executor: Any,
+    executor: Executor,
     part: ShardSlice,
     finalize: bool,
 ) -> BankSummary:
@@ -159,25 +169,19 @@ def _build_locked(
     if finalize:
         embed = _check_parts_done(tasks, embed_params)
     else:
-        workers = default_workers(config.device) if workers is None else workers
-        if executor is not None and not wants_gpu(config.device):
-            executor = replace(executor, num_gpus=0.0)
-        embed = run_stage(
+        stage = Stage(
             "embed",
-            part.take(tasks),
             embed_part,
             embed_params,
-            workers=workers,
-            progress=progress,
-            initializer=init_embed_worker,
-            initargs=(settings, workers),
-            devices=worker_devices(workers, config.device),
-            executor=executor,
+            setup=init_embed_worker,
+            setup_args=(settings,),
+            resources=Resources.for_device(config.device),
         )
+        embed = run_stage(stage, part.take(tasks), executor, progress)
     summary = BankSummary(out, embed, part=part)
     if not embed.ok or not part.whole:
         return summary
-    set_worker_threads(1, config.decode_workers)  # the assembly runs here, on the whole machine
+    set_worker_threads(os.cpu_count() or 1, config.decode_workers)  # the assembly runs here, on the whole machine
     builder = Assembly(out, config, spec, tasks, progress)
     summary.steps_run = builder.run()
     manifest = json.loads((out / MANIFEST).read_text())

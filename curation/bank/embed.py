@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from cocu.curation.bank.clip import ClipModel, load_clip
 from cocu.curation.core.shards import decode_text, iter_batches, write_table
-from cocu.curation.core.stage import ShardTask, params_digest, worker_threads
+from cocu.curation.core.stage import ShardTask, params_digest
 
 PART_FORMAT = 2  # 2: parts hold the sha256 of each image's bytes
 
@@ -31,8 +31,8 @@ def cached_clip(model: str, pretrained: str | None, model_config: str | None, de
     return _models[key]
 
 
-def set_worker_threads(workers: int, decode_workers: int | None) -> int:
-    """Give this process its share of the cores (``worker_threads``); returns its number of image decoders.
+def set_worker_threads(share: int, decode_workers: int | None) -> int:
+    """Give this process ``share`` cores (what its executor gave the worker); returns its number of image decoders.
 
     FAISS gets the whole share. Torch gets what the decoders leave, since they run while the model
     does and oversubscribed OpenMP threads wait on each other (3x slower on this 2-core machine).
@@ -40,7 +40,6 @@ def set_worker_threads(workers: int, decode_workers: int | None) -> int:
     import faiss
     import torch
 
-    share = worker_threads(workers)
     decoders = max(1, min(8, share - 1)) if decode_workers is None else decode_workers
     torch.set_num_threads(max(1, share - decoders))
     faiss.omp_set_num_threads(share)
@@ -61,9 +60,9 @@ def restored_threads() -> Iterator[None]:
         faiss.omp_set_num_threads(saved[1])
 
 
-def init_embed_worker(settings: dict[str, Any], workers: int) -> dict[str, Any]:
-    """The embed stage's worker initializer: this process's thread share; the settings are the worker's context."""
-    return {**settings, "decode_workers": set_worker_threads(workers, settings["decode_workers"])}
+def init_embed_worker(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """The embed stage's worker setup: this worker's thread share; the settings are its context."""
+    return {**settings, "decode_workers": set_worker_threads(threads, settings["decode_workers"])}
 
 
 def embed_part(

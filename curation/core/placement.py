@@ -29,12 +29,6 @@ def wants_gpu(device: str | None) -> bool:
     return device is None or device.startswith("cuda")
 
 
-def default_workers(device: str | None) -> int:
-    """One worker per visible GPU when the stage may use GPUs, else one."""
-    gpus = visible_gpu_count() if wants_gpu(device) else 0
-    return max(1, gpus)
-
-
 def worker_devices(workers: int, device: str | None) -> list[str] | None:
     """The ``CUDA_VISIBLE_DEVICES`` value of each worker slot, GPUs dealt round-robin; None when nothing is pinned.
 

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import queue
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from cocu.curation.core.placement import pin_to_device
+from cocu.curation.core.placement import wants_gpu
 from cocu.curation.core.shards import (
     ShardError,
     atomic_write_json,
@@ -37,6 +34,7 @@ from cocu.curation.core.shards import (
 
 Progress = Callable[[int], None]
 ShardFunction = Callable[..., Mapping[str, int]]  # (task, params, progress[, worker context])
+Outcome = tuple[Mapping[str, int], float] | BaseException  # a shard's counts and seconds, or why it failed
 
 
 def tool_version() -> str:
@@ -62,6 +60,62 @@ class ShardTask:
     @property
     def manifest(self) -> Path:
         return manifest_path(self.target)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs. The executor places the workers: one per GPU, or Ray's resource requests."""
+
+    gpus: float = 0.0  # per worker; a stage with GPUs gets one worker per visible GPU by default, each pinned
+    cpus: float = 1.0  # per worker: its share of cores (threads of torch, faiss and the image decoders)
+    memory_gb: float | None = None  # reserved per worker where the executor can (Ray); None: no reservation
+    device: str | None = "cpu"  # the stage's --device; a device the user named (cuda:N) is not re-pinned
+
+    @classmethod
+    def for_device(cls, device: str | None, cpus: float = 1.0, memory_gb: float | None = None) -> Resources:
+        """One GPU per worker when ``device`` may use one (None or cuda), none for cpu."""
+        return cls(gpus=1.0 if wants_gpu(device) else 0.0, cpus=cpus, memory_gb=memory_gb, device=device)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A per-shard stage as it declares itself: name, needs, per-worker setup, per-shard work.
+
+    ``process(task, params, progress[, context])`` is a module-level function (it travels to worker processes and
+    Ray actors) that writes ``task.target`` atomically and returns counts; it calls ``progress(n)`` after each batch.
+    ``setup(threads, *setup_args)`` runs once per worker, given that worker's share of cores; what it returns (a
+    loaded model, an open bank) is the context ``process`` then takes as its fourth argument. ``prepared`` holds
+    keyword arguments ``setup`` gets only when it runs in this process: objects already loaded here (an open bank)
+    that a worker elsewhere loads itself.
+    """
+
+    name: str
+    process: ShardFunction
+    params: Mapping[str, Any]
+    setup: Callable[..., Any] | None = None
+    setup_args: tuple = ()
+    resources: Resources = Resources()
+    unit: str = "img"
+    prepared: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def start_worker(self, threads: int, here: bool = False) -> tuple:
+        """The worker's context as ``process`` takes it (empty without a setup); ``here``: in this process."""
+        if self.setup is None:
+            return ()
+        return (self.setup(threads, *self.setup_args, **(self.prepared if here else {})),)
+
+
+Finish = Callable[[ShardTask, Outcome], None]
+
+
+class Executor(Protocol):
+    """Where a stage's pending shards run (``cocu.curation.executors``): this machine, or a Ray cluster.
+
+    ``run`` calls ``finish(task, outcome)`` exactly once per task and ``progress(rows)`` as rows are done; the
+    driver (``run_stage``) keeps what makes a run resumable: the skip decision and the manifests.
+    """
+
+    def run(self, stage: Stage, pending: Sequence[ShardTask], progress: Progress, finish: Finish) -> None: ...
 
 
 @dataclass
@@ -141,31 +195,11 @@ def _write_manifest(
     )
 
 
-def run_stage(
-    stage: str,
-    tasks: Sequence[ShardTask],
-    fn: ShardFunction,
-    params: Mapping[str, Any],
-    workers: int = 1,
-    unit: str = "img",
-    progress: bool = True,
-    initializer: Callable[..., Any] | None = None,
-    initargs: tuple = (),
-    devices: Sequence[str] | None = None,
-    executor: Any = None,
-) -> StageSummary:
-    """Run ``fn`` on every task not already done; a failing shard is reported, the others go on.
-
-    ``fn`` must be a module-level function (it is sent to worker processes) that writes
-    ``task.target`` atomically and returns counts; it calls ``progress(n)`` after each batch.
-    With an ``initializer`` (run once per worker), ``fn`` takes a fourth argument: what the initializer
-    returned in that worker (its context: a loaded model, an open bank), so no module state is needed.
-    ``devices`` pins parallel worker ``i`` to GPU ``devices[i]`` (``placement.worker_devices``);
-    ``executor`` (e.g. ``ray_executor.RayExecutor``) runs the pending shards elsewhere instead of here.
-    """
+def run_stage(stage: Stage, tasks: Sequence[ShardTask], executor: Executor, progress: bool = True) -> StageSummary:
+    """Run ``stage`` on every task not already done; a failing shard is reported, the others go on."""
     started = time.perf_counter()
-    digest = params_digest({"stage": stage, **params})
-    summary = StageSummary(stage)
+    digest = params_digest({"stage": stage.name, **stage.params})
+    summary = StageSummary(stage.name)
     owners = {name for task in tasks for name in (task.target.name, task.manifest.name)}
     for directory in {task.target.parent for task in tasks}:
         if directory.exists():
@@ -182,9 +216,9 @@ def run_stage(
             total += count_rows(task.source)
         except ShardError:
             pass  # reported when the shard itself runs
-    bar = tqdm(total=total, unit=unit, unit_scale=True, desc=stage, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, unit=stage.unit, unit_scale=True, desc=stage.name, disable=not progress, dynamic_ncols=True)
 
-    def finish(task: ShardTask, outcome: tuple[Mapping[str, int], float] | BaseException) -> None:
+    def finish(task: ShardTask, outcome: Outcome) -> None:
         if isinstance(outcome, BaseException):
             summary.failures.append(
                 str(outcome)
@@ -193,84 +227,25 @@ def run_stage(
             )
             return
         counts, seconds = outcome
-        _write_manifest(task, stage, params, digest, counts, seconds)
+        _write_manifest(task, stage.name, stage.params, digest, counts, seconds)
         summary.done += 1
         summary.counts.update(counts)
         bar.set_postfix_str(f"shards {summary.done + summary.skipped}/{len(tasks)}", refresh=False)
 
-    if executor is not None:
-        executor.run(pending, fn, params, bar.update, finish, initializer, initargs)
-    elif workers <= 1 or len(pending) <= 1:
-        context = (initializer(*initargs),) if initializer is not None else ()
-        for task in pending:
-            try:
-                finish(task, _timed(fn, task, params, bar.update, context))
-            except Exception as err:  # one bad shard must not stop the others
-                finish(task, err)
-    else:
-        _run_parallel(pending, fn, params, workers, bar, finish, initializer, initargs, devices)
+    if pending:
+        executor.run(stage, pending, bar.update, finish)
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _timed(
-    fn: ShardFunction, task: ShardTask, params: Mapping[str, Any], progress: Progress, context: tuple = ()
+def run_shard(
+    process: ShardFunction, task: ShardTask, params: Mapping[str, Any], progress: Progress, context: tuple = ()
 ) -> tuple[Mapping[str, int], float]:
+    """One shard through the stage's work, timed; what every executor calls, wherever it runs."""
     started = time.perf_counter()
-    counts = fn(task, params, progress, *context)
+    counts = process(task, params, progress, *context)
     return counts, time.perf_counter() - started
-
-
-_worker: dict[str, Any] = {}  # this pool process's progress queue and initializer context, set by _worker_init
-
-
-def _worker_init(
-    progress_queue: Any, initializer: Callable[..., Any] | None, initargs: tuple, device_queue: Any
-) -> None:
-    if device_queue is not None:  # before the initializer loads a model: it must see only its own GPU
-        pin_to_device(device_queue.get())
-    context = (initializer(*initargs),) if initializer is not None else ()
-    _worker.update(progress=progress_queue.put, context=context)
-
-
-def _worker_run(fn: ShardFunction, task: ShardTask, params: Mapping[str, Any]) -> tuple[Mapping[str, int], float]:
-    return _timed(fn, task, params, _worker["progress"], _worker["context"])
-
-
-def _run_parallel(pending, fn, params, workers, bar, finish, initializer, initargs, devices=None) -> None:
-    context = mp.get_context("spawn")  # fork after torch/faiss threads have started can deadlock
-    workers = min(workers, len(pending))
-    with context.Manager() as manager:
-        progress_queue = manager.Queue()
-        device_queue = None
-        if devices:
-            device_queue = manager.Queue()
-            for slot in range(workers):  # one per worker process, each started once
-                device_queue.put(devices[slot % len(devices)])
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=_worker_init,
-            initargs=(progress_queue, initializer, initargs, device_queue),
-        ) as pool:
-            futures: dict[Future, ShardTask] = {pool.submit(_worker_run, fn, task, params): task for task in pending}
-            while futures:
-                finished, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(progress_queue, bar)
-                for future in finished:
-                    task = futures.pop(future)
-                    error = future.exception()
-                    finish(task, error if error is not None else future.result())
-            _drain(progress_queue, bar)
-
-
-def _drain(progress_queue: Any, bar: tqdm) -> None:
-    while True:
-        try:
-            bar.update(progress_queue.get_nowait())
-        except queue.Empty:
-            return
 
 
 def worker_threads(workers: int) -> int:

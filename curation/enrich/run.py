@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,12 @@ from cocu.curation.bank.layout import check_bank_model, read_bank_manifest
 from cocu.curation.bank.reader import Bank
 from cocu.curation.concepts.names import TEMPLATES
 from cocu.curation.core.locking import folder_lock
-from cocu.curation.core.placement import ShardSlice, default_workers, wants_gpu, worker_devices
+from cocu.curation.core.placement import ShardSlice
 from cocu.curation.core.shards import ShardError, expand_shards
-from cocu.curation.core.stage import ShardTask, StageSummary, run_stage
+from cocu.curation.core.stage import Executor, Resources, ShardTask, Stage, StageSummary, run_stage
 from cocu.curation.enrich.curator import EnrichConfig
 from cocu.curation.enrich.shard import enrich_shard, open_enrich_worker
+from cocu.curation.executors.local import LocalExecutor
 
 
 def enrich(
@@ -31,13 +31,13 @@ def enrich(
     config: EnrichConfig = EnrichConfig(),
     workers: int | None = None,
     progress: bool = True,
-    executor: Any = None,
+    executor: Executor | None = None,
     part: ShardSlice = ShardSlice(),
 ) -> StageSummary:
     """Curate every shard into ``out/<shard name>`` (skipping shards already done with this bank and parameters).
 
     ``workers`` None is one per visible GPU (one without), each pinned to its own; ``executor`` runs the
-    shards elsewhere (``RayExecutor``); ``part`` is an array task's slice of the shards.
+    shards elsewhere (``RayExecutor``; ``workers`` is then its business); ``part`` is an array task's slice.
     """
     bank_path = Path(bank)
     manifest = read_bank_manifest(bank_path)
@@ -46,24 +46,18 @@ def enrich(
     sources = expand_shards(shards)
     tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
     _check_distinct_targets(tasks)
-    workers = default_workers(config.device) if workers is None else workers
-    if executor is not None and not wants_gpu(config.device):
-        executor = replace(executor, num_gpus=0.0)
     opened = Bank.open(bank_path, config.nprobe, config.ef_search)  # a damaged bank: one error, not one per shard
-    in_process = workers <= 1 and executor is None  # worker processes open their own; this one reuses it
+    stage = Stage(
+        "enrich",
+        enrich_shard,
+        config.output_params(manifest["bank_id"]),
+        setup=open_enrich_worker,
+        setup_args=(str(bank_path), config),
+        resources=Resources.for_device(config.device),
+        prepared={"opened": opened},  # the shards that run in this process reuse it; worker processes open their own
+    )
     with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
-        return run_stage(
-            "enrich",
-            part.take(tasks),
-            enrich_shard,
-            config.output_params(manifest["bank_id"]),
-            workers=workers,
-            progress=progress,
-            initializer=open_enrich_worker,
-            initargs=(str(bank_path), config, workers, opened if in_process else None),
-            devices=worker_devices(workers, config.device),
-            executor=executor,
-        )
+        return run_stage(stage, part.take(tasks), executor or LocalExecutor(workers), progress)
 
 
 def template_note(manifest: dict[str, Any], formula: str) -> str | None:

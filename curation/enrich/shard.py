@@ -55,9 +55,9 @@ class EnrichContext:
     decode_workers: int
 
 
-def open_enrich_worker(bank_path: str, config: EnrichConfig, workers: int, opened: Bank | None = None) -> EnrichContext:
-    """The stage's worker initializer: sets this process's thread share and opens the bank (or takes ``opened``)."""
-    decoders = set_worker_threads(workers, config.decode_workers)
+def open_enrich_worker(threads: int, bank_path: str, config: EnrichConfig, opened: Bank | None = None) -> EnrichContext:
+    """The stage's worker setup: sets this worker's thread share and opens the bank (or takes ``opened``)."""
+    decoders = set_worker_threads(threads, config.decode_workers)
     return EnrichContext(opened or Bank.open(bank_path, config.nprobe, config.ef_search), config, decoders)
 
 

@@ -6,7 +6,7 @@ returns. The actors run the very per-shard function of the local executor, which
 under the same deterministic name with the same atomic rename, so a Ray run's outputs are the local
 run's bytes (the filesystem must be shared by the driver and the workers, as on any cluster).
 
-Each actor calls the stage's initializer once (the model is loaded once per actor, then cached there)
+Each actor runs the stage's setup once (the model is loaded once per actor, then cached there)
 and takes one shard at a time, so fast actors take more shards. A shard whose call fails is retried on
 a fresh actor up to ``max_retries`` times when the failure is the machine's (actor died, out of memory,
 an unexpected exception); a ``ShardError`` is the data's fault and is reported at once. Every shard
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cocu.curation.core.shards import ShardError, count_rows
+from cocu.curation.core.stage import Finish, Progress, ShardFunction, ShardTask, Stage, run_shard
 
 log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # shards travel by path, not through the object store
@@ -32,8 +33,8 @@ class RayExecutor:
 
     address: str | None = None
     workers: int | None = None  # actors; None: one per GPU when they use GPUs, else one per CPU they ask for
-    num_cpus: float = 1.0  # per actor (its image decoders run inside it)
-    num_gpus: float | None = None  # per actor; None: 1 when the cluster has GPUs (stages on --device cpu set 0)
+    num_cpus: float | None = None  # per actor; None: what the stage declares (its image decoders run inside it)
+    num_gpus: float | None = None  # per actor; None: the stage's GPUs when the cluster has any, else 0
     max_retries: int = 2  # extra tries of a shard after its first failed one
 
     def connect(self) -> None:
@@ -46,37 +47,37 @@ class RayExecutor:
                 options["object_store_memory"] = OBJECT_STORE_BYTES
             ray.init(address=self.address, **options)
 
-    def resources(self) -> tuple[int, float, float]:
-        """(actors, cpus per actor, gpus per actor) for this cluster."""
+    def resources(self, stage: Stage) -> tuple[int, float, float]:
+        """(actors, cpus per actor, gpus per actor) for this stage on this cluster."""
         import ray
 
         self.connect()
         cluster = ray.cluster_resources()
-        gpus = self.num_gpus if self.num_gpus is not None else (1.0 if cluster.get("GPU", 0) else 0.0)
+        cpus = self.num_cpus if self.num_cpus is not None else stage.resources.cpus
+        if self.num_gpus is not None:
+            gpus = self.num_gpus
+        else:
+            gpus = stage.resources.gpus if cluster.get("GPU", 0) else 0.0
         if self.workers is not None:
-            return self.workers, self.num_cpus, gpus
+            return self.workers, cpus, gpus
         by_gpu = int(cluster.get("GPU", 0) // gpus) if gpus else 0
-        return max(1, by_gpu or int(cluster.get("CPU", 1) // max(self.num_cpus, 1e-9))), self.num_cpus, gpus
+        return max(1, by_gpu or int(cluster.get("CPU", 1) // max(cpus, 1e-9))), cpus, gpus
 
-    def run(
-        self,
-        pending: Sequence,
-        fn: Callable,
-        params: Any,
-        progress: Callable[[int], None],
-        finish: Callable[[Any, Any], None],
-        initializer: Callable[..., None] | None,
-        initargs: tuple,
-    ) -> None:
-        """Run ``fn`` on every pending task; call ``finish(task, (counts, seconds) | error)`` once per task."""
+    def run(self, stage: Stage, pending: Sequence[ShardTask], progress: Progress, finish: Finish) -> None:
+        """Run the stage on every pending task; call ``finish(task, (counts, seconds) | error)`` once per task."""
         import ray
 
-        actors_wanted, cpus, gpus = self.resources()
-        actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(ShardWorker)
+        actors_wanted, cpus, gpus = self.resources(stage)
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 0}
+        if stage.resources.memory_gb:
+            options["memory"] = int(stage.resources.memory_gb * 2**30)
+        actor_class = ray.remote(**options)(ShardWorker)
+        setup = (stage.setup, stage.setup_args, max(1, int(cpus)))
+        fn, params = stage.process, stage.params
         queue = list(reversed(pending))  # pop() takes them in order
         attempts: dict[Any, int] = {}
         running: dict[Any, tuple[Any, Any]] = {}  # object ref -> (task, actor)
-        idle = [actor_class.remote(initializer, initargs) for _ in range(min(actors_wanted, len(pending)))]
+        idle = [actor_class.remote(*setup) for _ in range(min(actors_wanted, len(pending)))]
 
         def submit(actor) -> None:
             task = queue.pop()
@@ -102,7 +103,7 @@ class RayExecutor:
                 )
                 if not _alive(actor):
                     ray.kill(actor, no_restart=True)
-                    actor = actor_class.remote(initializer, initargs)
+                    actor = actor_class.remote(*setup)
                 if retry:
                     queue.append(task)
                 else:  # one line for the summary, however long Ray's own message is
@@ -121,20 +122,16 @@ class RayExecutor:
 
 
 class ShardWorker:
-    """A Ray actor: runs the stage's initializer once, then one shard per call."""
+    """A Ray actor: runs the stage's setup once (given its share of cores), then one shard per call."""
 
-    def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple):
-        self.context = (initializer(*initargs),) if initializer is not None else ()
+    def __init__(self, setup: Callable[..., Any] | None, setup_args: tuple, threads: int):
+        self.context = (setup(threads, *setup_args),) if setup is not None else ()
 
     def ping(self) -> bool:
         return True
 
-    def run(self, fn: Callable, task: Any, params: Any) -> tuple[Any, float]:
-        import time
-
-        started = time.perf_counter()
-        counts = fn(task, params, lambda n: None, *self.context)
-        return counts, time.perf_counter() - started
+    def run(self, process: ShardFunction, task: ShardTask, params: Any) -> tuple[Any, float]:
+        return run_shard(process, task, params, lambda n: None, self.context)
 
 
 def _cause(err: BaseException) -> BaseException:

@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from cocu.curation.core.shards import INPUT_SCHEMA, ShardError, ShardWriter, expand_shards
-from cocu.curation.core.stage import Progress, ShardTask, StageSummary, run_stage
+from cocu.curation.core.stage import Progress, ShardTask, Stage, StageSummary, run_stage
+from cocu.curation.executors.local import LocalExecutor
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSIONS = ("txt", "text")
@@ -51,7 +52,7 @@ def convert_webdataset(
         "caption_extensions": list(CAPTION_EXTENSIONS),
         "batch_rows": batch_rows,
     }
-    return run_stage("convert", tasks, _convert_tar, params, workers=workers, unit="img", progress=progress)
+    return run_stage(Stage("convert", _convert_tar, params), tasks, LocalExecutor(workers), progress)
 
 
 def _convert_tar(task: ShardTask, params: Mapping[str, Any], progress: Progress) -> dict[str, int]:

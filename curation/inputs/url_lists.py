@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from cocu.curation.core.errors import CocuError
 from cocu.curation.core.shards import ShardError, ShardWriter, manifest_path
-from cocu.curation.core.stage import Progress, ShardTask, run_stage
+from cocu.curation.core.stage import Progress, ShardTask, Stage, run_stage
+from cocu.curation.executors.local import LocalExecutor
 
 # Column order of the official header-less TSVs (groupvit.md §7.4, img2dataset's dataset_examples).
 LIST_LAYOUTS: dict[str, tuple[str, ...]] = {"cc3m": ("caption", "url"), "cc12m": ("url", "caption")}
@@ -142,15 +143,8 @@ def normalize_headerless(
         if stale not in targets:
             stale.unlink()
             manifest_path(stale).unlink(missing_ok=True)
-    summary = run_stage(
-        "prepare-list",
-        tasks,
-        _normalize_one,
-        {"format": fmt, "columns": list(columns)},
-        workers=min(workers, len(tasks)),
-        unit="row",
-        progress=progress,
-    )
+    stage = Stage("prepare-list", _normalize_one, {"format": fmt, "columns": list(columns)}, unit="row")
+    summary = run_stage(stage, tasks, LocalExecutor(workers), progress)
     if summary.failures:
         raise IngestError(summary.failures[0])
     return tasks[0].target if len(tasks) == 1 and not source.is_dir() else folder

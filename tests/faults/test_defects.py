@@ -249,7 +249,7 @@ def test_6_invalid_utf8_captions_are_found_by_validate_and_kept_flagged_by_enric
 
 
 def test_6_invalid_utf8_captions_join_the_bank_and_are_skipped_by_fit(faults_world, tmp_path, argv, capsys):
-    from cocu.training.data import CuratedShardStream, StreamConfig, scan_shards
+    from cocu.training.data import CuratedShardStream, StreamConfig, scan_shards, text_mode
 
     shards = tmp_path / "in"
     shards.mkdir()
@@ -263,7 +263,7 @@ def test_6_invalid_utf8_captions_join_the_bank_and_are_skipped_by_fit(faults_wor
     for path in sorted(shards.glob("*.parquet")):
         add_curated_columns_raw(path, curated / path.name)
     stream = CuratedShardStream(
-        scan_shards(str(curated), "cocu-top"),
+        scan_shards(str(curated), text_mode("cocu-top")),
         StreamConfig(text_mode="cocu-top", batch_size=8, image_size=32, context_length=32),
     )
     samples = sum(batch["image"].shape[0] for batch in stream)  # was: UnicodeDecodeError in the loader

@@ -25,8 +25,6 @@ curated ones ``cocu-curate enrich`` writes) with pyarrow, batch by batch, never 
 from cocu.training.data.augment import AUGMENTS, IMAGE_MEAN, IMAGE_STD, ImageAugment
 from cocu.training.data.datamodule import CuratedShardsDataModule
 from cocu.training.data.planning import (
-    MODE_COLUMNS,
-    TEXT_MODES,
     ReadUnit,
     ShardInfo,
     assign_units,
@@ -34,13 +32,13 @@ from cocu.training.data.planning import (
     scan_shards,
 )
 from cocu.training.data.stream import CuratedShardStream, StreamConfig
+from cocu.training.data.text_modes import TEXT_MODES, TextMode, text_mode
 from cocu.training.data.tokens import CachedTokenizer, cached_tokenizer
 
 __all__ = [
     "AUGMENTS",
     "IMAGE_MEAN",
     "IMAGE_STD",
-    "MODE_COLUMNS",
     "TEXT_MODES",
     "CachedTokenizer",
     "CuratedShardStream",
@@ -49,8 +47,10 @@ __all__ = [
     "ReadUnit",
     "ShardInfo",
     "StreamConfig",
+    "TextMode",
     "assign_units",
     "cached_tokenizer",
     "plan_units",
     "scan_shards",
+    "text_mode",
 ]

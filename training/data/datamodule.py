@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 
 from cocu.curation.inputs.synthetic.truth import read_truth
 from cocu.training.data.augment import AUGMENTS
-from cocu.training.data.planning import TEXT_MODES, ShardInfo, scan_shards
+from cocu.training.data.planning import ShardInfo, scan_shards
 from cocu.training.data.stream import CuratedShardStream, StreamConfig
+from cocu.training.data.text_modes import text_mode as find_text_mode
 from cocu.training.data.tokens import cached_tokenizer
 
 
@@ -61,13 +62,13 @@ class CuratedShardsDataModule(L.LightningDataModule):
         read_batch_size: int = 256,
     ):
         super().__init__()
-        if text_mode not in TEXT_MODES:
-            raise ValueError(f"text_mode must be one of {', '.join(TEXT_MODES)}, got '{text_mode}'")
+        self.mode = find_text_mode(text_mode)
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")
-        if text_mode == "oracle" and not truth:
+        if self.mode.needs_truth and not truth:
             raise ValueError(
-                "text_mode 'oracle' needs truth=<folder of the world's truth Parquet files, e.g. WORLD/truth/train>"
+                f"text_mode '{text_mode}' needs truth=<folder of the world's truth Parquet files, "
+                "e.g. WORLD/truth/train>"
             )
         if batch_size < 1 or num_prompts < 0 or num_workers < 0 or shuffle_buffer < 1:
             raise ValueError("batch_size and shuffle_buffer must be >= 1, num_prompts and num_workers >= 0")
@@ -97,7 +98,7 @@ class CuratedShardsDataModule(L.LightningDataModule):
     @property
     def shard_infos(self) -> list[ShardInfo]:
         if self._infos is None:
-            self._infos = scan_shards(self.shards, self.config.text_mode)
+            self._infos = scan_shards(self.shards, self.mode)
         return self._infos
 
     @property
@@ -117,18 +118,15 @@ class CuratedShardsDataModule(L.LightningDataModule):
 
     def stream(self, rank: int = 0, world_size: int = 1) -> CuratedShardStream:
         """The dataset of one rank; ``train_dataloader`` uses the trainer's rank and world size."""
-        if self.config.text_mode == "oracle" and self._truth is None:
-            assert self.truth_path is not None  # __init__ refuses the oracle mode without a truth folder
+        if self.mode.needs_truth and self._truth is None:
+            assert self.truth_path is not None  # __init__ refuses a truth mode without a truth folder
             self._truth = read_truth(self.truth_path).present()  # loaded once, shared with the workers
         return CuratedShardStream(self.shard_infos, self.config, rank, world_size, self._truth)
 
     def loader(self, stream: CuratedShardStream) -> DataLoader:
-        # load the BPE merges (and spaCy, when captions need their nouns) once here: forked workers inherit them
+        # load the BPE merges (and what the text mode needs, spaCy say) once here: forked workers inherit them
         cached_tokenizer(self.config.context_length)
-        if self.config.text_mode == "caption" and any("caption_concepts" not in info.columns for info in stream.shards):
-            from cocu.curation.concepts.mining import load_nlp
-
-            load_nlp()
+        self.mode.prepare([info.columns for info in stream.shards])
         return _EpochLoader(
             stream,
             self._trainer_epoch,

@@ -6,20 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
-from cocu.curation.core.shards import REQUIRED_COLUMNS, STRING_LISTS, check_schema, expand_shards, open_parquet
-
-_FLOATS = (pa.list_(pa.float32()), pa.list_(pa.float64()), pa.large_list(pa.float32()), pa.large_list(pa.float64()))
-_INTS = (pa.list_(pa.int32()), pa.list_(pa.int64()), pa.large_list(pa.int32()), pa.large_list(pa.int64()))
-# curated columns each text mode needs (``caption`` uses ``caption_concepts`` when a shard has it)
-MODE_COLUMNS: dict[str, dict[str, tuple[pa.DataType, ...]]] = {
-    "caption": {},
-    "cocu-top": {"cocu_concepts": STRING_LISTS},
-    "cocu-cluster": {"cocu_concepts": STRING_LISTS, "cocu_scores": _FLOATS, "cocu_clusters": _INTS},
-    "oracle": {},
-}
-TEXT_MODES = tuple(MODE_COLUMNS)  # what ``prompts`` describes; the one list the data module accepts
+from cocu.curation.core.shards import REQUIRED_COLUMNS, check_schema, expand_shards, open_parquet
+from cocu.training.data.text_modes import TextMode
 
 
 @dataclass(frozen=True)
@@ -47,17 +36,15 @@ class ReadUnit:
     offset: int = 0
 
 
-def scan_shards(shards: str | Sequence[str], text_mode: str) -> list[ShardInfo]:
+def scan_shards(shards: str | Sequence[str], mode: TextMode) -> list[ShardInfo]:
     """Check every shard's schema for the text mode and record its row groups; reads footers only."""
     infos = []
     for path in expand_shards(shards):
         parquet = open_parquet(path)
         schema = parquet.schema_arrow
-        check_schema(path, schema, {**REQUIRED_COLUMNS, **MODE_COLUMNS[text_mode]})
-        columns = ["key", "jpg", "caption", *MODE_COLUMNS[text_mode]]
-        if text_mode == "caption" and "caption_concepts" in schema.names:
-            check_schema(path, schema, {"caption_concepts": STRING_LISTS})
-            columns.append("caption_concepts")
+        curated = mode.columns(schema.names)
+        check_schema(path, schema, {**REQUIRED_COLUMNS, **curated})
+        columns = ["key", "jpg", "caption", *curated]
         if "cocu_error" in schema.names:
             columns.append("cocu_error")
         meta = parquet.metadata

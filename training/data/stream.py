@@ -19,8 +19,9 @@ from cocu.curation.bank.clip import decode_image
 from cocu.curation.core.shards import ShardError, decode_text, open_parquet
 from cocu.training.data.augment import ImageAugment
 from cocu.training.data.planning import ReadUnit, ShardInfo, assign_units, plan_units
+from cocu.training.data.text_modes import Admission, text_mode
 from cocu.training.data.tokens import cached_tokenizer
-from cocu.training.prompts import build_texts, draw_cluster_guided, draw_uniform, take_top
+from cocu.training.prompts import build_texts
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 class StreamConfig:
     batch_size: int = 64
     image_size: int = 224
-    text_mode: str = "caption"
+    text_mode: str = "caption"  # a name in ``text_modes.TEXT_MODES``
     num_prompts: int = 3
     context_length: int = 77
     augment: str = "simple"
@@ -55,8 +56,9 @@ class CuratedShardStream(IterableDataset):
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        if config.text_mode == "oracle" and truth is None:
-            raise ValueError("text_mode 'oracle' needs the truth sidecar")
+        self.mode = text_mode(config.text_mode)
+        if self.mode.needs_truth and truth is None:
+            raise ValueError(f"text_mode '{self.mode.name}' needs the truth sidecar")
         self.shards = list(shards)
         self.config = config
         self.rank, self.world_size = rank, world_size
@@ -157,42 +159,8 @@ class CuratedShardStream(IterableDataset):
                 if error is not None and keep[i]:
                     keep[i] = False
                     self.counts["skipped_cocu_error"] += 1
-        mode = self.config.text_mode
-        if mode == "caption":
-            if "caption_concepts" in names:
-                sources = [c or [] for c in batch.column("caption_concepts").to_pylist()]
-            else:
-                # spaCy: loaded only for shards without curated columns
-                from cocu.curation.concepts.mining import caption_nouns
-
-                kept = [i for i in range(len(keys)) if keep[i]]
-                nouns = iter(caption_nouns([captions[i] for i in kept]))
-                sources = [next(nouns) if keep[i] else [] for i in range(len(keys))]
-        elif mode == "oracle":
-            truth = self.truth
-            assert truth is not None  # __init__ refuses the oracle mode without truth
-            sources = []
-            for i, key in enumerate(keys):
-                if key not in truth:
-                    raise ShardError(path, f"key '{key}' has no row in the truth sidecar", row=int(rows[i]))
-                sources.append(truth[key])
-        elif mode == "cocu-top":
-            sources = [c or [] for c in batch.column("cocu_concepts").to_pylist()]
-        else:
-            concepts = batch.column("cocu_concepts").to_pylist()
-            scores = batch.column("cocu_scores").to_pylist()
-            clusters = batch.column("cocu_clusters").to_pylist()
-            sources = []
-            for i, (c, s, k) in enumerate(zip(concepts, scores, clusters)):
-                c, s, k = c or [], s or [], k or []
-                if keep[i] and (
-                    len(s) != len(c)
-                    or (k and len(k) != len(c))
-                    or not np.all(np.isfinite(np.asarray(s, dtype=np.float64)))
-                ):
-                    keep[i] = False
-                    self.counts["skipped_malformed_concepts"] += 1
-                sources.append((c, s, k))
+        admission = Admission(batch, path, rows, keys, captions, keep, self.counts)
+        sources = self.mode.sources(admission, self.truth)
         jpgs = batch.column("jpg").to_pylist()
         for i in range(len(keys)):
             if keep[i]:
@@ -227,23 +195,13 @@ class CuratedShardStream(IterableDataset):
                 images.append(augment.sample(image))
                 captions.append(caption)
                 sources.append(source)
-            texts = build_texts(captions, self._choose(sources, rng), cfg.num_prompts, rng)
+            texts = build_texts(captions, self.mode.choose(sources, cfg.num_prompts, rng), cfg.num_prompts, rng)
             tokens = tokenizer([text for sample in texts for text in sample])
             yield {
                 "image": augment.batch(images),
                 "text": tokens.view(cfg.batch_size, 1 + cfg.num_prompts, cfg.context_length),
                 "key": keys,
             }
-
-    def _choose(self, sources: list, rng: np.random.Generator) -> list[list[str]]:
-        k = self.config.num_prompts
-        mode = self.config.text_mode
-        if mode in ("caption", "oracle"):
-            return draw_uniform(sources, k, rng)
-        if mode == "cocu-top":
-            return take_top(sources, k)
-        concepts, scores, clusters = zip(*sources)
-        return draw_cluster_guided(concepts, scores, clusters, k, rng)
 
 
 def _decode(data: bytes | None) -> Image.Image | None:
