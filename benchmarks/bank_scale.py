@@ -2,7 +2,7 @@
 
 For each corpus size N: random L2-normalized 512-d vectors written as float16 ``embeddings.npy`` (as a
 bank stores them), then the default IVF factory for N (``choose_factory`` above the Flat limit) built the
-way ``build-bank`` builds it (``index_build``: trained once on a sample, filled part by part, merged), then:
+way ``build-bank`` builds it (``bank.index_parts``: trained once on a sample, filled part by part, merged), then:
 recall@8 of that index (the bank's default nprobe) against exact search on 1,000 fresh queries, and
 enrich's hot path (search + ranking + clustering) in images/s against IVF search alone, on corpus rows
 as anchors, in the same process (the target ratio is 0.8). Every phase runs in its own process, so its
@@ -55,7 +55,7 @@ def generate(folder: Path, rows: int, dim: int, seed: int) -> dict:
 
 
 def build(folder: Path, factory: str, seed: int, part_rows: int, max_train_rows: int) -> dict:
-    """``index_build`` as build-bank runs it; train time is until the first rows are added (one chunk of 65k late).
+    """``bank.index_parts`` as build-bank runs it; train time is until the first rows are added (one chunk of 65k late).
 
     The k-means sample is the bank's (64 per list) capped at ``max_train_rows``: on 2 CPU cores k-means is
     the one step whose cost grows with lists x sample; the cap (2^18 by default) keeps a 4 M run within half an hour.

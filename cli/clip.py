@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
-from cocu.training.clip import DEFAULT_MODEL_CONFIG, DEFAULT_PROMPT, RECORD_NAME, TeacherConfig
+from cocu.cli.options import config_options
+from cocu.training.clip import RECORD_NAME, TeacherConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.command()
+@config_options(TeacherConfig, param="cfg")
 def clip(
+    cfg: TeacherConfig,
     data: list[str] = typer.Argument(
         ...,
         help="A world folder (trains on its teacher/ split, evaluates on its truth), "
@@ -22,29 +26,12 @@ def clip(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Folder for <name>.json, <name>.safetensors, open_clip_config.json, teacher.json."
     ),
-    model_config: Path = typer.Option(
-        DEFAULT_MODEL_CONFIG, help="open_clip model config JSON; its file stem is the model name."
+    curve_every: int | None = typer.Option(
+        None, min=1, help="Samples between zero-shot probes of the learning curve (default: none)."
     ),
-    samples: int = typer.Option(TeacherConfig.samples, min=1, help="Training samples to see: the whole budget."),
-    deadline_minutes: float = typer.Option(
-        0.0, min=0.0, help="Stop with an error past this many minutes (0: no deadline); never shortens training."
-    ),
-    curve_every: int = typer.Option(0, min=0, help="Samples between zero-shot probes of the learning curve (0: none)."),
-    batch_size: int = typer.Option(TeacherConfig.batch_size, min=2),
-    lr: float = typer.Option(TeacherConfig.lr, help="Peak AdamW learning rate (linear warmup, cosine to zero)."),
-    weight_decay: float = typer.Option(TeacherConfig.weight_decay),
-    workers: int = typer.Option(TeacherConfig.workers, min=0, help="DataLoader processes decoding images."),
-    threads: int = typer.Option(0, min=0, help="torch CPU threads (0: torch's default, one per core)."),
-    seed: int = typer.Option(TeacherConfig.seed),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     eval_world: Path | None = typer.Option(
         None, help="World folder to evaluate on (default: DATA when it is a world)."
     ),
-    eval_split: str = typer.Option("train", help="Split of the eval world whose truth says what each image shows."),
-    eval_images: int = typer.Option(
-        TeacherConfig.eval_images, min=0, help="Images to evaluate (0: skip the evaluation)."
-    ),
-    prompt: str = typer.Option(DEFAULT_PROMPT, help="Zero-shot prompt template."),
 ) -> None:
     """Train an open_clip model with a small custom config, save it as a standard open_clip
     checkpoint, and measure its zero-shot concept ranking on the world."""
@@ -56,23 +43,8 @@ def clip(
         shards = [str(Path(data[0]) / "teacher")]
         eval_world = eval_world or Path(data[0])
     try:
-        cfg = TeacherConfig(
-            model_config=model_config,
-            samples=samples,
-            deadline_minutes=deadline_minutes or None,
-            curve_every=(curve_every or None) if eval_world and eval_images else None,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            workers=workers,
-            threads=threads or None,
-            seed=seed,
-            device=device,
-            eval_world=eval_world if eval_images else None,
-            eval_split=eval_split,
-            eval_images=eval_images,
-            prompt=prompt,
-        )
+        evaluated = eval_world is not None and cfg.eval_images > 0
+        cfg = replace(cfg, eval_world=eval_world if evaluated else None, curve_every=curve_every if evaluated else None)
         weights = train_teacher(shards, out, cfg)
     except (CocuError, ValueError, FloatingPointError) as err:
         typer.echo(f"error: {err}", err=True)

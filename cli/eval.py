@@ -7,8 +7,10 @@ from pathlib import Path
 
 import typer
 
+from cocu.cli.options import config_options
 from cocu.evaluation.dataset_layouts import LAYOUTS
 from cocu.evaluation.presets import SEGMENTATION_PRESETS
+from cocu.evaluation.segeval import EvalConfig, evaluate
 
 app = typer.Typer(
     help="Evaluate cocu GroupViT checkpoints (zero-shot semantic segmentation, mmseg mIoU).",
@@ -28,26 +30,15 @@ def main() -> None:
 
 
 @app.command()
+@config_options(EvalConfig)
 def seg(
+    config: EvalConfig,
     checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="A checkpoint written by `cocu-train fit`."),
     dataset: DatasetName = typer.Option(..., help="Benchmark split to read (its standard folder layout)."),
     root: Path = typer.Option(..., help="The dataset's folder, or a data root holding it under its usual name."),
     preset: PresetName = typer.Option("groupvit", help="Harness settings: GroupViT/CoCu or TCL (see README)."),
     out: Path = typer.Option(..., help="Folder for metrics.json, results.md and overlays/."),
-    save_images: int = typer.Option(
-        0, min=0, help="Write image | ground truth | prediction PNGs for the first N images."
-    ),
-    batch_size: int = typer.Option(16, min=1, help="Windows per forward pass."),
-    workers: int = typer.Option(0, min=0, help="DataLoader processes decoding images."),
-    limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N images (recorded in metrics.json)."),
-    device: str = typer.Option("auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."),
-    threads: int | None = typer.Option(
-        None, min=1, help="CPU threads for torch (default: torch's choice); 1 is faster on a busy shared CPU."
-    ),
     html: bool = typer.Option(False, "--html", help="Also write OUT/index.html: metrics, per-class IoU, overlays."),
-    per_image: bool = typer.Option(
-        False, "--per-image", help="Also write OUT/per_image.npz: each image's per-class intersection and union."
-    ),
 ) -> None:
     """Segment every image of the split, score mIoU as mmseg does, write metrics.json and a Markdown table."""
     from cocu.curation.core.errors import CocuError
@@ -64,28 +55,18 @@ def seg(
 
     from cocu.curation.bank.clip import resolve_device
     from cocu.curation.core.shards import sha256_file
-    from cocu.evaluation.segeval import evaluate, write_metrics
+    from cocu.evaluation.segeval import write_metrics
     from cocu.training.checkpoint import load_groupvit
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
-        model, config = load_groupvit(checkpoint, device=resolve_device(device))
+        model, model_config = load_groupvit(checkpoint, device=resolve_device(config.device))
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     try:
-        record = evaluate(
-            model,
-            data,
-            settings,
-            batch_size=batch_size,
-            workers=workers,
-            limit=limit,
-            save_images=save_images,
-            out_dir=out,
-            per_image=per_image,
-        )
+        record = evaluate(model, data, settings, config, out_dir=out)
     except CocuError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -93,7 +74,7 @@ def seg(
         "checkpoint": {
             "path": str(checkpoint.resolve()),
             "sha256": sha256_file(checkpoint),
-            "model": getattr(config, "name", None),
+            "model": getattr(model_config, "name", None),
         },
         **record,
     }

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from cocu.curation.core.configs import option
 from cocu.curation.core.shards import atomic_path, atomic_write_bytes
 from cocu.evaluation.datasets import FolderDataset, Sample
 from cocu.evaluation.inference import (
@@ -37,26 +39,41 @@ from cocu.evaluation.presets import Preset
 from cocu.evaluation.visualize import save_overlay
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``cocu-eval seg`` runs (none of it changes a score; ``limit`` changes which images are scored)."""
+
+    batch_size: int = option(16, "Windows per forward pass.", minimum=1)
+    workers: int = option(0, "DataLoader processes decoding images.", minimum=0)
+    limit: int | None = option(None, "Evaluate only the first N images (recorded in metrics.json).", minimum=1)
+    save_images: int = option(0, "Write image | ground truth | prediction PNGs for the first N images.", minimum=0)
+    per_image: bool = option(
+        False, "Also write OUT/per_image.npz: each image's per-class intersection and union.", flags=("--per-image",)
+    )
+    device: str = option("auto", "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    threads: int | None = option(
+        None, "CPU threads for torch (default: torch's choice); 1 is faster on a busy shared CPU.", minimum=1
+    )
+
+
 def evaluate(
     model: Any,
     dataset: FolderDataset,
     preset: Preset,
+    config: EvalConfig = EvalConfig(),
     *,
-    batch_size: int = 16,
-    workers: int = 0,
-    limit: int | None = None,
-    save_images: int = 0,
     out_dir: str | os.PathLike | None = None,
     tokenize: Tokenizer | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     progress: bool = True,
-    per_image: bool = False,
 ) -> dict[str, Any]:
     """Run zero-shot segmentation over the split (or its first ``limit`` images) and score it.
 
-    ``per_image`` keeps each image's per-class intersection and union (``record["per_image"]``, arrays that
+    ``config.per_image`` keeps each image's per-class intersection and union (``record["per_image"]``, arrays that
     ``write_metrics`` stores as ``per_image.npz``): what a paired bootstrap over images needs."""
+    batch_size, workers, limit, save_images = config.batch_size, config.workers, config.limit, config.save_images
+    per_image = config.per_image
     if save_images and out_dir is None:
         raise ValueError("save_images needs out_dir")
     started = time.perf_counter()

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import testkit
 
-from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.bank.build import build_bank
+from cocu.curation.bank.config import BankConfig
 from cocu.curation.bank.layout import BankError
 from cocu.curation.bank.reader import Bank
 from cocu.curation.concepts.vocabulary import Vocabulary

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from cocu.cli.curate import app as curate_app
 from cocu.cli.eval import app as eval_app
-from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.bank.build import build_bank
+from cocu.curation.bank.config import BankConfig
 from cocu.curation.enrich.curator import EnrichConfig
 from cocu.curation.enrich.run import enrich
 

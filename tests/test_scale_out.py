@@ -16,7 +16,8 @@ import pytest
 from stage_functions import record_device
 from test_curation import MODEL, save_tiny_clip
 
-from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.bank.build import build_bank
+from cocu.curation.bank.config import BankConfig
 from cocu.curation.bank.layout import BankError
 from cocu.curation.core.placement import ShardSlice, shard_slice, worker_devices
 from cocu.curation.core.stage import Resources, ShardTask, Stage, run_stage

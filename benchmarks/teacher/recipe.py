@@ -29,7 +29,7 @@ RECIPE_NAME = "recipe.json"
 class TeacherRecipe:
     """How the teacher is trained: every number that changes its weights. The budget is in samples only."""
 
-    model_config: str = "cocu-teacher-rn64"  # a config shipped in cocu/training/teacher/configs
+    model_config: str = "cocu-teacher-rn64"  # a config shipped in cocu/training/clip/configs
     samples: int = 262_144
     batch: int = 128
     lr: float = 1e-3

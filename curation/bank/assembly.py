@@ -10,7 +10,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from cocu.curation.bank.clip import ClipModel, ModelSpec
+from cocu.curation.bank.config import BankConfig
 from cocu.curation.bank.embed import cached_clip
 from cocu.curation.bank.index import build_index, choose_factory, default_nprobe, gpu_available, write_index
 from cocu.curation.bank.index_parts import build_index_in_parts, is_ivf
@@ -44,9 +45,6 @@ from cocu.curation.concepts.vocabulary import Vocabulary
 from cocu.curation.core.shards import atomic_path, atomic_write_json, sha256_file, write_table
 from cocu.curation.core.stage import ShardTask, params_digest, read_manifest, tool_version
 from cocu.curation.enrich.ranking import Ragged, offsets_from_lengths, pair_similarities
-
-if TYPE_CHECKING:
-    from cocu.curation.bank.build import BankConfig
 
 
 class Assembly:

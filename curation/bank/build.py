@@ -12,7 +12,7 @@ Layout of ``BANK/``::
     index.faiss           inner-product FAISS index over the embeddings
     clip/<model>.json     the custom open_clip config, when the model used one
     parts/                per-shard embeddings (key, sha256, caption, embedding): the resumable embed stage
-    index_parts/          an IVF index while it is built (``index_build``): trained quantizer, filled parts
+    index_parts/          an IVF index while it is built (``index_parts``): trained quantizer, filled parts
     build.json            digests of the finished assembly steps and their files' size and sha256, so a rerun
                           resumes where it stopped and redoes a step whose file was damaged
 
@@ -33,6 +33,7 @@ from typing import Any
 
 from cocu.curation.bank.assembly import Assembly
 from cocu.curation.bank.clip import ModelSpec, model_spec
+from cocu.curation.bank.config import BankConfig
 from cocu.curation.bank.embed import (
     PART_FORMAT,
     cached_clip,
@@ -58,27 +59,6 @@ from cocu.curation.core.stage import (
     run_stage,
 )
 from cocu.curation.executors.local import LocalExecutor
-
-
-@dataclass(frozen=True)
-class BankConfig:
-    """How to build a bank. Only ``model``/``pretrained`` are required."""
-
-    model: str
-    pretrained: str | None = None
-    model_config: str | None = None  # custom open_clip architecture JSON (<model>.json)
-    vocabulary: str | None = None  # an existing vocabulary file; None mines one from the captions
-    min_count: int = 5
-    max_words: int = 4
-    user_concepts: tuple[str, ...] = ()
-    template: str = "cocu"  # a name in concepts.TEMPLATES (release, cocu) or a literal with a {} slot
-    factory: str | None = None  # FAISS factory string; None chooses by corpus size
-    nprobe: int | None = None
-    ef_search: int | None = None
-    seed: int = 0
-    batch_size: int = 256
-    decode_workers: int | None = None  # None: the worker's share of the cores minus one, at least 1
-    device: str | None = None
 
 
 @dataclass

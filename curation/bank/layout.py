@@ -1,6 +1,6 @@
 """The bank's on-disk layout: its file names, format, manifest and the checks that read them.
 
-Shared by the builder (``bank``), its assembly steps (``bank_assembly``) and the reader (``bank_reader``), so each
+Shared by the builder (``build``), its assembly steps (``assembly``) and the reader (``reader``), so each
 file name and the manifest's meaning are written down once.
 """
 

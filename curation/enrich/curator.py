@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cocu.curation.bank.reader import Bank
+from cocu.curation.core.configs import option
 from cocu.curation.enrich.clustering import canonical_labels, cluster_archives, row_seeds
 from cocu.curation.enrich.ranking import FORMULAS, Formula, Ragged, anchor_first, exclude_self, rank
 
@@ -24,21 +25,34 @@ ARCHIVES = ("neighbours", "vocabulary", "both")
 class EnrichConfig:
     """How to curate. ``neighbors``..``ef_search`` decide the output; the rest only how fast it is made."""
 
-    neighbors: int = 8
-    top_k: int = 0  # concepts stored per image; 0: the whole archive (cluster sampling draws from it)
-    clusters: bool = True
-    formula: str = "cocu"  # a name in ranking.FORMULAS: release (the authors') or cocu
-    archive: str = "neighbours"  # neighbours (CoCu's expansion), vocabulary (top-M of the vocabulary) or both
-    vocabulary_top: int = 16  # M: concepts the vocabulary search adds
-    seed: int = 0
-    nprobe: int | None = None
-    ef_search: int | None = None
-    batch_size: int = 1024
-    model: str | None = None  # when given, must be the bank's model
-    pretrained: str | None = None  # when given, must be the bank's weights (a moved checkpoint file is fine)
-    embed_batch_size: int = 256
-    decode_workers: int | None = None
-    device: str | None = None
+    neighbors: int = option(8, "Retrieved images per anchor (L).", flags=("--neighbors", "-L"), minimum=1)
+    top_k: int = option(
+        0,
+        "Curated concepts kept per image (K); 0 keeps the whole archive, which cluster-guided sampling draws from.",
+        minimum=0,
+    )
+    clusters: bool = option(True, "Store k-means cluster ids for cluster-guided sampling.")
+    formula: str = option(
+        "cocu",
+        "Ranking: 'release' (the authors' exactly, crash bugs fixed) or 'cocu' (cocu's departures, docs/curation.md).",
+        choices=FORMULAS,
+    )
+    archive: str = option(
+        "neighbours",
+        "Archive: 'neighbours' (the L images' captions, as the paper), 'vocabulary' (top-M of the whole vocabulary "
+        "by CLIP) or 'both'.",
+        choices=ARCHIVES,
+    )
+    vocabulary_top: int = option(16, "M: concepts the vocabulary search adds (--archive vocabulary|both).", minimum=1)
+    seed: int = option(0, "Seed of the clustering.")
+    nprobe: int | None = option(None, "IVF lists to probe (default: the bank's).")
+    ef_search: int | None = option(None, "HNSW efSearch (default: the bank's).")
+    batch_size: int = option(1024, "Images per search/ranking batch.", minimum=1)
+    model: str | None = option(None, "Refuse to run unless the bank was built with this model.")
+    pretrained: str | None = option(None, "The bank's weights (a tag, or the checkpoint file if it moved).")
+    embed_batch_size: int = option(256, "Images per model batch (images not in the bank).", minimum=1)
+    decode_workers: int | None = option(None, "Image decoding processes per worker (default: spare cores).", minimum=0)
+    device: str | None = option(None, "cuda or cpu for embedding images not in the bank.")
 
     def output_params(self, bank_id: str) -> dict[str, Any]:
         return {

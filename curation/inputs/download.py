@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cocu.curation.core.configs import option
 from cocu.curation.inputs.url_lists import (
     LIST_LAYOUTS,
     IngestError,
@@ -45,24 +46,36 @@ INPUT_DIR = "_input"  # header-bearing copies of header-less lists; a subfolder,
 class DownloadConfig:
     """What ``download`` hands img2dataset. Defaults follow the GroupViT/CoCu recipe for CC3M/CC12M."""
 
-    url_col: str = "url"
-    caption_col: str = "caption"
-    input_format: str | None = None  # inferred from the file names
+    url_col: str = option("url", "Column holding the image URL.")
+    caption_col: str = option("caption", "Column holding the caption.")
+    input_format: str | None = option(None, "tsv, csv, parquet, jsonl, json (+ .gz); inferred from the file names.")
     columns: tuple[str, ...] | None = None  # names of a header-less list's columns, in order (presets set this)
-    image_size: int = 512
-    resize_mode: str = "keep_ratio"  # keep_ratio + image_size: the smaller side becomes image_size
-    resize_only_if_bigger: bool = True
+    image_size: int = option(512, "Target size; with keep_ratio the smaller side (GroupViT recipe).", minimum=1)
+    resize_mode: str = option("keep_ratio", "img2dataset resize mode: keep_ratio, center_crop, border, no, ...")
+    resize_only_if_bigger: bool = option(True, "Only shrink, never enlarge.")
     encode_quality: int = 95
-    processes_count: int = field(default_factory=lambda: os.cpu_count() or 1)
-    thread_count: int = 64
-    number_sample_per_shard: int = 10000
-    timeout: int = 10
-    retries: int = 0
-    extra_columns: tuple[str, ...] = ()  # input columns carried into the shards (img2dataset's save_additional_columns)
-    overwrite: bool = False  # start from an empty output folder instead of resuming
-    distributor: str = "multiprocessing"  # img2dataset's: multiprocessing, pyspark (a session is made if none) or ray
-    ray_address: str | None = (
-        None  # with distributor "ray": the cluster to join (None: the running one, else a local one)
+    processes_count: int = option(
+        help="Download processes (one shard each at a time).", default_factory=lambda: os.cpu_count() or 1, minimum=1
+    )
+    thread_count: int = option(64, "Download threads per process.", minimum=1)
+    number_sample_per_shard: int = option(
+        10000, "URLs per output shard (img2dataset's number_sample_per_shard).", flags=("--shard-size",), minimum=1
+    )
+    timeout: int = option(10, "Seconds before a URL counts as failed.", minimum=1)
+    retries: int = option(0, "Extra tries per failed URL.", minimum=0)
+    extra_columns: tuple[str, ...] = option(
+        (),
+        "Input column to carry into the shards (repeatable; img2dataset's save_additional_columns).",
+        flags=("--extra-col",),
+    )
+    overwrite: bool = option(False, "Delete OUT first instead of resuming after its finished shards.")
+    distributor: str = option(
+        "multiprocessing",
+        "How img2dataset spreads shards: processes here, a pyspark session (made if none), or a Ray cluster.",
+        choices=DISTRIBUTORS,
+    )
+    ray_address: str | None = option(
+        None, "With --distributor ray: the cluster (auto or HOST:PORT; default: the running one, else a local one)."
     )
     disallowed_header_directives: list[str] | None = None  # None: img2dataset's opt-out default; [] turns it off
     img2dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # any other img2dataset.download argument

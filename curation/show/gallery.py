@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
+from cocu.curation.core.configs import option
 from cocu.curation.core.shards import (
     REQUIRED_COLUMNS,
     ShardError,
@@ -51,9 +52,9 @@ ROWS_PER_FOLDER = 1000
 class GalleryConfig:
     """What the gallery shows; none of it changes the curated data."""
 
-    limit: int | None = 50_000  # rows with a card; the summary always counts every row
-    thumb_size: int = 128  # longest side of a thumbnail in pixels
-    page_size: int = 60  # cards per page in the browser
+    limit: int | None = option(50_000, "Rows with a card (the summary counts every row).", minimum=1)
+    thumb_size: int = option(128, "Longest side of a thumbnail in pixels.", minimum=16)
+    page_size: int = option(60, "Cards per page.", minimum=1)
     batch_size: int = 1024
     threads: int = 4  # thumbnail writers
     top_concepts: int = 30  # concepts in the summary's "added most" chart and table

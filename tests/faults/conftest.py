@@ -36,7 +36,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def faults_world(tmp_path_factory) -> dict[str, Path]:
     """A 3 x 40-row world, a tiny CLIP, a bank built from the world, and a curated copy for fit."""
-    from cocu.curation.bank.build import BankConfig, build_bank
+    from cocu.curation.bank.build import build_bank
+    from cocu.curation.bank.config import BankConfig
     from cocu.curation.inputs.synthetic import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("faults")

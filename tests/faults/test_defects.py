@@ -29,7 +29,8 @@ from typer.testing import CliRunner
 from cocu.cli.curate import app as curate_app
 from cocu.cli.data import app as data_app
 from cocu.cli.train import main as train_main
-from cocu.curation.bank.build import BankConfig, build_bank
+from cocu.curation.bank.build import build_bank
+from cocu.curation.bank.config import BankConfig
 from cocu.curation.bank.reader import Bank
 from cocu.curation.core.shards import ShardError, write_table
 from cocu.curation.enrich.curator import EnrichConfig

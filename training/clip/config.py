@@ -8,6 +8,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from cocu.curation.bank.clip import OpenClipModel
+from cocu.curation.core.configs import option
 from cocu.curation.core.errors import CocuError
 
 DEFAULT_MODEL_CONFIG = Path(str(files("cocu.training.clip") / "configs" / "cocu-teacher-64.json"))
@@ -21,13 +22,15 @@ class TeacherConfig:
     ``deadline_minutes`` only guards a run that is far slower than expected: past it, training stops with
     ``TeacherDeadline`` instead of returning a shorter-trained teacher."""
 
-    model_config: Path = DEFAULT_MODEL_CONFIG  # open_clip model config JSON; its file stem is the model name
-    samples: int = 120_000
-    deadline_minutes: float | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
+    model_config: Path = option(DEFAULT_MODEL_CONFIG, "open_clip model config JSON; its file stem is the model name.")
+    samples: int = option(120_000, "Training samples to see: the whole budget.", minimum=1)
+    deadline_minutes: float | None = option(
+        None, "Stop with an error past this many minutes (default: no deadline); never shortens training."
+    )
+    batch_size: int = option(128, "Images per step (at least 2: the loss is contrastive).", minimum=2)
+    lr: float = option(1e-3, "Peak AdamW learning rate (linear warmup, cosine to zero).")
     warmup: float = 0.05  # share of the run spent warming the learning rate up
-    weight_decay: float = 0.1
+    weight_decay: float = option(0.1, "AdamW weight decay (not on gains, biases, embeddings, the temperature).")
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     crop_scale: tuple[float, float] = (0.9, 1.0)  # open_clip's random resized crop; small crops drop named concepts
@@ -36,17 +39,17 @@ class TeacherConfig:
     color_jitter: tuple[float, float, float, float] | None = None
     color_jitter_prob: float | None = None
     shuffle_buffer: int = 4096
-    workers: int = 1  # DataLoader processes decoding JPEGs; 0 decodes in the training process
-    threads: int | None = None  # torch CPU threads for the training process; None keeps torch's default
-    seed: int = 0
-    device: str = "auto"  # auto: CUDA when available (bf16 autocast), else CPU
+    workers: int = option(1, "DataLoader processes decoding images (0: in the training process).", minimum=0)
+    threads: int | None = option(None, "torch CPU threads (default: torch's, one per core).", minimum=1)
+    seed: int = option(0, "Seed of the initialisation, the shuffle and the augmentations.")
+    device: str = option("auto", "auto (CUDA when available, bf16 autocast), cpu, cuda, cuda:1 ...")
     log_every: int = 20  # steps between loss-curve points in teacher.json
     eval_world: Path | None = None  # world folder whose truth scores the zero-shot evaluation; None skips it
-    eval_split: str = "train"
-    eval_images: int = 2000
+    eval_split: str = option("train", "Split of the eval world whose truth says what each image shows.")
+    eval_images: int = option(2000, "Images to evaluate (0: skip the evaluation).", minimum=0)
     curve_every: int | None = None  # samples between zero-shot probes of the learning curve (needs eval_world)
     curve_images: int = 500  # images per probe
-    prompt: str = DEFAULT_PROMPT
+    prompt: str = option(DEFAULT_PROMPT, "Zero-shot prompt template.")
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from cocu.curation.core.configs import option
 from cocu.curation.core.shards import ShardWriter, atomic_path, atomic_write_json, remove_stale_temporaries
 from cocu.curation.inputs.synthetic.captions import (
     COLOURS,
@@ -72,21 +73,23 @@ TRUTH_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class WorldConfig:
-    seed: int = 0
-    train: int = 20000
-    teacher: int = 20000
-    val: int = 300
-    image_size: int = 64
-    val_image_size: int = 64
-    shard_size: int = 2500
-    things_min: int = 2
-    things_max: int = 5
+    seed: int = option(0, "Same seed, byte-identical shards.")
+    train: int = option(20000, "Pairs in train/ (web-style captions that omit concepts).", minimum=0)
+    teacher: int = option(20000, "Pairs in teacher/ (full captions, for the teacher CLIP).", minimum=0)
+    val: int = option(300, "Images in val/ with per-pixel labels.", minimum=0)
+    image_size: int = option(64, "Side of train/teacher images in pixels.")
+    val_image_size: int = option(64, "Side of val images in pixels.")
+    shard_size: int = option(2500, "Rows per Parquet shard.", minimum=1)
+    things_min: int = option(2, "Fewest thing concepts drawn per image.", minimum=1)
+    things_max: int = option(5, "Most thing concepts drawn per image.", minimum=1)
     repeat_prob: float = 0.2  # a thing concept shows 2-3 instances (plural wording)
     size_min: float = 0.3  # icon width as a share of the image side
     size_max: float = 0.6
     two_stuff_prob: float = 0.6
-    omit: float = 0.65  # share of present concepts the train captions leave out
-    stuff_mention: float = 0.1  # chance that a caption names a visible stuff
+    omit: float = option(0.65, "Share of present concepts the train captions leave out.", minimum=0.0, maximum=1.0)
+    stuff_mention: float = option(
+        0.1, "Chance that a caption names a visible background stuff.", minimum=0.0, maximum=1.0
+    )
     max_other_things: int = 2  # non-salient things a web caption names, at most
     min_visible: float = 0.015  # share of the image a concept must cover to count as present
     jpeg_quality: int = 92
@@ -101,10 +104,16 @@ class WorldConfig:
     teacher_stuff_mention: float = 1.0
     teacher_things_min: int | None = None
     teacher_things_max: int | None = None
-    # the first N things of each confusable group (0: all of them): fewer classes, the same kind of confusion
-    things_per_group: int = 0
+    things_per_group: int = option(
+        0,
+        "Keep the first N things of each confusable group (0: all 44; the benchmark's world: 2): fewer classes, "
+        "the same kind of confusion.",
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
+        if self.things_max < self.things_min:
+            raise ValueError("--things-max must be at least --things-min")
         most = max(self.things_range("train")[1], self.things_range("teacher")[1])
         if most > len(self.things()):
             raise ValueError(f"up to {most} things per image, but the world has {len(self.things())} things")
