@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cocu.curation.bank.assembly import Assembly
-from cocu.curation.bank.clip import ModelSpec, model_spec
+from cocu.curation.bank.clip import ModelSpec, check_weights_file, model_spec
 from cocu.curation.bank.embed import (
     PART_FORMAT,
     cached_clip,
@@ -42,12 +42,14 @@ from cocu.curation.bank.embed import (
     restored_threads,
     set_worker_threads,
 )
-from cocu.curation.bank.layout import MANIFEST, PARTS, BankError
+from cocu.curation.bank.layout import BANK_FILES, MANIFEST, PARTS, BankError
 from cocu.curation.concepts.names import resolve_template
 from cocu.curation.core.locking import folder_lock
+from cocu.curation.core.outputs import check_output_folder, input_places
 from cocu.curation.core.placement import ShardSlice, default_workers, wants_gpu, worker_devices
 from cocu.curation.core.shards import check_keys_across_shards, expand_shards
 from cocu.curation.core.stage import ShardTask, StageSummary, is_done, params_digest, run_stage
+from cocu.curation.core.stopping import stop_on_sigterm
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,21 @@ class BankConfig:
     batch_size: int = 256
     decode_workers: int | None = None  # None: the worker's share of the cores minus one, at least 1
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot work, in one line, before anything is loaded."""
+        for name, value in (("--nprobe", self.nprobe), ("--ef-search", self.ef_search)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} {value}: must be at least 1 (or left out for the default)")
+        for name, value in (("--min-count", self.min_count), ("--max-words", self.max_words)):
+            if value < 1:
+                raise ValueError(f"{name} {value}: must be at least 1")
+        check_weights_file(self.pretrained)
+
+
+def _bank_made(entry: Path) -> bool:
+    """What build-bank leaves in its folder (and the killed runs' temporaries, which are hidden)."""
+    return entry.name in BANK_FILES
 
 
 @dataclass
@@ -126,11 +143,17 @@ def build_bank(
     resolve_template(config.template)  # a bad template fails before any embedding
     out = Path(out)
     sources = expand_shards(shards)
+    patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    check_output_folder(out, input_places(patterns, sources), _bank_made, "build-bank")
     spec = model_spec(config.model, config.pretrained)
     if not finalize:
         cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here
     check_keys_across_shards(sources)  # before hours of embedding, not after
-    with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
+    stopped = (
+        f"build-bank stopped by SIGTERM; its temporaries and lock are removed and {out} keeps the finished parts; "
+        "rerun the same command to resume"
+    )
+    with stop_on_sigterm(stopped), folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
         return _build_locked(sources, out, config, spec, workers, progress, started, executor, part, finalize)
 
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 from cocu.curation.bank.clip import ClipModel, load_clip
 from cocu.curation.core.shards import decode_text, iter_batches, write_table
 from cocu.curation.core.stage import ShardTask, params_digest, worker_threads
+from cocu.curation.core.stopping import install_in_worker
 
 PART_FORMAT = 2  # 2: parts hold the sha256 of each image's bytes
 
@@ -63,6 +64,7 @@ def restored_threads() -> Iterator[None]:
 
 def init_embed_worker(settings: dict[str, Any], workers: int) -> dict[str, Any]:
     """The embed stage's worker initializer: this process's thread share; the settings are the worker's context."""
+    install_in_worker()
     return {**settings, "decode_workers": set_worker_threads(workers, settings["decode_workers"])}
 
 
