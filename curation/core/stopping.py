@@ -19,6 +19,8 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from tqdm import tqdm
+
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 
 
@@ -37,7 +39,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     for child in multiprocessing.active_children():  # the stage's worker processes stop their shard too
         with contextlib.suppress(OSError):
             os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
-    print(f"error: {_active[-1]}", file=sys.stderr, flush=True)
+    tqdm.write(f"error: {_active[-1]}", file=sys.stderr)  # a line of its own, beside a progress bar
+    sys.stderr.flush()
     raise Stopped()
 
 
