@@ -184,7 +184,7 @@ def test_bad_input_is_one_line_naming_file_and_row_and_writes_nothing(corpus, tm
 
 @pytest.mark.slow
 def test_a_crash_keeps_the_previous_gallery_and_a_rerun_is_one_clean_run(corpus, tmp_path, monkeypatch):
-    from cocu.evaluation import gallery
+    from cocu.curation.show import gallery
 
     out = tmp_path / "gallery"
     assert show("--curated", str(corpus["curated"] / "odd.parquet"), "--out", str(out)).exit_code == 0

@@ -31,8 +31,11 @@ def check_output_folder(
     command: str,
     option: str = "--out",
 ) -> Path:
-    """Refuse ``out`` in one line if it is a file, overlaps one of ``inputs`` (files or folders), or holds a
-    visible entry for which ``made`` is False. Hidden entries (temporaries, locks) are the commands' own."""
+    """Refuse ``out`` in one line if it is a file, overlaps one of ``inputs``, or holds a visible entry for which
+    ``made`` is False. Hidden entries (temporaries, locks) are the commands' own.
+
+    Overlap: ``out`` is an input folder or lies inside one (a folder is read whole), or holds an input (a file's
+    folder, or one above it). An ``out`` beside an input file, in its folder's subfolder, is fine."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{folder}: is a file, not a folder; choose another {option}")
@@ -54,14 +57,13 @@ def check_overlap(folder: Path, inputs: Iterable[str | os.PathLike], option: str
         if not path.exists():
             continue
         resolved = path.resolve()
-        place = resolved if resolved.is_dir() else resolved.parent
-        if target == place or place in target.parents:
-            how = "is" if target == place else "is inside"
+        if resolved.is_dir() and (target == resolved or resolved in target.parents):  # a folder is read whole
+            how = "is" if target == resolved else "is inside"
             raise OutputFolderError(
-                f"{folder}: {how} the input folder {place}; choose an {option} outside the inputs "
+                f"{folder}: {how} the input folder {resolved}; choose an {option} outside the inputs "
                 f"(a rerun would read its own output, or overwrite the input)"
             )
-        if target in resolved.parents:
+        if target in resolved.parents:  # the folder of an input file, or one above it
             raise OutputFolderError(
                 f"{folder}: holds the input {path}; choose an {option} outside the inputs "
                 f"(a rerun would read its own output, or overwrite the input)"
