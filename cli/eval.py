@@ -55,12 +55,13 @@ def seg(
 
     from cocu.curation.bank.clip import resolve_device
     from cocu.curation.core.shards import sha256_file
-    from cocu.evaluation.segeval import write_metrics
+    from cocu.evaluation.segeval import check_eval_folder, write_metrics
     from cocu.training.checkpoint import load_groupvit
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
+        check_eval_folder(out, [checkpoint, root])
         model, model_config = load_groupvit(checkpoint, device=resolve_device(config.device))
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -78,12 +79,16 @@ def seg(
         },
         **record,
     }
-    metrics_path, table_path = write_metrics(record, out)
-    page = ""
-    if html:
-        from cocu.evaluation.eval_page import write_eval_page
+    try:
+        metrics_path, table_path = write_metrics(record, out)
+        page = ""
+        if html:
+            from cocu.evaluation.eval_page import write_eval_page
 
-        page = f" | {write_eval_page(out)}"
+            page = f" | {write_eval_page(out)}"
+    except CocuError as err:  # a full disk: one line naming the file
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(
         f"{data.name} [{settings.name}] {record['images']}/{record['split_size']} images: "
         f"mIoU {record['miou']}, pixel acc. {record['pixel_accuracy']}, {record['classes_counted']} classes counted, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from cocu.curation.core.configs import option
+from cocu.curation.core.outputs import SIDE_FILES, check_output_folder, is_cocu_folder, is_eval_record
 from cocu.curation.core.shards import atomic_path, atomic_write_bytes
 from cocu.evaluation.datasets import FolderDataset, Sample
 from cocu.evaluation.inference import (
@@ -85,7 +87,7 @@ def evaluate(
     source: Dataset[Sample] = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
     total = len(dataset) if limit is None else min(limit, len(dataset))
     loader = DataLoader(source, batch_size=None, num_workers=workers, collate_fn=_identity)  # one sample at a time
-    overlays = Path(out_dir) / "overlays" if save_images and out_dir is not None else None
+    overlays = _staged_overlays(Path(out_dir)) if save_images and out_dir is not None else None
     saved = windows = 0
     kept: dict[str, list] = {"names": [], "intersect": [], "union": []}
     started = time.perf_counter()
@@ -145,9 +147,44 @@ def evaluate(
     return record
 
 
+EVAL_FILES = frozenset({"metrics.json", "results.md", "index.html", "overlays", "per_image.npz"})
+STAGED_OVERLAYS = ".overlays.tmp"  # this run's overlays until write_metrics publishes them with the metrics
+
+
+def check_eval_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse an --out that overlaps the checkpoint or the dataset, or holds files ``cocu-eval seg`` did not make
+    (a user's index.html or results.md): one line, before the model is loaded."""
+    folder = Path(out)
+    ours = is_eval_record(folder / "metrics.json")
+
+    def made(entry: Path) -> bool:
+        return (ours and entry.name in EVAL_FILES) or entry.name in SIDE_FILES or is_cocu_folder(entry)
+
+    check_output_folder(folder, inputs, made, "cocu-eval seg")
+
+
+def _staged_overlays(out: Path) -> Path:
+    staged = out / STAGED_OVERLAYS
+    shutil.rmtree(staged, ignore_errors=True)  # a killed run's
+    return staged
+
+
+def _publish_overlays(out: Path) -> None:
+    """This run's overlays replace the folder's, so a rerun with fewer --save-images shows no old overlay."""
+    staged, overlays = out / STAGED_OVERLAYS, out / "overlays"
+    if not staged.exists() and not overlays.exists():
+        return
+    old = out / f".overlays.old.{os.getpid()}.tmp"
+    if overlays.exists():
+        os.replace(overlays, old)
+    if staged.exists():
+        os.replace(staged, overlays)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_metrics(record: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``metrics.json`` and ``results.md`` under ``out_dir``, each written atomically (and ``per_image.npz``
-    when the record kept per-image areas)."""
+    when the record kept per-image areas); this run's overlays replace the folder's."""
     out = Path(out_dir)
     record = dict(record)
     per_image = record.pop("per_image", None)
@@ -159,6 +196,7 @@ def write_metrics(record: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
     # not sorted: per-class entries stay in label-id order
     atomic_write_bytes(metrics_path, (json.dumps(record, indent=2) + "\n").encode())
     atomic_write_bytes(table_path, markdown_table(record).encode())
+    _publish_overlays(out)
     return metrics_path, table_path
 
 
@@ -188,8 +226,13 @@ def markdown_table(record: dict[str, Any]) -> str:
     ]
     for name, iou in record["per_class_iou"].items():
         shown = json.dumps(name) if name != name.strip() else name  # ADE's "bed " keeps its quotes
-        lines.append(f"| {shown} | {_pct(iou)} | {_pct(record['per_class_accuracy'][name])} |")
+        lines.append(f"| {_cell(shown)} | {_pct(iou)} | {_pct(record['per_class_accuracy'][name])} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text for one Markdown table cell: a ``|`` or a line break would end the cell (or the table)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _pct(value: float | None) -> str:

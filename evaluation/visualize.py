@@ -17,6 +17,11 @@ from cocu.curation.core.shards import atomic_path  # noqa: E402
 IGNORED_RGB = (255, 255, 255)
 
 
+def plain(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` would start math text (``$\\frac{$`` fails to parse)."""
+    return text.replace("$", r"\$")
+
+
 def palette(num_classes: int) -> np.ndarray:
     """The PASCAL VOC colour map (bit-interleaved ids): distinct, deterministic, any number of classes."""
     ids = np.arange(num_classes)
@@ -71,19 +76,24 @@ def save_overlay(
         ax.axis("off")
     handles = [
         Patch(
-            facecolor=colours[c] / 255.0, edgecolor="black", linewidth=0.3, label=classes[c].strip() or repr(classes[c])
+            facecolor=colours[c] / 255.0,
+            edgecolor="black",
+            linewidth=0.3,
+            label=plain(classes[c].strip() or repr(classes[c])),
         )
         for c in shown
     ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6) or 1, fontsize=7, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(plain(title), fontsize=9)
     fig.subplots_adjust(
         left=0.01, right=0.99, top=0.88 if title else 0.93, bottom=0.05 + 0.05 * ((len(handles) + 5) // 6), wspace=0.03
     )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _legend_classes(label: np.ndarray, pred: np.ndarray, num_classes: int, limit: int) -> list[int]:

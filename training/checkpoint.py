@@ -8,7 +8,9 @@ no pickled code objects, nothing executed on load.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cocu.curation.core.errors import CocuError
+from cocu.curation.core.errors import PICKLED_CHECKPOINT, CocuError
+from cocu.curation.core.outputs import SIDE_FILES, check_output_folder, input_places, is_cocu_folder
 from cocu.curation.core.shards import atomic_path, remove_stale_temporaries
 from cocu.training.model import GroupViT, GroupViTConfig, get_config
 
@@ -32,9 +36,7 @@ def load_groupvit(path: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: one line naming it
-        raise ValueError(
-            f"{path}: not a loadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from err
+        raise CheckpointError(unloadable(path, err)) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
     if "groupvit_config" in ckpt:
@@ -53,8 +55,29 @@ def load_groupvit(path: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), config
 
 
+FIT_FILES = frozenset({"checkpoints", "logs", "config.yaml", "lightning_logs"})
+
+
+def check_fit_root(root: str | os.PathLike, shards: str | os.PathLike) -> None:
+    """Refuse a ``--trainer.default_root_dir`` that overlaps the shards or holds files fit did not make."""
+
+    def made(entry: Path) -> bool:
+        return entry.name in FIT_FILES or entry.name in SIDE_FILES or is_cocu_folder(entry)
+
+    check_output_folder(root, input_places([shards]), made, "fit", option="--trainer.default_root_dir")
+
+
 class CheckpointError(CocuError):
     """A checkpoint that cannot be loaded, said in one line naming the file."""
+
+
+def unloadable(path: str | os.PathLike, err: BaseException) -> str:
+    """The one line for a checkpoint ``torch.load(weights_only=True)`` refused: never torch's advice to load it
+    with ``weights_only=False`` (which would run whatever code the file holds)."""
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err).replace("Weights only", "weights_only"):
+        return f"{path}: not a loadable checkpoint: it {PICKLED_CHECKPOINT}"
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{path}: not a loadable checkpoint ({type(err).__name__}: {reason})"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -69,8 +92,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, str(path), storage_options)  # remote storage: Lightning's own way
             return
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # through Python's file: a full disk is ENOSPC
+            torch.save(checkpoint, handle)
 
     def load_checkpoint(
         self,
@@ -83,8 +106,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             raise
         except Exception as err:  # truncated, foreign or pickled-code file: one line naming it
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {reason})") from None
+            raise CheckpointError(unloadable(path, err)) from None
 
 
 class GroupViTCheckpoint(ModelCheckpoint):
@@ -104,3 +126,26 @@ class GroupViTCheckpoint(ModelCheckpoint):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM Lightning stops between two steps (``SIGTERMException``): save ``last.ckpt`` there, so
+        ``--ckpt_path last`` resumes from the step reached, and note on the exception where the run stopped."""
+        if not isinstance(exception, SIGTERMException):
+            return
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        exception.cocu_stop = StopPoint(trainer.global_step, trainer.max_steps, self.last_model_path)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class StopPoint:
+    """Where a run stopped by SIGTERM was: its step, its max_steps (-1 when set by epochs), the last checkpoint."""
+
+    step: int
+    max_steps: int
+    checkpoint: str
+
+    def line(self) -> str:
+        of = f" of {self.max_steps}" if self.max_steps > 0 else ""
+        saved = f"checkpoint saved: {self.checkpoint}" if self.checkpoint else "no checkpoint saved"
+        return f"fit stopped by SIGTERM at step {self.step}{of} ({saved}); rerun with --ckpt_path last to resume"

@@ -23,12 +23,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cocu.curation.core.errors import CocuError
-from cocu.training.checkpoint import AtomicCheckpointIO, GroupViTCheckpoint
+from cocu.training.checkpoint import AtomicCheckpointIO, GroupViTCheckpoint, check_fit_root
 from cocu.training.model import get_config
 from cocu.training.module import GroupViTModule, datamodule_batch_size
 from cocu.training.recipes import resolve_recipes
+from cocu.training.stopping import EXIT_SIGTERM, STOPPED_BEFORE, STOPPED_IN_STEP, sigterm_received, stop_on_sigterm
 
 
 def _checkpoint_dir(root: str | None) -> str:
@@ -122,6 +124,8 @@ class GroupViTCLI(LightningCLI):
         if threads:
             torch.set_num_threads(threads)
         trainer_cfg = self.config[self.subcommand].trainer
+        if trainer_cfg.default_root_dir is not None:  # Lightning's default, the working folder, is not checked
+            check_fit_root(trainer_cfg.default_root_dir, self.config[self.subcommand].data.shards)
         if _wants_log_progress_bar(trainer_cfg):
             self.trainer_defaults["callbacks"].append(TQDMProgressBar(refresh_rate=10))
         self._default_loggers = trainer_cfg.logger in (None, True)
@@ -148,16 +152,24 @@ def fit(argv: list[str] | None = None) -> None:
         cli_args = resolve_recipes(args)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
-        GroupViTCLI(
-            GroupViTModule,
-            CuratedShardsDataModule,
-            args=cli_args,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [FitSummary()]},
-            parser_kwargs={"description": __doc__},
-        )
+        with stop_on_sigterm():
+            GroupViTCLI(
+                GroupViTModule,
+                CuratedShardsDataModule,
+                args=cli_args,
+                save_config_kwargs={"overwrite": True},
+                trainer_defaults={"callbacks": [FitSummary()]},
+                parser_kwargs={"description": __doc__},
+            )
+    except SIGTERMException as err:  # Lightning stopped between two steps; GroupViTCheckpoint saved last.ckpt
+        stop = getattr(err, "cocu_stop", None)
+        print(f"error: {stop.line() if stop else STOPPED_BEFORE}", file=sys.stderr)
+        raise SystemExit(EXIT_SIGTERM) from None
     except (CocuError, RuntimeError) as err:  # bad input: one line naming the file, no traceback
         line = str(err) if not isinstance(err, RuntimeError) else _loader_shard_error(err)
+        if line is None and sigterm_received():  # a loader worker the same SIGTERM ended first
+            print(f"error: {STOPPED_IN_STEP}", file=sys.stderr)
+            raise SystemExit(EXIT_SIGTERM) from None
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)

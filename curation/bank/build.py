@@ -43,9 +43,10 @@ from cocu.curation.bank.embed import (
     restored_threads,
     set_worker_threads,
 )
-from cocu.curation.bank.layout import MANIFEST, PARTS, BankError
+from cocu.curation.bank.layout import BANK_FILES, MANIFEST, PARTS, BankError
 from cocu.curation.concepts.names import resolve_template
 from cocu.curation.core.locking import folder_lock
+from cocu.curation.core.outputs import check_output_folder, input_places
 from cocu.curation.core.placement import ShardSlice
 from cocu.curation.core.shards import check_keys_across_shards, expand_shards
 from cocu.curation.core.stage import (
@@ -58,7 +59,13 @@ from cocu.curation.core.stage import (
     params_digest,
     run_stage,
 )
+from cocu.curation.core.stopping import stop_on_sigterm
 from cocu.curation.executors.local import LocalExecutor
+
+
+def _bank_made(entry: Path) -> bool:
+    """What build-bank leaves in its folder (and the killed runs' temporaries, which are hidden)."""
+    return entry.name in BANK_FILES
 
 
 @dataclass
@@ -116,12 +123,18 @@ def build_bank(
     resolve_template(config.template)  # a bad template fails before any embedding
     out = Path(out)
     sources = expand_shards(shards)
+    patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    check_output_folder(out, input_places(patterns, sources), _bank_made, "build-bank")
     spec = model_spec(config.model, config.pretrained)
     if not finalize:
         cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here
     check_keys_across_shards(sources)  # before hours of embedding, not after
-    with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
-        executor = executor or LocalExecutor(workers)
+    stopped = (
+        f"build-bank stopped by SIGTERM; its temporaries and lock are removed and {out} keeps the finished parts; "
+        "rerun the same command to resume"
+    )
+    executor = executor or LocalExecutor(workers)
+    with stop_on_sigterm(stopped), folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
         return _build_locked(sources, out, config, spec, progress, started, executor, part, finalize)
 
 

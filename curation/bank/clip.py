@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cocu.curation.core.errors import PICKLED_CHECKPOINT, FileError
 from cocu.curation.core.shards import iter_batches, sha256_file
 
 LOCAL_DIR_WEIGHTS = (
@@ -80,6 +82,15 @@ def model_spec(name: str, pretrained: str | None = None) -> ModelSpec:
 
 def _is_known_tag(name: str, pretrained: str) -> bool:
     return pretrained in open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
+
+
+def check_weights_file(pretrained: str | None) -> None:
+    """A --pretrained value that names a file (a path, or a weights suffix) must exist: say so, not that the
+    model's config is missing."""
+    if not pretrained or os.path.isfile(pretrained):
+        return
+    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
+        raise FileNotFoundError(f"{pretrained}: no such file (--pretrained takes a checkpoint file or a tag)")
 
 
 def register_config_file(path: str | os.PathLike) -> str:
@@ -311,6 +322,7 @@ def load_clip(
     with ``open_clip.add_model_config`` first. Without weights the model is randomly initialized from a
     fixed seed, so two loads of the same spec embed alike.
     """
+    check_weights_file(pretrained)
     config_path = register_model_config(model, pretrained, model_config)
     spec = model_spec(model, pretrained)
     device = resolve_device(device)
@@ -323,6 +335,8 @@ def load_clip(
             )
         except RuntimeError as err:
             raise ValueError(f"cannot load CLIP {spec.describe()}: {str(err).splitlines()[0]}") from None
+        except pickle.UnpicklingError:  # torch's message advises weights_only=False: never repeat that
+            raise FileError(pretrained or model, f"not a loadable checkpoint: it {PICKLED_CHECKPOINT}") from None
     net.eval()
     tokenizer = open_clip.get_tokenizer(model)
     embed_dim = _embed_dim(net, preprocess, device)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cocu.curation.bank.clip import check_weights_file
 from cocu.curation.core.configs import option
 
 
-@dataclass
+@dataclass(frozen=True)
 class BankConfig:
     """How to build a bank. Only ``model`` is required (``pretrained`` None: random weights)."""
 
@@ -36,3 +37,13 @@ class BankConfig:
     batch_size: int = option(256, "Images per model batch.", minimum=1)
     decode_workers: int | None = option(None, "Image decoding processes per worker (default: spare cores).", minimum=0)
     device: str | None = option(None, "cuda or cpu (default: cuda when available).")
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot work, in one line, before anything is loaded."""
+        for name, value in (("--nprobe", self.nprobe), ("--ef-search", self.ef_search)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} {value}: must be at least 1 (or left out for the default)")
+        for name, value in (("--min-count", self.min_count), ("--max-words", self.max_words)):
+            if value < 1:
+                raise ValueError(f"{name} {value}: must be at least 1")
+        check_weights_file(self.pretrained)

@@ -17,6 +17,7 @@ import pyarrow as pa
 from cocu.curation.bank.clip import ClipModel, load_clip
 from cocu.curation.core.shards import decode_text, iter_batches, write_table
 from cocu.curation.core.stage import ShardTask, params_digest
+from cocu.curation.core.stopping import install_in_worker
 
 PART_FORMAT = 2  # 2: parts hold the sha256 of each image's bytes
 
@@ -62,6 +63,7 @@ def restored_threads() -> Iterator[None]:
 
 def init_embed_worker(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
     """The embed stage's worker setup: this worker's thread share; the settings are its context."""
+    install_in_worker()
     return {**settings, "decode_workers": set_worker_threads(threads, settings["decode_workers"])}
 
 

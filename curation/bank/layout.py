@@ -22,6 +22,7 @@ PART_FORMAT = 2  # 2: parts hold the sha256 of each image's bytes
 MANIFEST, BUILD, VOCABULARY = "manifest.json", "build.json", "vocabulary.json"
 CONCEPTS, IMAGES, EMBEDDINGS, INDEX = "concepts.parquet", "images.parquet", "embeddings.npy", "index.faiss"
 PARTS, CLIP_DIR, INDEX_PARTS = "parts", "clip", "index_parts"
+BANK_FILES = frozenset({MANIFEST, BUILD, VOCABULARY, CONCEPTS, IMAGES, EMBEDDINGS, INDEX, PARTS, CLIP_DIR, INDEX_PARTS})
 
 
 class BankError(CocuError):

@@ -144,6 +144,9 @@ class Vocabulary:
             raise VocabularyError(
                 path, "a concept is not a string", row=next(i for i, c in enumerate(concepts) if not isinstance(c, str))
             )
+        empty = next((i for i, c in enumerate(concepts) if not c.strip()), None)
+        if empty is not None:
+            raise VocabularyError(path, "a concept is empty (every concept needs a name)", row=empty)
         if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
             raise VocabularyError(
                 path,

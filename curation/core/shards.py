@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cocu.curation.core.errors import FileError
+from cocu.curation.core.errors import FileError, shown, writing
 
 REQUIRED_COLUMNS: dict[str, tuple[pa.DataType, ...]] = {
     "key": (pa.string(), pa.large_string()),
@@ -79,6 +79,8 @@ def check_schema(
 ) -> None:
     """Raise a ShardError naming the first missing column or wrong type."""
     for name, types in required.items():
+        if schema.names.count(name) > 1:
+            raise ShardError(path, f"has {schema.names.count(name)} columns named '{name}'; a shard needs exactly one")
         index = schema.get_field_index(name)
         if index < 0:
             raise ShardError(path, f"missing required column '{name}' (has: {', '.join(schema.names)})")
@@ -119,7 +121,7 @@ def _check_keys(path, keys: list[str | None], start: int, seen: set[str]) -> Non
         if key is None or key == "":
             raise ShardError(path, "empty key", row=start + offset)
         if key in seen:
-            raise ShardError(path, f"duplicate key '{key}'", row=start + offset)
+            raise ShardError(path, f"duplicate key '{shown(key)}'", row=start + offset)
         seen.add(key)
 
 
@@ -182,7 +184,9 @@ def check_keys_across_shards(sources: Sequence[Path]) -> None:
     if len(where) < 2:
         return  # a duplicate inside one shard: the embed stage names it with its row
     (first, _), (second, row) = where[0], where[1]
-    raise ShardError(second, f"key '{duplicate}' is also in {first}; keys must be unique across the corpus", row=row)
+    raise ShardError(
+        second, f"key '{shown(duplicate)}' is also in {first}; keys must be unique across the corpus", row=row
+    )
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -195,18 +199,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block completes."""
+    """Yield a temporary path beside ``path``; rename it into place only if the block completes.
+
+    A full disk met in the block (or by the rename) is raised as ``DiskFull`` naming ``path``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temporary(target)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with writing(target):  # a full disk: one line naming the file; the earlier file stays as it was
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temporary(target)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def _create_temporary(target: Path) -> Path:
@@ -280,7 +287,12 @@ class ShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool | None:
         assert self._writer is not None
-        self._writer.close()
+        try:
+            self._writer.close()
+        except Exception as err:  # the footer did not fit on the disk: the temporary goes, DiskFull names the file
+            if exc is None:
+                self._context.__exit__(type(err), err, err.__traceback__)
+                raise
         return self._context.__exit__(exc_type, exc, tb)
 
 

@@ -74,6 +74,11 @@ class EnrichConfig:
             raise ValueError(
                 "--neighbors and --vocabulary-top must be at least 1, --top-k at least 0 (0: the whole archive)"
             )
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"--seed {self.seed}: must be from 0 to 2**64-1 (a clustering seed)")
+        for name, value in (("--nprobe", self.nprobe), ("--ef-search", self.ef_search)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} {value}: must be at least 1 (or left out for the bank's default)")
         if self.formula not in FORMULAS:
             raise ValueError(f"--formula {self.formula!r}: choose one of {', '.join(FORMULAS)}")
         if self.archive not in ARCHIVES:

@@ -6,6 +6,7 @@ bank and parameters and runs the rest in parallel; ``curator`` holds the per-bat
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +17,13 @@ from cocu.curation.bank.layout import check_bank_model, read_bank_manifest
 from cocu.curation.bank.reader import Bank
 from cocu.curation.concepts.names import TEMPLATES
 from cocu.curation.core.locking import folder_lock
+from cocu.curation.core.outputs import check_output_folder, input_places
 from cocu.curation.core.placement import ShardSlice
-from cocu.curation.core.shards import ShardError, expand_shards
+from cocu.curation.core.shards import MANIFEST_SUFFIX, ShardError, expand_shards, open_parquet
 from cocu.curation.core.stage import Executor, Resources, ShardTask, Stage, StageSummary, run_stage
+from cocu.curation.core.stopping import stop_on_sigterm
 from cocu.curation.enrich.curator import EnrichConfig
-from cocu.curation.enrich.shard import enrich_shard, open_enrich_worker
+from cocu.curation.enrich.shard import CURATED_NAMES, enrich_shard, open_enrich_worker
 from cocu.curation.executors.local import LocalExecutor
 
 
@@ -44,6 +47,8 @@ def enrich(
     check_bank_model(bank_path, manifest, config.model, config.pretrained)
     config.check()
     sources = expand_shards(shards)
+    patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    check_output_folder(out, [bank_path, *input_places(patterns, sources)], _enrich_made, "enrich")
     tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
     _check_distinct_targets(tasks)
     opened = Bank.open(bank_path, config.nprobe, config.ef_search)  # a damaged bank: one error, not one per shard
@@ -56,8 +61,28 @@ def enrich(
         resources=Resources.for_device(config.device),
         prepared={"opened": opened},  # the shards that run in this process reuse it; worker processes open their own
     )
-    with folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
+    stopped = (
+        f"enrich stopped by SIGTERM; its temporaries and lock are removed and {out} keeps the finished shards; "
+        "rerun the same command to resume"
+    )
+    with stop_on_sigterm(stopped), folder_lock(out, slot=None if part.whole else part.describe()), restored_threads():
         return run_stage(stage, part.take(tasks), executor or LocalExecutor(workers), progress)
+
+
+def _enrich_made(entry: Path) -> bool:
+    """A curated shard (it has the curated columns) or a per-shard manifest of enrich: what enrich leaves in --out."""
+    if entry.name.endswith(MANIFEST_SUFFIX):
+        try:
+            return json.loads(entry.read_text()).get("stage") == "enrich"
+        except (OSError, ValueError, AttributeError):
+            return False
+    if entry.suffix == ".parquet" and entry.is_file():
+        try:
+            names = open_parquet(entry).schema_arrow.names
+        except ShardError:
+            return False
+        return all(name in names for name in CURATED_NAMES)
+    return False
 
 
 def template_note(manifest: dict[str, Any], formula: str) -> str | None:

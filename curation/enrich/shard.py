@@ -20,6 +20,7 @@ from cocu.curation.bank.embed import image_digests, set_worker_threads
 from cocu.curation.bank.reader import Bank
 from cocu.curation.core.shards import ShardWriter, decode_text, iter_batches, open_parquet
 from cocu.curation.core.stage import ShardTask
+from cocu.curation.core.stopping import install_in_worker
 from cocu.curation.enrich.curator import EnrichConfig, curate
 from cocu.curation.enrich.ranking import Ragged, offsets_from_lengths
 
@@ -57,6 +58,7 @@ class EnrichContext:
 
 def open_enrich_worker(threads: int, bank_path: str, config: EnrichConfig, opened: Bank | None = None) -> EnrichContext:
     """The stage's worker setup: sets this worker's thread share and opens the bank (or takes ``opened``)."""
+    install_in_worker()
     decoders = set_worker_threads(threads, config.decode_workers)
     return EnrichContext(opened or Bank.open(bank_path, config.nprobe, config.ef_search), config, decoders)
 
@@ -70,7 +72,7 @@ def enrich_shard(
     chunks: list[pa.Array] = []
     digests: list[bytes | None] = []
     for batch in iter_batches(task.source, batch_size=1024, columns=["key", "jpg"]):
-        chunks.append(batch.column("key"))
+        chunks.append(batch.column("key").cast(pa.string()))  # the contract allows large_string keys too
         digests.extend(image_digests(batch.column("jpg")))
     keys = pa.chunked_array(chunks, pa.string())
     bank_ids = bank.lookup(keys.combine_chunks(), digests) if len(keys) else np.zeros(0, np.int64)

@@ -24,6 +24,8 @@ import pyarrow as pa
 from PIL import Image
 
 from cocu.curation.core.configs import option
+from cocu.curation.core.errors import writing
+from cocu.curation.core.outputs import check_overlap, input_places
 from cocu.curation.core.shards import (
     REQUIRED_COLUMNS,
     ShardError,
@@ -32,6 +34,7 @@ from cocu.curation.core.shards import (
     iter_batches,
     open_parquet,
 )
+from cocu.curation.core.stopping import stop_on_sigterm
 from cocu.curation.inputs.synthetic.truth import read_truth
 from cocu.curation.show.summary import CurationTally, write_summary
 from cocu.evaluation.html import MARKER, page_folder, write_page
@@ -122,8 +125,9 @@ class Cards:
             return None
         path = f"thumbs/{number // ROWS_PER_FOLDER:03d}/{number:06d}.{thumb[1]}"
         target = self.folder / path
-        target.parent.mkdir(exist_ok=True)
-        target.write_bytes(thumb[0])
+        with writing(target):
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(thumb[0])
         return path
 
     def add(self, rows: Sequence[dict[str, Any]], shard: int, first: int) -> None:
@@ -188,13 +192,16 @@ def write_gallery(
     """Write ``out/index.html`` (the cards), ``out/summary.html`` and what they show, from curated shards."""
     started = time.perf_counter()
     shards = expand_shards(curated)
+    patterns = [curated] if isinstance(curated, (str, os.PathLike)) else list(curated)
+    check_overlap(Path(out), input_places([*patterns, *([truth] if truth else [])], shards), "--out")
     for path in shards:  # every schema checked before anything is written
         check_schema(path, open_parquet(path).schema_arrow, CURATED_COLUMNS)
     answers = None
     if truth is not None:
         answers = {key: frozenset(present) for key, present in read_truth(truth).present().items()}
     limit = config.limit if config.limit is not None else sys.maxsize
-    with page_folder(out) as work, ThreadPoolExecutor(config.threads) as pool:
+    stopped = f"show stopped by SIGTERM; nothing was published ({out} is as it was) and its temporaries are removed"
+    with stop_on_sigterm(stopped), page_folder(out) as work, ThreadPoolExecutor(config.threads) as pool:
         (work / "thumbs").mkdir()
         cards = Cards(work, config.thumb_size, answers, pool)
         tally = CurationTally(answers is not None)
@@ -212,7 +219,8 @@ def write_gallery(
                 number += len(rows)
         names = [path.name for path in shards]
         payload = cards.payload(config.page_size, names)
-        (work / "data.js").write_text("window.COCU_GALLERY = " + json.dumps(payload, separators=(",", ":")) + ";\n")
+        with writing(work / "data.js"):
+            (work / "data.js").write_text("window.COCU_GALLERY = " + json.dumps(payload, separators=(",", ":")) + ";\n")
         source = ", ".join(str(p) for p in shards) if len(shards) <= 3 else f"{shards[0].parent} ({len(shards)} shards)"
         context = {"source": source, "rows": tally.rows, "cards": len(cards.rows), "truth": answers is not None}
         write_page(work / "index.html", "gallery.html.j2", **context)

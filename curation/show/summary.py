@@ -14,7 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from cocu.curation.core.errors import writing  # noqa: E402
 from cocu.evaluation.html import write_page  # noqa: E402
+from cocu.evaluation.visualize import plain  # noqa: E402
 
 SCORES_KEPT = 1_000_000  # score values kept per kind for the histogram (bounded memory on a big corpus)
 RIGHT, WRONG, NAMED = "#2e8b57", "#c0392b", "#4a6fa5"
@@ -133,7 +135,7 @@ def plot_added(tally: CurationTally, count: int, path: Path) -> None:
         ax.legend(fontsize=8, loc="lower right")
     else:
         ax.barh(y, totals, color=NAMED)
-    ax.set_yticks(y, names, fontsize=8)
+    ax.set_yticks(y, [plain(name) for name in names], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("images it was added to (not named by their caption)")
     ax.set_title(f"The {len(top)} concepts curation adds most", fontsize=10)
@@ -185,9 +187,12 @@ def plot_scores(tally: CurationTally, path: Path) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with writing(path):
+            fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_summary(folder: Path, tally: CurationTally, top: int, **context: Any) -> Path:
