@@ -3,7 +3,7 @@
 The command declares one parameter of the config's type; the decorator replaces it, in the signature typer
 reads, by the config's ``option`` fields (``cocu.curation.core.configs``), and builds the config from them when
 the command runs. Defaults, help and bounds therefore live on the config alone, as LightningCLI does for
-``cocu-train fit``. A config that refuses its values (``__post_init__``) gives typer's one-line usage error.
+``cocu-train fit``. A config that refuses its values (``__post_init__``) ends the command with its one-line error.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def config_options(config_type: type, param: str = "config", exclude: Sequence[s
             values = {item.name: _from_cli(kwargs.pop(item.name), hints[item.name]) for item in items}
             try:
                 kwargs[param] = config_type(**values)
-            except ValueError as err:
-                raise typer.BadParameter(str(err)) from None
+            except (ValueError, OSError) as err:  # the config's own checks: one line, as every cocu error
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(1) from None
             return command(**kwargs)
 
         del run.__wrapped__  # typer must read the new signature, not the command's
