@@ -178,18 +178,24 @@ class ZeroShotSegmenter:
 
     @torch.no_grad()
     def window_logits(self, crops: torch.Tensor) -> torch.Tensor:
-        """Class scores ``[B, C, h, w]`` for a batch of same-sized windows (background first when present)."""
-        feats = self.model.group_features(crops)
-        groups = group_class_scores(
-            F.normalize(feats.group_embeds.float(), dim=-1),
-            F.normalize(feats.image_embed.float(), dim=-1),
-            self.text,
-            self.logit_scale,
-            self.preset.topk,
-        )
-        scores = pixel_scores(feats.attn, groups, (crops.shape[-2], crops.shape[-1]))
-        if self.has_background and self.preset.bg_thresh is not None:  # __init__ refuses background without one
-            scores = with_background(scores, groups, self.preset.bg_thresh, self.preset.bg_rule)
+        """Class scores ``[B, C, h, w]`` for a batch of same-sized windows (background first when present).
+
+        On CUDA the model runs under bf16 autocast (as it trained); the class scores are computed in float32 with
+        autocast off, where a bf16 matmul would cost ~0.4 per logit at a logit scale of 100.
+        """
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            feats = self.model.group_features(crops)
+        with torch.autocast(self.device.type, enabled=False):
+            groups = group_class_scores(
+                F.normalize(feats.group_embeds.float(), dim=-1),
+                F.normalize(feats.image_embed.float(), dim=-1),
+                self.text,
+                self.logit_scale,
+                self.preset.topk,
+            )
+            scores = pixel_scores(feats.attn.float(), groups, (crops.shape[-2], crops.shape[-1]))
+            if self.has_background and self.preset.bg_thresh is not None:  # __init__ refuses background without one
+                scores = with_background(scores, groups, self.preset.bg_thresh, self.preset.bg_rule)
         return scores
 
     @torch.no_grad()

@@ -33,14 +33,16 @@ def gumbel_softmax(logits: torch.Tensor, dim: int, tau: float = 1.0, hard: bool 
     """Gumbel-softmax sample; hard samples are one-hot with straight-through gradients.
 
     Noise comes from `torch.distributions.Gumbel`, which clamps its uniform draw (torch.nn.functional.gumbel_softmax
-    can produce inf, pytorch#41663), as the reference does.
+    can produce inf, pytorch#41663), as the reference does. It is drawn and added in float32: in bf16 (under
+    autocast) the draw has 8 bits of mantissa and ties between groups become common; the result has the logits' dtype.
     """
     gumbel = torch.distributions.Gumbel(
-        torch.zeros((), device=logits.device, dtype=logits.dtype),
-        torch.ones((), device=logits.device, dtype=logits.dtype),
+        torch.zeros((), device=logits.device, dtype=torch.float32),
+        torch.ones((), device=logits.device, dtype=torch.float32),
     )
-    noisy = (logits + gumbel.sample(logits.shape)) / tau
-    return hard_softmax(noisy, dim) if hard else noisy.softmax(dim)
+    noisy = (logits.float() + gumbel.sample(logits.shape)) / tau
+    sample = hard_softmax(noisy, dim) if hard else noisy.softmax(dim)
+    return sample.to(logits.dtype)
 
 
 class AssignAttention(nn.Module):

@@ -9,11 +9,10 @@ on the whole global batch, and DDP's gradient averaging gives that loss's gradie
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 
 
@@ -29,15 +28,34 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 whose backward hands each rank the summed gradient of its own rows.
+
+    Written with ``all_gather`` and ``all_reduce``, the two collectives every backend (gloo, NCCL) and every torch
+    cocu supports has: ``funcol.all_gather_single`` is missing from torch 2.11-2.12, and the older
+    ``torch.distributed.nn`` gather has no gradient on torch <= 2.10. Each rank's loss uses every rank's rows, so the
+    gradient of a row is the sum over ranks of their losses' gradients (DDP then averages the parameters' gradients).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        rank, world = _world()
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: not autograd's buffer
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0, in rank order, keeping gradients to every rank's input."""
     _, world = _world()
-    if world == 1:
-        return x
-    # The functional all-gather is differentiable (its backward reduce-scatters the gradient) and, unlike the deprecated
-    # torch.distributed.nn.functional.all_gather, is PyTorch's supported path; it works over gloo (CPU) and NCCL.
-    # WORLD is typed Optional (None before init_process_group); world > 1 means it exists.
-    return funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)  # type: ignore[arg-type]
+    return x if world == 1 else _GatherRows.apply(x)
 
 
 def groupvit_loss(
@@ -56,24 +74,29 @@ def groupvit_loss(
     """
     rank, _ = _world()
     b = image_x.shape[0]
-    # Score in float32: under bf16 autocast the logits would lose the precision that InfoNCE's softmax needs.
-    image_x, text_x = image_x.float(), text_x.float()
-    labels = torch.arange(b, device=image_x.device) + b * rank
-    all_image = gather_with_grad(image_x)
-    contrastive = 0.5 * (
-        F.cross_entropy(logit_scale * image_x @ gather_with_grad(text_x).t(), labels)
-        + F.cross_entropy(logit_scale * text_x @ all_image.t(), labels)
-    )
-    multi_label = contrastive.new_zeros(())
-    if prompt_x is not None and prompt_x.shape[1] > 0:
-        k = prompt_x.shape[1]
-        prompts = prompt_x.float().reshape(b * k, -1)
-        all_prompts = gather_with_grad(prompts)  # row (global image index) * K + k
-        scale = logit_scale if multi_label_logit_scale is None else multi_label_logit_scale
-        # image -> prompts: soft target 1/K on the K prompts of the same image, over every prompt of the global batch
-        log_p = F.log_softmax(scale * image_x @ all_prompts.t(), dim=-1).view(b, -1, k)
-        loss_image = -log_p[torch.arange(b, device=log_p.device), labels].mean(dim=-1).mean()
-        # prompt -> images: each prompt's positive is its own image
-        loss_prompt = F.cross_entropy(scale * prompts @ all_image.t(), labels.repeat_interleave(k))
-        multi_label = 0.5 * (loss_image + loss_prompt)
+    # Score in float32: under bf16 autocast a matmul of float32 inputs still runs in bf16 (~0.4 per logit at a
+    # logit scale of 100), which InfoNCE's softmax cannot afford; autocast is off for the scoring.
+    with torch.autocast(image_x.device.type, enabled=False):
+        image_x, text_x, logit_scale = image_x.float(), text_x.float(), logit_scale.float()
+        labels = torch.arange(b, device=image_x.device) + b * rank
+        all_image = gather_with_grad(image_x)
+        contrastive = 0.5 * (
+            F.cross_entropy(logit_scale * image_x @ gather_with_grad(text_x).t(), labels)
+            + F.cross_entropy(logit_scale * text_x @ all_image.t(), labels)
+        )
+        # without prompts the multi-label temperature still joins the graph (times 0): DDP would otherwise find an
+        # unused parameter at the second step
+        unused = multi_label_logit_scale if multi_label_logit_scale is not None else logit_scale
+        multi_label = 0.0 * unused.float()
+        if prompt_x is not None and prompt_x.shape[1] > 0:
+            k = prompt_x.shape[1]
+            prompts = prompt_x.float().reshape(b * k, -1)
+            all_prompts = gather_with_grad(prompts)  # row (global image index) * K + k
+            scale = logit_scale if multi_label_logit_scale is None else multi_label_logit_scale.float()
+            # image -> prompts: soft target 1/K on the K prompts of its own image, over every prompt of the global batch
+            log_p = F.log_softmax(scale * image_x @ all_prompts.t(), dim=-1).view(b, -1, k)
+            loss_image = -log_p[torch.arange(b, device=log_p.device), labels].mean(dim=-1).mean()
+            # prompt -> images: each prompt's positive is its own image
+            loss_prompt = F.cross_entropy(scale * prompts @ all_image.t(), labels.repeat_interleave(k))
+            multi_label = 0.5 * (loss_image + loss_prompt)
     return LossOutput(contrastive + multi_label_weight * multi_label, contrastive, multi_label)

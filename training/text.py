@@ -122,8 +122,10 @@ class TextTransformer(nn.Module):
             raise ValueError(f"text tokens must be [N, <= {self.context_length}], got {tuple(tokens.shape)}")
         eot = tokens.argmax(dim=-1)  # <end> has the largest id in the vocabulary
         # The mask is causal and pooling reads <end>, so positions after the longest <end> cannot change the result:
-        # dropping them is exact and saves most of the work on short captions.
-        length = int(eot.max()) + 1
-        x = self.token_embedding(tokens[:, :length]) + self.positional_embedding[:length]
+        # dropping them is exact and saves most of the work on short captions. Only on the CPU: on a GPU reading the
+        # length back is a host sync every forward (and a graph break under torch.compile) for work the GPU hides.
+        length = int(eot.max()) + 1 if tokens.device.type == "cpu" and not torch.compiler.is_compiling() else None
+        tokens = tokens[:, :length]
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), eot]

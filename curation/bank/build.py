@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cocu.curation.bank.assembly import Assembly
-from cocu.curation.bank.clip import ModelSpec, model_spec
+from cocu.curation.bank.clip import ModelSpec, load_clip, model_spec
 from cocu.curation.bank.config import BankConfig
 from cocu.curation.bank.embed import (
     PART_FORMAT,
@@ -127,7 +127,7 @@ def build_bank(
     check_output_folder(out, input_places(patterns, sources), _bank_made, "build-bank")
     spec = model_spec(config.model, config.pretrained)
     if not finalize:
-        cached_clip(config.model, config.pretrained, config.model_config, config.device)  # a bad model fails here
+        _check_model_loads(config)
     check_keys_across_shards(sources)  # before hours of embedding, not after
     stopped = (
         f"build-bank stopped by SIGTERM; its temporaries and lock are removed and {out} keeps the finished parts; "
@@ -182,6 +182,14 @@ def _build_locked(
     summary.concepts, summary.factory = manifest["vocabulary"]["size"], manifest["index"]["factory"]
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_model_loads(config: BankConfig) -> None:
+    """A bad model fails here, once, before any shard; loaded on the CPU, so no GPU holds a copy no worker uses."""
+    if config.device == "cpu":
+        cached_clip(config.model, config.pretrained, config.model_config, "cpu")  # the shards reuse it in this process
+    else:
+        load_clip(config.model, config.pretrained, config.model_config, "cpu")
 
 
 def _check_parts_done(tasks: list[ShardTask], params: dict[str, Any]) -> StageSummary:

@@ -7,6 +7,7 @@ codes keeps memory and query time bounded (FAISS guidelines for choosing an inde
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -42,7 +43,44 @@ def choose_factory(rows: int, dim: int, gpu: bool = False) -> str:
 
 
 def gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        return True
+    _say_faiss_build_once()
+    return False
+
+
+FAISS_GPU_HINT = "pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12"
+
+
+def faiss_build_problem(distributions: list[str], cuda_visible: bool, faiss_has_gpu: bool) -> str | None:
+    """Why "GPU when present" would quietly search on the CPU, in one line; None when it would not.
+
+    faiss-cpu and faiss-gpu both install the package ``faiss/``, so with both installed the one installed last owns
+    it; cocu depends on faiss-cpu (no extra can replace a dependency), so a GPU node swaps it by hand.
+    """
+    gpu_builds = [name for name in distributions if name.startswith("faiss-gpu")]
+    if gpu_builds and "faiss-cpu" in distributions:
+        return (
+            f"faiss-cpu and {gpu_builds[0]} are both installed and overwrite each other's faiss/; "
+            f"keep one: pip uninstall -y faiss-cpu {gpu_builds[0]} && pip install {gpu_builds[0]}"
+        )
+    if cuda_visible and not faiss_has_gpu:
+        return (
+            f"a GPU is visible but this faiss is a CPU build, so FAISS runs on the CPU; for the GPU: {FAISS_GPU_HINT}"
+        )
+    return None
+
+
+@functools.cache
+def _say_faiss_build_once() -> None:
+    from importlib.metadata import distributions
+
+    import torch
+
+    names = sorted({(dist.metadata["Name"] or "").lower() for dist in distributions()})
+    problem = faiss_build_problem(names, torch.cuda.is_available(), hasattr(faiss, "StandardGpuResources"))
+    if problem:
+        log.warning(problem)
 
 
 def default_nprobe(factory: str) -> int | None:
@@ -157,6 +195,7 @@ class Searcher:
 
     def __init__(self, index: faiss.Index, params: SearchParams = SearchParams(), use_gpu: bool | None = None):
         self.cpu_index = index
+        self.search_params = params
         self.params = params.string(index)
         if self.params:
             # faiss's SWIG stub types the value as a number; the "name=value,..." string form is the documented one
@@ -164,6 +203,14 @@ class Searcher:
         self.index = index
         if gpu_available() if use_gpu is None else use_gpu:
             self.index = _to_gpu(index, self.params)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.index is not self.cpu_index
+
+    def placed(self, use_gpu: bool | None = None) -> Searcher:
+        """The same index where this process searches (``use_gpu`` None: the GPUs when faiss-gpu sees any)."""
+        return Searcher(self.cpu_index, self.search_params, use_gpu)
 
     @property
     def ntotal(self) -> int:
@@ -174,15 +221,29 @@ class Searcher:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
+def gpu_cloner_options() -> faiss.GpuMultipleClonerOptions:
+    """How an index goes to the GPUs: float16 storage, and an HNSW (or other CPU-only) coarse quantizer kept on the
+    CPU, which faiss otherwise refuses to clone, so the default IVF-HNSW and OPQ indexes search on the GPU too."""
+    options = faiss.GpuMultipleClonerOptions()
+    options.useFloat16 = True
+    if hasattr(options, "allowCpuCoarseQuantizer"):  # faiss >= 1.8; older ones keep the index on the CPU
+        options.allowCpuCoarseQuantizer = True
+    return options
+
+
 def _to_gpu(index: faiss.Index, params: str) -> faiss.Index:
     try:
-        options = faiss.GpuMultipleClonerOptions()
-        options.useFloat16 = True
-        gpu_index = faiss.index_cpu_to_all_gpus(index, co=options)
-        if params:
+        gpu_index = faiss.index_cpu_to_all_gpus(index, co=gpu_cloner_options())
+        # nprobe is the GPU index's own; the coarse quantizer's efSearch stays set on its CPU copy (Searcher set it)
+        gpu_params = ",".join(p for p in params.split(",") if p.startswith("nprobe="))
+        if gpu_params:
             # faiss's SWIG stub types the value as a number; the "name=value,..." string form is the documented one
-            faiss.GpuParameterSpace().set_index_parameters(gpu_index, params)  # type: ignore[arg-type]
+            faiss.GpuParameterSpace().set_index_parameters(gpu_index, gpu_params)  # type: ignore[arg-type]
         return gpu_index
-    except (RuntimeError, AttributeError) as err:  # HNSW and fast-scan indexes are CPU-only
-        log.info("searching on CPU: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
+    except (RuntimeError, AttributeError) as err:  # an index type faiss-gpu has no kernel for (HNSW, fast-scan)
+        log.warning("faiss-gpu cannot take this index; searching on CPU: %s", _first_line(err))
         return index
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,14 @@ class Bank:
     embeddings: np.ndarray
     searcher: Searcher
     digests: pa.Array | None = None  # sha256 of each image's bytes; None: no reuse can be verified
+
+    def searching_here(self) -> Bank:
+        """This bank with its index placed for this process: on its GPUs when faiss-gpu sees any.
+
+        A driver opens a bank on the CPU (``use_gpu=False``) to check it; the process that searches places it, so
+        each GPU holds one copy, that of the worker pinned to it, and the driver none.
+        """
+        return self if self.searcher.on_gpu else replace(self, searcher=self.searcher.placed())
 
     @property
     def spec(self) -> ModelSpec:

@@ -51,7 +51,8 @@ def enrich(
     check_output_folder(out, [bank_path, *input_places(patterns, sources)], _enrich_made, "enrich")
     tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
     _check_distinct_targets(tasks)
-    opened = Bank.open(bank_path, config.nprobe, config.ef_search)  # a damaged bank: one error, not one per shard
+    # a damaged bank: one error, not one per shard; on the CPU, so the driver puts no copy of the index on a GPU
+    opened = Bank.open(bank_path, config.nprobe, config.ef_search, use_gpu=False)
     stage = Stage(
         "enrich",
         enrich_shard,

@@ -60,7 +60,8 @@ def open_enrich_worker(threads: int, bank_path: str, config: EnrichConfig, opene
     """The stage's worker setup: sets this worker's thread share and opens the bank (or takes ``opened``)."""
     install_in_worker()
     decoders = set_worker_threads(threads, config.decode_workers)
-    return EnrichContext(opened or Bank.open(bank_path, config.nprobe, config.ef_search), config, decoders)
+    bank = opened.searching_here() if opened is not None else Bank.open(bank_path, config.nprobe, config.ef_search)
+    return EnrichContext(bank, config, decoders)
 
 
 def enrich_shard(
