@@ -14,7 +14,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast lint faults benchmark teacher clean browser
+.PHONY: install test test-fast lint faults benchmark teacher gpu-wheels gpu-install-check clean browser
 
 install: $(STAMP)
 
@@ -62,6 +62,24 @@ benchmark: $(STAMP)
 # The teacher CLIP that benchmarks/teacher/ ships, trained again with its recorded recipe (recipe.json).
 teacher: $(STAMP)
 	$(PY) -m cocu.benchmarks.teacher --preset $(BENCH) --work benchmark --out benchmarks/teacher
+
+# The GPU check's wheels (Python 3.12, x86-64) into .whl/, and the size a device call would carry (docs/scale.md).
+gpu-wheels: $(STAMP)
+	bash benchmarks/gpu_wheels.sh
+
+# The GPU machine's install step in a fresh Python 3.12 venv holding what its image holds of cocu's needs (numpy,
+# packaging, setuptools, pyarrow, typer): the carried wheels and cocu from the tree, offline; torch is not installed (its
+# 3.12 CUDA wheels with their libraries are gigabytes), so what imports torch is left to the GPU machine.
+PYTHON312 ?= $(shell command -v python3.12 >/dev/null 2>&1 && python3.12 -c "import sys; print(sys.executable)" 2>/dev/null \
+	|| ls $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)
+gpu-install-check: $(STAMP)
+	bash benchmarks/gpu_wheels.sh || [ $$? = 3 ]  # over the device's size limit still installs here
+	rm -rf /tmp/cocu-gpu-venv /tmp/cocu-gpu-site && $(PYTHON312) -m venv /tmp/cocu-gpu-venv
+	/tmp/cocu-gpu-venv/bin/pip install -q setuptools packaging numpy pyarrow typer
+	COCU_SITE=/tmp/cocu-gpu-site PYTHON=/tmp/cocu-gpu-venv/bin/python bash benchmarks/gpu_check.sh --install-only
+	PYTHONPATH=/tmp/cocu-gpu-site /tmp/cocu-gpu-venv/bin/python -c "import sys, faiss, ftfy, jsonargparse, \
+	cocu.curation.core.shards, cocu.curation.core.configs; print('python', sys.version.split()[0], '| faiss', \
+	faiss.__version__, '| cocu from', cocu.curation.core.shards.__file__)"
 
 clean:
 	rm -rf benchmark .pytest_cache

@@ -268,7 +268,8 @@ def image_shard(path: Path, count: int, size: int, rng: np.random.Generator) -> 
 
 
 def embedding_table(args: argparse.Namespace) -> list[tuple[str, Rate, str]]:
-    workers = set_worker_threads(1, args.decode_workers)  # the embed stage's split: decoders, and torch on the rest
+    # the embed stage's split: decoders, and torch on the rest
+    workers = set_worker_threads(os.cpu_count() or 1, args.decode_workers)
     clip = load_clip(args.embed_model, args.embed_pretrained, args.embed_model_config)
     with tempfile.TemporaryDirectory() as folder:
         shard = Path(folder) / "images.parquet"

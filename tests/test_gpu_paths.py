@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -199,3 +200,17 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_ddp_trains_with_zero_prompts_per_image(tmp_path):
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.pt", "1.pt"]
+
+
+def test_decoders_send_uint8_and_the_embeddings_are_the_float_transforms_bit_for_bit():
+    from PIL import Image
+
+    from cocu.curation.bank.clip import load_clip
+
+    clip = load_clip("ViT-B-16", device="cpu")
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((300, 200), (90, 500))]
+    sent = torch.stack([clip.decode_transform(p) for p in pictures])
+    assert sent.dtype == torch.uint8  # a quarter of float32's bytes through shared memory
+    reference = clip.embed_pixels(torch.stack([clip.preprocess(p) for p in pictures]))
+    assert np.array_equal(clip.embed_pixels(sent), reference)

@@ -16,6 +16,7 @@ import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision import transforms
 
 from cocu.curation.core.errors import PICKLED_CHECKPOINT, FileError
 from cocu.curation.core.shards import iter_batches, sha256_file
@@ -156,12 +158,40 @@ class ClipModel:
     def __post_init__(self) -> None:
         self.autocast = self.device.type == "cuda"
 
+    @cached_property
+    def decode_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """What a decoder runs: the model's transform up to its uint8 pixels (float scaling is ``embed_pixels``'s).
+
+        open_clip's eval transform ends in ToTensor (to float, / 255) and Normalize; without a Normalize at its end
+        (a transform cocu does not know) the whole transform runs in the decoder, as before.
+        """
+        steps = list(getattr(self.preprocess, "transforms", []))
+        if (
+            len(steps) < 2
+            or not isinstance(steps[-1], transforms.Normalize)
+            or "ToTensor" not in type(steps[-2]).__name__
+        ):
+            return self.preprocess
+        return transforms.Compose([*steps[:-2], transforms.PILToTensor()])
+
+    @cached_property
+    def _normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        normalize = self.preprocess.transforms[-1]  # type: ignore[attr-defined]  # decode_transform checked it
+        return torch.tensor(normalize.mean).view(3, 1, 1), torch.tensor(normalize.std).view(3, 1, 1)
+
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Preprocessed images (B, 3, H, W) to normalized float16 embeddings (B, D)."""
+        """Preprocessed images (B, 3, H, W) to normalized float16 embeddings (B, D).
+
+        ``uint8`` pixels (what the decoders send: a quarter of float32's bytes through shared memory and the bus)
+        are scaled and normalized here, on the device, with the very operations of the model's own transform.
+        """
         if len(pixels) == 0:
             return np.zeros((0, self.embed_dim), np.float16)
         pixels = pixels.to(self.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            mean, std = self._normalization
+            pixels = (pixels.float().div(255) - mean.to(self.device)) / std.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             features = self.model.encode_image(pixels)
         return F.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float16)
@@ -187,7 +217,7 @@ class ClipModel:
         Decoding runs in ``num_workers`` DataLoader processes, ahead of the model.
         """
         selected = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
-        dataset = ShardImages(str(path), self.preprocess, batch_size, selected)
+        dataset = ShardImages(str(path), self.decode_transform, batch_size, selected)
         loader = DataLoader(
             dataset,
             batch_size=None,

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from cocu.curation.bank.clip import ClipModel, load_clip
+from cocu.curation.core.placement import wants_gpu
 from cocu.curation.core.shards import decode_text, iter_batches, write_table
 from cocu.curation.core.stage import ShardTask, params_digest
 from cocu.curation.core.stopping import install_in_worker
@@ -32,16 +34,21 @@ def cached_clip(model: str, pretrained: str | None, model_config: str | None, de
     return _models[key]
 
 
-def set_worker_threads(share: int, decode_workers: int | None) -> int:
+def set_worker_threads(share: int, decode_workers: int | None, on_gpu: bool = False) -> int:
     """Give this process ``share`` cores (what its executor gave the worker); returns its number of image decoders.
 
     FAISS gets the whole share. Torch gets what the decoders leave, since they run while the model
-    does and oversubscribed OpenMP threads wait on each other (3x slower on this 2-core machine).
+    does and oversubscribed OpenMP threads wait on each other (3x slower on this 2-core machine). With the model on
+    a GPU torch needs one core, and the decoders (what bounds the embed stage there) take the rest; on a CPU they
+    take at most 8, leaving the model its share.
     """
     import faiss
     import torch
 
-    decoders = max(1, min(8, share - 1)) if decode_workers is None else decode_workers
+    if decode_workers is None:
+        decoders = max(1, share - 1) if on_gpu else max(1, min(8, share - 1))
+    else:
+        decoders = decode_workers
     torch.set_num_threads(max(1, share - decoders))
     faiss.omp_set_num_threads(share)
     return decoders
@@ -64,7 +71,8 @@ def restored_threads() -> Iterator[None]:
 def init_embed_worker(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
     """The embed stage's worker setup: this worker's thread share; the settings are its context."""
     install_in_worker()
-    return {**settings, "decode_workers": set_worker_threads(threads, settings["decode_workers"])}
+    on_gpu = wants_gpu(settings["device"]) and torch.cuda.is_available()
+    return {**settings, "decode_workers": set_worker_threads(threads, settings["decode_workers"], on_gpu)}
 
 
 def embed_part(

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from cocu.curation.bank.clip import ShardEmbeddings
 from cocu.curation.bank.embed import image_digests, set_worker_threads
 from cocu.curation.bank.reader import Bank
+from cocu.curation.core.placement import wants_gpu
 from cocu.curation.core.shards import ShardWriter, decode_text, iter_batches, open_parquet
 from cocu.curation.core.stage import ShardTask
 from cocu.curation.core.stopping import install_in_worker
@@ -59,7 +61,9 @@ class EnrichContext:
 def open_enrich_worker(threads: int, bank_path: str, config: EnrichConfig, opened: Bank | None = None) -> EnrichContext:
     """The stage's worker setup: sets this worker's thread share and opens the bank (or takes ``opened``)."""
     install_in_worker()
-    decoders = set_worker_threads(threads, config.decode_workers)
+    decoders = set_worker_threads(
+        threads, config.decode_workers, wants_gpu(config.device) and torch.cuda.is_available()
+    )
     bank = opened.searching_here() if opened is not None else Bank.open(bank_path, config.nprobe, config.ef_search)
     return EnrichContext(bank, config, decoders)
 
