@@ -24,6 +24,7 @@ FROM_CONFIGS = {
     ("cocu-data", "synth"),
     ("cocu-data", "download"),
     ("cocu-eval", "seg"),
+    ("cocu-eval", "predict"),
     ("cocu-train", "clip"),
     ("cocu-train", "export"),
 }
