@@ -88,3 +88,21 @@ def test_predict_exits_1_when_no_picture_can_be_read_and_2_without_classes(tmp_p
         app, ["predict", "--checkpoint", str(checkpoint), "--out", str(out), str(tmp_path / "bad.png")]
     )
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "--classes" in result.output
+
+
+def test_the_readme_commands_use_only_flags_their_help_lists():
+    import re
+    from pathlib import Path
+
+    from cocu.cli.export import app as export_app
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\\n", " ")
+    helps = {
+        "cocu-eval predict": runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).output,
+        "cocu-train export": runner.invoke(export_app, ["--help"], env={"COLUMNS": "200"}).output,
+    }
+    for command, help_text in helps.items():
+        lines = [line for line in readme.splitlines() if line.strip().startswith(command)]
+        assert lines, f"README shows no `{command}`"
+        for flag in {f for line in lines for f in re.findall(r"(--[a-z][a-z-]*)", line)}:
+            assert flag in help_text, f"README's {command} uses {flag}, which its --help does not list"
