@@ -1,4 +1,5 @@
-"""`cocu-eval`: zero-shot segmentation of a cocu GroupViT checkpoint on a benchmark split."""
+"""`cocu-eval`: zero-shot segmentation of a cocu GroupViT checkpoint on a benchmark split (`seg`, `show`) or on any
+pictures (`predict`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 
 from cocu.cli.options import config_options
 from cocu.evaluation.dataset_layouts import LAYOUTS
+from cocu.evaluation.predict import PredictConfig
 from cocu.evaluation.presets import SEGMENTATION_PRESETS
 from cocu.evaluation.segeval import EvalConfig, evaluate
 
@@ -95,6 +97,58 @@ def seg(
         f"{record['images_per_second']} images/s on {record['device']}, {record['overlays']} overlays | "
         f"{metrics_path} | {table_path}{page}"
     )
+
+
+@app.command()
+@config_options(PredictConfig)
+def predict(
+    config: PredictConfig,
+    pictures: list[Path] = typer.Argument(..., help="Picture files or folders of pictures (any size, grey, RGBA)."),
+    checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="A checkpoint written by `cocu-train fit`."),
+    out: Path = typer.Option(..., help="Folder for labels/, overlays/, legend.json and predictions.json."),
+    html: bool = typer.Option(False, "--html", help="Also write OUT/index.html with every overlay."),
+) -> None:
+    """Segment your own pictures into your own class names, as `cocu-eval seg` does (sliding windows, the groups'
+    soft maps, top-k class masking): a label PNG and an overlay per picture, one line each."""
+    from cocu.curation.core.errors import CocuError
+    from cocu.evaluation.predict import check_predict_folder, class_names, picture_files, predict_pictures
+
+    try:
+        class_names(config)
+        files = picture_files(pictures)
+        check_predict_folder(out, [checkpoint, *[p for p in pictures if p.exists()]])
+    except CocuError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if not files:
+        typer.echo(f"error: no pictures in {', '.join(map(str, pictures))}", err=True)
+        raise typer.Exit(2)
+    import torch
+
+    from cocu.curation.bank.clip import resolve_device
+    from cocu.training.checkpoint import load_groupvit
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        model, _ = load_groupvit(checkpoint, device=resolve_device(config.device))
+        record = predict_pictures(model, files, config, out, report=typer.echo)
+        page = ""
+        if html:
+            from cocu.evaluation.predict import write_predict_page
+
+            page = f" | {write_predict_page(out, record)}"
+    except (CocuError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    done, failed = len(record["pictures"]), len(record["failed"])
+    typer.echo(
+        f"predicted {done} of {done + failed} pictures ({failed} unreadable) into {len(record['classes'])} labels in "
+        f"{record['seconds']} s, {record['pictures_per_second']} pictures/s on {record['device']} | "
+        f"{out / 'predictions.json'}{page}"
+    )
+    if done == 0:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,8 +1,10 @@
 """`cocu-train`: `fit` pretrains GroupViT on (curated) Parquet shards (``training/fit.py``, LightningCLI); `clip`
-trains the teacher CLIP (``cli/clip.py``).
+trains the teacher CLIP (``cli/clip.py``); `export` writes a checkpoint as a transformers GroupViT folder
+(``cli/export.py``).
 
     cocu-train fit --config synthetic --data.shards WORLD/train --data.text_mode caption
     cocu-train fit --config synthetic ... --ckpt_path last     # resume after a kill
+    cocu-train export --checkpoint runs/x/checkpoints/last.ckpt --format transformers --out hf/x
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ def main(argv: list[str] | None = None) -> None:
         from cocu.cli.clip import main as clip_main
 
         clip_main(args[1:])
+        return
+    if args and args[0] == "export":
+        from cocu.cli.export import main as export_main
+
+        export_main(args[1:])
         return
     from cocu.training.fit import fit
 

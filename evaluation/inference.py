@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cocu.evaluation.pamr import MASK_STRIDE, pamr
 from cocu.evaluation.presets import Preset
 
 # mmseg img_norm_cfg of every GroupViT/CoCu/TCL dataset config (0-255 scale, RGB).
@@ -193,7 +194,12 @@ class ZeroShotSegmenter:
                 self.logit_scale,
                 self.preset.topk,
             )
-            scores = pixel_scores(feats.attn.float(), groups, (crops.shape[-2], crops.shape[-1]))
+            attn, size = feats.attn.float(), (crops.shape[-2], crops.shape[-1])
+            if self.preset.pamr:  # refined at TCL's mask resolution, before the background channel (evaluation/pamr.py)
+                small = (max(1, size[0] // MASK_STRIDE), max(1, size[1] // MASK_STRIDE))
+                scores = resize_bilinear(pamr(crops.float(), pixel_scores(attn, groups, small)), size)
+            else:
+                scores = pixel_scores(attn, groups, size)
             if self.has_background and self.preset.bg_thresh is not None:  # __init__ refuses background without one
                 scores = with_background(scores, groups, self.preset.bg_thresh, self.preset.bg_rule)
         return scores

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from cocu.evaluation.visualize import save_overlay
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How ``cocu-eval seg`` runs (none of it changes a score; ``limit`` changes which images are scored)."""
+    """How ``cocu-eval seg`` runs (none of it changes a score but ``pamr``, which goes into the recorded preset;
+    ``limit`` changes which images are scored)."""
 
     batch_size: int = option(16, "Windows per forward pass.", minimum=1)
     workers: int = option(0, "DataLoader processes decoding images.", minimum=0)
@@ -55,6 +56,11 @@ class EvalConfig:
     device: str = option("auto", "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     threads: int | None = option(
         None, "CPU threads for torch (default: torch's choice); 1 is faster on a busy shared CPU.", minimum=1
+    )
+    pamr: bool | None = option(
+        None,
+        "Refine masks with PAMR (default: the preset's; tcl has it on). Recorded in metrics.json's preset.",
+        flags=("--pamr/--no-pamr",),
     )
 
 
@@ -78,6 +84,8 @@ def evaluate(
     per_image = config.per_image
     if save_images and out_dir is None:
         raise ValueError("save_images needs out_dir")
+    if config.pamr is not None:
+        preset = replace(preset, pamr=config.pamr)
     started = time.perf_counter()
     prompts = preset.prompt_classes(dataset.classes, dataset.has_background)
     text = build_text_embeddings(model, prompts, preset.templates, tokenize)
@@ -216,6 +224,7 @@ def markdown_table(record: dict[str, Any]) -> str:
         "",
         f"Preset `{preset['name']}`: short side {preset['short_side']} (long side at most {preset['long_side']}), "
         f"window {preset['crop']}, stride {preset['stride']}, background {bg}, top-{preset['topk']} class masking, "
+        f"PAMR {'on' if preset.get('pamr') else 'off'}, "
         f"{len(preset['templates'])} template(s): {'; '.join(json.dumps(t) for t in preset['templates'])}. "
         f"Source: {preset['source']}. Device {record['device']}.",
         "",

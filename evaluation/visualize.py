@@ -44,7 +44,7 @@ def colorize(label: np.ndarray, colours: np.ndarray, ignore_index: int) -> np.nd
 def save_overlay(
     path: str | os.PathLike,
     image: np.ndarray,
-    label: np.ndarray,
+    label: np.ndarray | None,
     pred: np.ndarray,
     classes: Sequence[str],
     ignore_index: int,
@@ -55,22 +55,26 @@ def save_overlay(
     """Write one PNG: the image, the ground truth and the prediction blended over it, and a legend.
 
     ``label`` and ``pred`` are in evaluation ids (after ``reduce_zero_label``). The legend lists the
-    classes that cover the most pixels in either map; ignored pixels show the bare image.
+    classes that cover the most pixels in either map; ignored pixels show the bare image. Without ``label``
+    (``cocu-eval predict``: no ground truth) the page shows image | prediction.
     """
     colours = palette(len(classes))
     panels = [image]
-    for ids in (label, pred):
+    maps = [pred] if label is None else [label, pred]
+    for ids in maps:
         colour = colorize(ids, colours, ignore_index).astype(np.float32)
         blend = image.astype(np.float32) * (1 - alpha) + colour * alpha
         ignored = (ids == ignore_index) | (ids < 0) | (ids >= len(classes))
         blend[ignored] = image[ignored]
         panels.append(blend.round().astype(np.uint8))
-    shown = _legend_classes(label, pred, len(classes), max_legend)
+    shown = _legend_classes(maps, len(classes), max_legend)
+    names = ("image", "prediction") if label is None else ("image", "ground truth", "prediction")
 
     height, width = image.shape[:2]
     panel_inches = 3.0
-    fig, axes = plt.subplots(1, 3, figsize=(3 * panel_inches, panel_inches * height / width + 1.2), dpi=100)
-    for ax, panel, name in zip(axes, panels, ("image", "ground truth", "prediction")):
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(n * panel_inches, min(panel_inches * height / width, 12) + 1.2), dpi=100)
+    for ax, panel, name in zip(axes, panels, names):
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
@@ -96,9 +100,9 @@ def save_overlay(
         plt.close(fig)
 
 
-def _legend_classes(label: np.ndarray, pred: np.ndarray, num_classes: int, limit: int) -> list[int]:
+def _legend_classes(maps: Sequence[np.ndarray], num_classes: int, limit: int) -> list[int]:
     counts = np.zeros(num_classes, dtype=np.int64)
-    for ids in (label, pred):
+    for ids in maps:
         valid = ids[(ids >= 0) & (ids < num_classes)]
         counts += np.bincount(valid.ravel(), minlength=num_classes)
     present = np.flatnonzero(counts)

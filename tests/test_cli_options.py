@@ -7,11 +7,16 @@ import dataclasses
 import pytest
 import typer
 
-from cocu.cli import clip, curate, data
+from cocu.cli import clip, curate, data, export
 from cocu.cli import eval as evaluation
 from cocu.curation.core.configs import is_option, option_default
 
-APPS = {"cocu-curate": curate.app, "cocu-data": data.app, "cocu-eval": evaluation.app, "cocu-train": clip.app}
+APPS = {
+    "cocu-curate": [curate.app],
+    "cocu-data": [data.app],
+    "cocu-eval": [evaluation.app],
+    "cocu-train": [clip.app, export.app],  # cocu-train is a plain function: each verb past `fit` is a one-command app
+}
 FROM_CONFIGS = {
     ("cocu-curate", "build-bank"),
     ("cocu-curate", "enrich"),
@@ -19,12 +24,14 @@ FROM_CONFIGS = {
     ("cocu-data", "synth"),
     ("cocu-data", "download"),
     ("cocu-eval", "seg"),
+    ("cocu-eval", "predict"),
     ("cocu-train", "clip"),
+    ("cocu-train", "export"),
 }
 
 
 def commands():
-    for app_name, app in APPS.items():
+    for app_name, app in ((name, app) for name, apps in APPS.items() for app in apps):
         built = typer.main.get_command(app)
         if hasattr(built, "commands"):  # a group (typer brings its own click: no isinstance)
             for name, command in built.commands.items():

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns(
     ".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", "benchmark", "lightning_logs", "tests"
 )
-TRAIN_VERBS = ("fit", "clip")  # cocu-train is a plain function: LightningCLI's `fit` and the teacher's `clip`
+# cocu-train is a plain function: LightningCLI's `fit`, the teacher's `clip`, `export` (transformers' GroupViT)
+TRAIN_VERBS = ("fit", "clip", "export")
 
 pytestmark = pytest.mark.slow
 

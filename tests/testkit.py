@@ -50,3 +50,26 @@ def seg_args(checkpoint: Path, dataset: str, root: Path, out: Path, *extra: str)
     """`cocu-eval seg` of ``checkpoint`` on ``dataset`` under ``root``, written to ``out``."""
     where = ["--checkpoint", str(checkpoint), "--dataset", dataset, "--root", str(root), "--out", str(out)]
     return ["seg", *where, *extra]
+
+
+def save_random_groupvit(path: Path, name: str, overrides: dict | None = None, seed: int = 0, **extra) -> Path:
+    """A randomly initialised GroupViT saved as `cocu-train fit` saves one (what `load_groupvit` reads), untrained.
+
+    Every parameter and BatchNorm statistic is perturbed, so zero-initialised group tokens and biases take part too."""
+    import torch
+
+    from cocu.training.model import build_model, get_config
+
+    torch.manual_seed(seed)
+    model = build_model(get_config(name, overrides))
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.05)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "groupvit_config": model.config.to_dict(), "global_step": 0, **extra}, path)
+    return path
