@@ -214,3 +214,17 @@ def test_decoders_send_uint8_and_the_embeddings_are_the_float_transforms_bit_for
     assert sent.dtype == torch.uint8  # a quarter of float32's bytes through shared memory
     reference = clip.embed_pixels(torch.stack([clip.preprocess(p) for p in pictures]))
     assert np.array_equal(clip.embed_pixels(sent), reference)
+
+
+def test_the_gpu_check_lists_its_rows_and_runs_one_as_a_cpu_smoke():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    rows = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True).stdout.split()
+    assert rows == ["clip", "faiss-flat", "faiss-ivf", "kmeans", "train", "eval", "ddp"]
+    done = subprocess.run([sys.executable, str(script), "--row", "faiss-flat"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    (line,) = done.stdout.strip().splitlines()  # printed at once, one table line per measurement
+    assert line.startswith("| CPU smoke: faiss CPU search, Flat,") and "queries/s" in line
