@@ -228,3 +228,26 @@ def test_the_gpu_check_lists_its_rows_and_runs_one_as_a_cpu_smoke():
     assert done.returncode == 0, done.stderr[-500:]
     (line,) = done.stdout.strip().splitlines()  # printed at once, one table line per measurement
     assert line.startswith("| CPU smoke: faiss CPU search, Flat,") and "queries/s" in line
+
+
+def test_uint8_training_images_normalized_after_the_transfer_equal_the_workers_floats(small_world):
+    from cocu.training.data import CuratedShardsDataModule
+
+    world, _ = small_world
+    data = CuratedShardsDataModule(
+        str(world / "train"),
+        batch_size=8,
+        num_workers=0,
+        image_size=32,
+        text_mode="oracle",
+        num_prompts=2,
+        context_length=32,
+        truth=str(world / "truth" / "train"),
+    )
+    torch.manual_seed(0)  # the crops draw from torch's generator
+    floats = next(iter(data.stream()))
+    torch.manual_seed(0)
+    sent = next(iter(data.stream(uint8_images=True)))
+    assert sent["image"].dtype == torch.uint8 and floats["image"].dtype == torch.float32
+    assert torch.equal(data.on_after_batch_transfer(sent, 0)["image"], floats["image"])
+    assert torch.equal(sent["text"], floats["text"])

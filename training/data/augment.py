@@ -56,11 +56,23 @@ class ImageAugment:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")
         self.augment = augment
 
-    def batch(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
+    @property
+    def sends_uint8(self) -> bool:
+        """``simple`` can leave normalization to the device (``normalize``); timm's ``deit`` normalizes per image."""
+        return self.augment == "simple"
+
+    def batch(self, samples: Sequence[torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        """The batch, normalized, or (``normalize=False``, ``simple`` only) as uint8 pixels for ``normalize``."""
         stacked = torch.stack(list(samples))
-        if self.augment == "simple":
-            return stacked.float().sub_(self._mean).div_(self._std)
+        if self.augment == "simple" and normalize:
+            return self.normalize(stacked)
         return stacked
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [B, 3, H, W] to the normalized float batch, wherever they are (the same operations)."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        return pixels.float().sub_(self._mean.to(pixels.device)).div_(self._std.to(pixels.device))
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.batch([self.sample(image) for image in images])

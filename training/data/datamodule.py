@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 import lightning as L
@@ -10,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cocu.curation.inputs.synthetic.truth import read_truth
-from cocu.training.data.augment import AUGMENTS
+from cocu.training.data.augment import AUGMENTS, ImageAugment
 from cocu.training.data.planning import ShardInfo, scan_shards
 from cocu.training.data.stream import CuratedShardStream, StreamConfig
 from cocu.training.data.text_modes import text_mode as find_text_mode
@@ -116,12 +118,14 @@ class CuratedShardsDataModule(L.LightningDataModule):
                 f"for each of {world_size} rank(s)"
             )
 
-    def stream(self, rank: int = 0, world_size: int = 1) -> CuratedShardStream:
-        """The dataset of one rank; ``train_dataloader`` uses the trainer's rank and world size."""
+    def stream(self, rank: int = 0, world_size: int = 1, uint8_images: bool = False) -> CuratedShardStream:
+        """The dataset of one rank; ``train_dataloader`` uses the trainer's rank and world size (and, on a GPU, sends
+        uint8 images that ``on_after_batch_transfer`` normalizes there)."""
         if self.mode.needs_truth and self._truth is None:
             assert self.truth_path is not None  # __init__ refuses a truth mode without a truth folder
             self._truth = read_truth(self.truth_path).present()  # loaded once, shared with the workers
-        return CuratedShardStream(self.shard_infos, self.config, rank, world_size, self._truth)
+        config = replace(self.config, uint8_images=uint8_images)
+        return CuratedShardStream(self.shard_infos, config, rank, world_size, self._truth)
 
     def loader(self, stream: CuratedShardStream) -> DataLoader:
         # load the BPE merges (and what the text mode needs, spaCy say) once here: forked workers inherit them
@@ -137,7 +141,22 @@ class CuratedShardsDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.stream(*self._rank_world()))
+        return self.loader(self.stream(*self._rank_world(), uint8_images=self._on_gpu()))
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Normalize uint8 images on the device they were sent to: a quarter of float32's bytes through the workers'
+        shared memory, the pinned buffers and the bus, and the workers spared the float conversion."""
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
+            batch["image"] = self._augment.normalize(batch["image"])
+        return batch
+
+    def _on_gpu(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda" and self._augment.sends_uint8
+
+    @cached_property
+    def _augment(self) -> ImageAugment:
+        return ImageAugment(self.config.augment, self.config.image_size, self.config.crop_scale)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -38,6 +38,7 @@ class StreamConfig:
     seed: int = 0
     shuffle_buffer: int = 2048
     read_batch_size: int = 256
+    uint8_images: bool = False  # images leave the workers as uint8 (simple augment), normalized after the transfer
 
 
 Row = tuple[str, bytes, str, Any]  # key, encoded image, caption, the text mode's concept source
@@ -198,7 +199,7 @@ class CuratedShardStream(IterableDataset):
             texts = build_texts(captions, self.mode.choose(sources, cfg.num_prompts, rng), cfg.num_prompts, rng)
             tokens = tokenizer([text for sample in texts for text in sample])
             yield {
-                "image": augment.batch(images),
+                "image": augment.batch(images, normalize=not cfg.uint8_images),
                 "text": tokens.view(cfg.batch_size, 1 + cfg.num_prompts, cfg.context_length),
                 "key": keys,
             }
