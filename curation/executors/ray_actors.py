@@ -372,14 +372,14 @@ def connect_ray(address: str | None, object_store_memory: int = OBJECT_STORE_BYT
                 chosen, origin = found, str(path)
             elif chosen == "auto":
                 raise RayAddressError(
-                    f"--ray-address auto: {path} names {found}, which does not answer ({reason}; a stopped "
+                    f"{origin} auto: {path} names {found}, which does not answer ({reason}; a stopped "
                     "cluster?); start one with `ray start --head` or give HOST:PORT"
                 )
             else:
                 chosen = None  # a dead cluster's leftover file: start a fresh one
         elif chosen == "auto":
             raise RayAddressError(
-                f"--ray-address auto: no Ray cluster runs on this node ({_address_file()} does not exist and "
+                f"{origin} auto: no Ray cluster runs on this node ({_address_file()} does not exist and "
                 "RAY_ADDRESS is not set); start one with `ray start --head` or give HOST:PORT"
             )
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
