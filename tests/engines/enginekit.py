@@ -9,6 +9,7 @@ health check that declares a killed node dead within seconds.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 RAY = str(Path(sys.executable).parent / "ray")
+JOBS = importlib.util.find_spec("aiohttp_cors") is not None  # ray[default]: the dashboard and its job server
 SHARDS, ROWS = 12, 10
 MODEL = "cocu-test-tiny"
 # One environment for the nodes and for every driver the tests start: no token, no telemetry, fast node-death.
@@ -138,6 +140,7 @@ class Cluster:
     head: Node
     worker: Node
     raylet_cwd: Path
+    dashboard: int | None = None  # the job server's port, when ray[default] is installed
 
     def add_worker(self) -> Node:
         node = Node(
@@ -164,6 +167,7 @@ def cluster(tmp_path_factory):
     pytest.importorskip("ray")
     base = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # short: Ray's socket paths live under it
     raylet_cwd = tmp_path_factory.mktemp("raylet-cwd")
+    dashboard = free_port() if JOBS else None  # Ray's job server (`ray job submit`) needs ray[default]
     head = Node(
         [
             "--head",
@@ -171,7 +175,11 @@ def cluster(tmp_path_factory):
             str(free_port()),
             "--num-cpus",
             "1",
-            "--include-dashboard=false",
+            *(
+                ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
+                if dashboard
+                else ["--include-dashboard=false"]
+            ),
             "--temp-dir",
             str(base / "ray"),
             "--object-store-memory",
@@ -184,7 +192,7 @@ def cluster(tmp_path_factory):
     )
     head.wait_started()
     address = (base / "ray" / "ray_current_cluster").read_text().strip()
-    made = Cluster(address, base, head, head, raylet_cwd)
+    made = Cluster(address, base, head, head, raylet_cwd, dashboard)
     try:
         made.worker = made.add_worker()
     except BaseException:

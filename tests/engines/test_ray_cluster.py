@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from enginekit import BANK_ARGS, clean_env, curate, free_port, same_bank, same_shards, temporaries
+from enginekit import BANK_ARGS, RAY, clean_env, curate, free_port, same_bank, same_shards, temporaries
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,26 @@ def test_two_nodes_give_the_local_bytes_from_relative_paths(cluster, world):
     same_shards(root / "out-ray", root / "out-local")
     assert not (cluster.raylet_cwd / "bank-ray").exists() and not (cluster.raylet_cwd / "out-ray").exists()
     assert temporaries(root / "bank-ray") == temporaries(root / "out-ray") == []
+
+
+def test_enrich_inside_ray_job_submit_joins_the_jobs_cluster(cluster, world):
+    """`ray job submit` sets RAY_ADDRESS for its entrypoint; before, that run failed on object_store_memory."""
+    if cluster.dashboard is None:
+        pytest.skip("Ray's job server needs ray[default] (aiohttp_cors and friends), which is not installed")
+    root = world["root"]
+    entry = [sys.executable, "-m", "cocu.cli.curate", "enrich", "--bank", str(root / "bank-local")]
+    entry += ["--shards", str(root / "world" / "train"), "--out", str(root / "out-job"), "--batch-size", "16"]
+    entry += ["--executor", "ray"]
+    job = subprocess.run(
+        [RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard}", "--", *entry],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    assert "12 shard(s) written" in job.stdout
+    same_shards(root / "out-job", root / "out-local")
 
 
 def test_an_address_that_does_not_answer_is_one_line(world):
