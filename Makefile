@@ -14,7 +14,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast lint faults benchmark teacher gpu-wheels gpu-install-check clean browser
+.PHONY: install test test-fast lint faults benchmark teacher gpu-wheels gpu-install-check clean browser engines scale-check
 
 install: $(STAMP)
 
@@ -54,6 +54,15 @@ lint: $(STAMP)
 FAULT_TRIALS ?= 10
 faults: $(STAMP)
 	COCU_FAULT_TRIALS=$(FAULT_TRIALS) $(PY) -m pytest -q tests/faults
+
+# The engine tests alone: a two-node Ray cluster started with `ray start` (separate processes), SLURM array shapes.
+engines: $(STAMP)
+	$(PY) -m pytest -q tests/engines
+
+# Not part of `make test`: docs/scale.md's sbatch chain on a one-node SLURM cluster under a temporary folder, compared
+# byte for byte with a plain run; installs slurm-wlm and munge (apt, as root) when missing; stops every daemon it starts.
+scale-check: $(STAMP)
+	PY=$(abspath $(PY)) bash tests/engines/slurm_scale_check.sh
 
 # BENCH_ARGS: e.g. --retrain-teacher (train the teacher CLIP in the run instead of using benchmarks/teacher/)
 benchmark: $(STAMP)

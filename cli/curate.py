@@ -54,7 +54,7 @@ def build_bank(
             user = tuple(line.strip() for line in concepts.read_text().splitlines() if line.strip())
             config = replace(config, user_concepts=user)
         part = ShardSlice() if finalize else run.part()
-        summary = build(shards, out, config, executor=run.build(), part=part, finalize=finalize)
+        summary = build(shards, out, config, executor=run.build(connect=not finalize), part=part, finalize=finalize)
     except (CocuError, ValueError, FileNotFoundError, OSError) as err:
         _fail(err)
     for failure in summary.embed.failures:

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from cocu.curation.core.errors import CocuError
+
 T = TypeVar("T")
 
 
@@ -73,18 +75,57 @@ class ShardSlice:
         return f"slice {self.index} of {self.count}"
 
 
-def shard_slice(index: int | None, count: int | None, env: Mapping[str, str] | None = None) -> ShardSlice:
-    """The slice given on the command line, else the SLURM array task's, else everything.
+SLURM_ARRAY = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP")
 
-    SLURM numbers array tasks from ``SLURM_ARRAY_TASK_MIN`` (often 0, sometimes 1), so the index is taken
-    relative to it; ``SLURM_ARRAY_TASK_COUNT`` is the number of tasks.
-    """
+
+def shard_slice(index: int | None, count: int | None, env: Mapping[str, str] | None = None) -> ShardSlice:
+    """The slice given on the command line, else the SLURM array task's, else everything (see ``slurm_slice``)."""
     env = os.environ if env is None else env
     if index is not None or count is not None:
         if index is None or count is None:
             raise ValueError("give --shard-index and --num-shards together")
         return ShardSlice(index, count)
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return ShardSlice(task, int(env["SLURM_ARRAY_TASK_COUNT"]))
+    if "SLURM_ARRAY_TASK_ID" in env:
+        return slurm_slice(env)
     return ShardSlice()
+
+
+def slurm_slice(env: Mapping[str, str]) -> ShardSlice:
+    """The slice of a SLURM array task: its position among the array's task ids, and the number of tasks.
+
+    An array's ids are ``MIN, MIN + STEP, ..., MAX`` (``--array=0-15``, ``1-16``, ``0-14:2``); a list such as
+    ``--array=1,3,5`` is taken when its ids are evenly spaced (step ``(MAX - MIN) / (COUNT - 1)``, whatever
+    ``SLURM_ARRAY_TASK_STEP`` says). COUNT ids that all sit on that grid of COUNT points are the grid itself, so
+    every task of a regular array gets its own slice, and in an irregular one (``1,2,5``) at least one task
+    refuses, in one line naming the variables, instead of leaving its slice's shards unembedded in silence.
+    """
+    values: dict[str, int] = {}
+    for name in (*SLURM_ARRAY, "SLURM_ARRAY_TASK_COUNT"):
+        if env.get(name, "").strip():
+            try:
+                values[name] = int(env[name])
+            except ValueError:
+                raise CocuError(f"{name}={env[name]!r} is not a whole number; {USE_FLAGS}") from None
+    task, count = values["SLURM_ARRAY_TASK_ID"], values.get("SLURM_ARRAY_TASK_COUNT")
+    shown = ", ".join(f"{name}={values[name]}" for name in (*SLURM_ARRAY, "SLURM_ARRAY_TASK_COUNT") if name in values)
+    if count is None:
+        raise CocuError(f"{shown}: SLURM_ARRAY_TASK_COUNT is not set, so the number of tasks is unknown; {USE_FLAGS}")
+    first = values.get("SLURM_ARRAY_TASK_MIN", 0)
+    step = values.get("SLURM_ARRAY_TASK_STEP", 1)
+    last = values.get("SLURM_ARRAY_TASK_MAX", first + step * (count - 1))
+    if count > 1 and (last - first) % (count - 1) == 0:
+        step = (last - first) // (count - 1)  # the one even spacing of COUNT ids from MIN to MAX
+    elif count > 1:
+        step = 0
+    if count < 1 or (count > 1 and step < 1) or not first <= task <= last or (task - first) % max(step, 1):
+        raise CocuError(
+            f"{shown}: this task's id is not one of {count} evenly spaced ids from MIN to MAX (an irregular "
+            f"--array list?), so it maps to no slice; {USE_FLAGS}"
+        )
+    return ShardSlice((task - first) // max(step, 1), count)
+
+
+USE_FLAGS = (
+    "give the slice with --shard-index I --num-shards N (I in 0..N-1, every I run once), "
+    "or submit the array as --array=0-N, 1-N or 0-N:S"
+)

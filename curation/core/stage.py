@@ -112,10 +112,13 @@ class Executor(Protocol):
     """Where a stage's pending shards run (``cocu.curation.executors``): this machine, or a Ray cluster.
 
     ``run`` calls ``finish(task, outcome)`` exactly once per task and ``progress(rows)`` as rows are done; the
-    driver (``run_stage``) keeps what makes a run resumable: the skip decision and the manifests.
+    driver (``run_stage``) keeps what makes a run resumable: the skip decision and the manifests. It may return
+    counts of what happened on the way (``retried``, ``workers lost``), which the summary line shows.
     """
 
-    def run(self, stage: Stage, pending: Sequence[ShardTask], progress: Progress, finish: Finish) -> None: ...
+    def run(
+        self, stage: Stage, pending: Sequence[ShardTask], progress: Progress, finish: Finish
+    ) -> Mapping[str, int] | None: ...
 
 
 @dataclass
@@ -126,6 +129,7 @@ class StageSummary:
     failures: list[str] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    events: Counter = field(default_factory=Counter)  # what the executor met: retried attempts, workers lost
 
     @property
     def ok(self) -> bool:
@@ -136,6 +140,7 @@ class StageSummary:
             f"{self.stage}: {self.done} shard(s) written, {self.skipped} skipped (already done), "
             f"{len(self.failures)} failed"
         ]
+        parts += [f"{value} {name}" for name, value in sorted(self.events.items()) if value]
         parts += [f"{name} {value}" for name, value in sorted(self.counts.items())]
         parts.append(f"{self.seconds:.1f}s")
         return "; ".join(parts)
@@ -233,7 +238,10 @@ def run_stage(stage: Stage, tasks: Sequence[ShardTask], executor: Executor, prog
         bar.set_postfix_str(f"shards {summary.done + summary.skipped}/{len(tasks)}", refresh=False)
 
     if pending:
-        executor.run(stage, pending, bar.update, finish)
+        summary.events.update(executor.run(stage, pending, bar.update, finish) or {})
+        for directory in {task.target.parent for task in pending}:  # a worker killed mid-shard left its temporary
+            if directory.exists():
+                remove_stale_temporaries(directory, owners)
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary

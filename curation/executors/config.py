@@ -26,10 +26,15 @@ class ExecutorConfig:
         minimum=1,
     )
     executor: str = option("local", "local: processes here; ray: actors on a Ray cluster.", choices=EXECUTORS)
-    ray_address: str | None = option(None, "Ray cluster to join (auto or HOST:PORT; default: start a local one).")
+    ray_address: str | None = option(
+        None,
+        "Ray cluster to join (auto or HOST:PORT; default: $RAY_ADDRESS, else this node's running cluster, "
+        "else a new local one).",
+    )
     shard_index: int | None = option(
         None,
-        "Array task: take only shards index, index+n, ... (default: $SLURM_ARRAY_TASK_ID when set).",
+        "Array task: take only shards index, index+n, ... (default: the SLURM array task's position, from "
+        "$SLURM_ARRAY_TASK_ID, _MIN, _MAX and _STEP).",
         minimum=0,
     )
     num_shards: int | None = option(
@@ -42,13 +47,17 @@ class ExecutorConfig:
         if self.ray_address is not None and self.executor != "ray":
             raise ValueError("--ray-address needs --executor ray")
 
-    def build(self) -> Executor:
-        """The executor: a local pool, or Ray actors (the ``ray`` extra)."""
+    def build(self, connect: bool = True) -> Executor:
+        """The executor: a local pool, or Ray actors (the ``ray`` extra), joined to their cluster now (``connect``)
+        so that an address that does not answer is one line before any work starts."""
         if self.executor == "local":
             return LocalExecutor(self.workers)
         if importlib.util.find_spec("ray") is None:
             raise ValueError("--executor ray needs Ray: pip install 'cocu[ray]'")
-        return RayExecutor(address=self.ray_address, workers=self.workers)
+        executor = RayExecutor(address=self.ray_address, workers=self.workers)
+        if connect:
+            executor.connect()
+        return executor
 
     def part(self) -> ShardSlice:
         """This task's slice of the shards (from the options, else the SLURM array task's, else all)."""

@@ -11,15 +11,17 @@ OpenCV and torch, and img2dataset's ``spawn`` workers re-import the caller's mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,11 @@ class DownloadConfig:
     )
     ray_address: str | None = option(
         None, "With --distributor ray: the cluster (auto or HOST:PORT; default: the running one, else a local one)."
+    )
+    spark_master: str | None = option(
+        None,
+        "With --distributor pyspark: the Spark master (spark://HOST:7077, yarn, local[8]); default: the one "
+        "spark-submit gave, else a local session.",
     )
     disallowed_header_directives: list[str] | None = None  # None: img2dataset's opt-out default; [] turns it off
     img2dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # any other img2dataset.download argument
@@ -141,6 +148,10 @@ def download(
         )
     if cfg.distributor not in DISTRIBUTORS:
         raise ValueError(f"distributor '{cfg.distributor}' is not one of {', '.join(DISTRIBUTORS)}")
+    if cfg.spark_master is not None and cfg.distributor != "pyspark":
+        raise IngestError(f"--spark-master {cfg.spark_master}: needs --distributor pyspark")
+    if cfg.ray_address is not None and cfg.distributor != "ray":
+        raise IngestError(f"--ray-address {cfg.ray_address}: needs --distributor ray")
     out = Path(out).absolute()
     source = Path(url_list).absolute()
     fmt = cfg.input_format or infer_format(source)
@@ -160,33 +171,34 @@ def download(
     if expected is None or not set(range(expected)) <= set(previous):  # else every shard is done: nothing to start
         if cfg.distributor == "ray":
             _connect_ray(cfg.ray_address)
-        _run_img2dataset(
-            dict(
-                url_list=str(source),
-                output_folder=str(out),
-                output_format="parquet",
-                input_format=fmt,
-                url_col=cfg.url_col,
-                caption_col=cfg.caption_col,
-                save_additional_columns=list(cfg.extra_columns) or None,
-                image_size=cfg.image_size,
-                resize_mode=cfg.resize_mode,
-                resize_only_if_bigger=cfg.resize_only_if_bigger,
-                encode_format="jpg",
-                encode_quality=cfg.encode_quality,
-                processes_count=cfg.processes_count,
-                thread_count=cfg.thread_count,
-                number_sample_per_shard=cfg.number_sample_per_shard,
-                timeout=cfg.timeout,
-                retries=cfg.retries,
-                incremental_mode="incremental",
-                enable_wandb=False,
-                distributor=cfg.distributor,
-                disallowed_header_directives=cfg.disallowed_header_directives,
-                **cfg.img2dataset_kwargs,
-            ),
-            _StatsWatcher(out, previous, total, progress),
-        )
+        with _spark_session(cfg.spark_master) if cfg.distributor == "pyspark" else contextlib.nullcontext():
+            _run_img2dataset(
+                dict(
+                    url_list=str(source),
+                    output_folder=str(out),
+                    output_format="parquet",
+                    input_format=fmt,
+                    url_col=cfg.url_col,
+                    caption_col=cfg.caption_col,
+                    save_additional_columns=list(cfg.extra_columns) or None,
+                    image_size=cfg.image_size,
+                    resize_mode=cfg.resize_mode,
+                    resize_only_if_bigger=cfg.resize_only_if_bigger,
+                    encode_format="jpg",
+                    encode_quality=cfg.encode_quality,
+                    processes_count=cfg.processes_count,
+                    thread_count=cfg.thread_count,
+                    number_sample_per_shard=cfg.number_sample_per_shard,
+                    timeout=cfg.timeout,
+                    retries=cfg.retries,
+                    incremental_mode="incremental",
+                    enable_wandb=False,
+                    distributor=cfg.distributor,
+                    disallowed_header_directives=cfg.disallowed_header_directives,
+                    **cfg.img2dataset_kwargs,
+                ),
+                _StatsWatcher(out, previous, total, progress),
+            )
     summary = summarize(out, set(previous))
     summary.shards_expected = expected
     summary.seconds = time.perf_counter() - started
@@ -194,13 +206,66 @@ def download(
 
 
 def _connect_ray(address: str | None) -> None:
-    """img2dataset's Ray distributor uses whatever cluster this process is connected to."""
+    """img2dataset's Ray distributor uses whatever cluster this process is connected to (``connect_ray``'s rules)."""
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         raise IngestError("distributor 'ray' needs Ray: pip install 'cocu[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    from cocu.curation.executors.ray_actors import connect_ray
+
+    connect_ray(address)
+
+
+@contextlib.contextmanager
+def _spark_session(master: str | None) -> Iterator[None]:
+    """The Spark session img2dataset's pyspark distributor then finds active and uses (it makes a local one else).
+
+    ``master`` given: a session on it, made here and stopped after the download. Under ``spark-submit`` (the
+    JVM that started this Python set ``PYSPARK_GATEWAY_PORT``): a session on the master spark-submit was given.
+    Otherwise nothing is made here and img2dataset starts its own ``local[processes_count]`` session.
+    """
+    if master is None and not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        yield
+        return
+    for address in _spark_addresses(master or ""):
+        reason = _no_answer(address)
+        if reason is not None:
+            raise IngestError(f"--spark-master {master}: no Spark master answers at {address} ({reason})")
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise IngestError("distributor 'pyspark' needs pyspark: pip install pyspark") from None
+    builder = SparkSession.builder.appName("cocu-download")
+    if master is not None:
+        builder = builder.master(master)
+    try:
+        session = builder.getOrCreate()
+    except Exception as err:  # the JVM's long traceback: one line naming the master
+        raise IngestError(f"--spark-master {master or '(spark-submit)'}: no Spark session ({err})") from None
+    try:
+        yield
+    finally:
+        if master is not None:
+            session.stop()
+
+
+def _spark_addresses(master: str) -> list[str]:
+    """HOST:PORT of each standalone master in ``spark://h1:7077,h2:7077`` (nothing to check for yarn, local[...])."""
+    if not master.startswith("spark://"):
+        return []
+    return [part if ":" in part else f"{part}:7077" for part in master[len("spark://") :].split(",") if part]
+
+
+def _no_answer(address: str, seconds: float = 5.0) -> str | None:
+    """None when HOST:PORT accepts a TCP connection, else why not."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return "not HOST:PORT"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
+            return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
 
 
 def _run_img2dataset(kwargs: dict[str, Any], watcher: _StatsWatcher) -> None:
