@@ -27,7 +27,6 @@ AREA_COLUMNS = {
 class TruthRow(NamedTuple):
     present: list[str]  # every concept the image shows
     salient: str | None  # the one it is about; None when not read
-    areas: list[float] | None = None  # each present concept's share of the image; None when not read
 
 
 @dataclass
@@ -36,6 +35,7 @@ class Truth:
 
     path: Path
     rows: dict[str, TruthRow] = field(default_factory=dict)
+    areas: dict[str, list[float]] | None = None  # key -> each present concept's share of the image, when read
 
     def present(self) -> dict[str, list[str]]:
         """key -> present concepts: all that the oracle text mode and the gallery need."""
@@ -43,12 +43,10 @@ class Truth:
 
     def by_area(self) -> dict[str, list[tuple[str, float]]]:
         """key -> (concept, share of the image) pairs, largest first; needs a truth read with ``areas``."""
-        found = {}
-        for key, row in self.rows.items():
-            if row.areas is None:
-                raise ValueError(f"{self.path}: the truth was read without its areas")
-            found[key] = sorted(zip(row.present, row.areas), key=lambda pair: -pair[1])
-        return found
+        if self.areas is None:
+            raise ValueError(f"{self.path}: the truth was read without its areas")
+        areas = self.areas
+        return {key: sorted(zip(row.present, areas[key]), key=lambda pair: -pair[1]) for key, row in self.rows.items()}
 
 
 def read_truth(path: str | os.PathLike, salient: bool = False, areas: bool = False) -> Truth:
@@ -57,7 +55,7 @@ def read_truth(path: str | os.PathLike, salient: bool = False, areas: bool = Fal
     With ``salient`` every row must name its salient concept and at least one present concept, as the zero-shot
     ranking scores both. With ``areas`` every row must give one area per present concept.
     """
-    truth = Truth(Path(path))
+    truth = Truth(Path(path), areas={} if areas else None)
     columns = {**(SALIENT_COLUMNS if salient else PRESENT_COLUMNS), **(AREA_COLUMNS if areas else {})}
     for shard in expand_shards(path):
         row = 0
@@ -70,6 +68,8 @@ def read_truth(path: str | os.PathLike, salient: bool = False, areas: bool = Fal
                     raise ShardError(shard, "empty present list or salient concept", row=row)
                 if areas and len(share or []) != len(concepts or []):
                     raise ShardError(shard, "areas and present concepts differ in length", row=row)
-                truth.rows[key] = TruthRow(concepts or [], top, None if share is None else [float(a) for a in share])
+                truth.rows[key] = TruthRow(concepts or [], top)
+                if truth.areas is not None:
+                    truth.areas[key] = [float(a) for a in share or []]
                 row += 1
     return truth
