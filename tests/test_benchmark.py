@@ -211,3 +211,16 @@ def test_the_shipped_teacher_is_used_only_for_its_own_world_recipe_and_bytes(tmp
     weights.write_bytes(b"weightz")
     with pytest.raises(CocuError, match="sha256 differs"):
         shipped_teacher(world, recipe, tmp_path)
+
+
+def test_the_gap_closed_is_measured_against_oracle_all_and_naming_efficiency_is_a_ratio():
+    from cocu.benchmarks.results import gap_closed, naming_efficiency
+
+    def run(miou: float) -> dict:
+        return {"mean": {"miou": miou}}
+
+    runs = {"caption": run(10.0), "cocu-cluster": run(12.0), "oracle-top3": run(13.0), "oracle-all": run(14.0)}
+    assert gap_closed(runs) == {"cocu-cluster": 0.5, "oracle-top3": 0.75}
+    assert gap_closed({**runs, "oracle-all": run(9.0)}) == {}  # no ceiling when the oracle is not ahead
+    assert gap_closed({k: v for k, v in runs.items() if k != "oracle-all"}) == {}
+    assert naming_efficiency(5.0, 20.0) == 0.25 and naming_efficiency(5.0, 0.0) is None

@@ -61,6 +61,8 @@ def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, 
             )
             if difference["includes_zero"]:
                 sentence += " **which includes zero: no difference is shown**"
+            if 1 in difference.get("seeds", []):
+                sentence += " (one seed on a side: its seed spread is not in the interval)"
             things = difference.get("things")
             if things:
                 t_low, t_high = things["ci95"]
