@@ -5,12 +5,13 @@ Every stage runs the command a user would run (``cocu-data synth``, ``cocu-train
 
     world -> teacher CLIP (shipped, or trained here) -> bank (x2: cocu's and the release's concept prompts) ->
     enrich (cocu, release, hybrid archive) -> curation quality -> gallery -> GroupViT x (caption | cocu-cluster |
-    cocu-top | oracle | release) x seeds -> eval -> learning curve -> results.json and report
+    cocu-top | oracle-all | oracle-top3 | release) x seeds -> eval -> learning curve -> results.json and report
 
 The teacher is the one ``make teacher`` trained and the repository ships (``benchmarks/teacher/``), as a user's
 downloaded CLIP; ``--retrain-teacher`` trains it here with the same recipe. The ``release`` run trains on the top-3
 of the authors' formula (``--formula release`` on the bank with their prompts); the others on cocu's curation.
 The runs named in ``seeded_runs`` train once per seed (model initialisation and data order), the others once.
+``oracle-all`` trains with as many prompts as the train truth's busiest image needs (``--data.num_prompts K``).
 ``--curation-only`` stops before the GroupViT trainings.
 
 The GroupViT runs train two at a time (``parallel_runs``), one torch thread each, their output in
@@ -40,6 +41,8 @@ from cocu.benchmarks.results import TEACHER_ZERO_SHOT, run_label
 from cocu.benchmarks.runner import Runner, claim_run_dir, tool
 from cocu.benchmarks.teacher.recipe import shipped_teacher, teacher_command
 from cocu.curation.core.shards import atomic_write_json
+from cocu.curation.inputs.synthetic.truth import read_truth
+from cocu.training.data.text_modes import TEXT_MODES
 
 
 @dataclass
@@ -213,6 +216,7 @@ class Trainings:
         mode, seed = self.jobs[label]
         run_dir = self.run_dir(label)
         curve = mode in cfg.curve_runs and seed == cfg.seed
+        prompts = self.num_prompts(mode)
         params = {
             "enrich": b.params["enrich-release" if mode == "release" else "enrich"],
             "mode": mode,
@@ -221,6 +225,7 @@ class Trainings:
             "batch": cfg.train_batch,
             "seed": seed,
             "curve_every": self.curve_every if curve else None,
+            **({"num_prompts": prompts} if prompts is not None else {}),
         }
         claim_run_dir(run_dir, params)
         self.train(label, mode, seed, params, curve)
@@ -238,6 +243,13 @@ class Trainings:
                 target = run_dir / "curve" / f"step-{step:06d}"
                 self.evaluate(f"curve-{label}-{step}", checkpoint, target, {"train": params, "step": step}, images=0)
 
+    def num_prompts(self, mode: str) -> int | None:
+        """The K a truth mode needs on this world (``oracle-all``: its most concepts above the area threshold)."""
+        if mode == "release" or mode not in TEXT_MODES or not TEXT_MODES[mode].needs_truth:
+            return None
+        text = TEXT_MODES[mode]
+        return text.prompts_needed(text.from_truth(read_truth(self.b.truth, areas=text.needs_areas)))
+
     def train(self, label: str, mode: str, seed: int, params: dict[str, Any], curve: bool) -> None:
         b, cfg = self.b, self.b.cfg
         # the release's top-3 (its training code takes the first 3 concepts)
@@ -247,6 +259,8 @@ class Trainings:
         keep = ["--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", str(self.curve_every)]
         command = ["fit", "--config", cfg.train_config, "--data.shards", str(shards), "--data.text_mode", text_mode]
         command += ["--data.truth", str(b.truth), "--data.batch_size", str(cfg.train_batch)]
+        if "num_prompts" in params:
+            command += ["--data.num_prompts", str(params["num_prompts"])]
         command += [
             "--data.num_workers",
             str(cfg.train_workers),
@@ -371,7 +385,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Run the CoCu experiment end to end on the synthetic world.")
     parser.add_argument("--preset", choices=sorted(BENCH_PRESETS), default="default")
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
-    parser.add_argument("--runs", nargs="+", choices=RUNS, help="runs to train (default: the preset's)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=(*RUNS, "oracle"),
+        help="runs to train (default: the preset's; `oracle`: the old one)",
+    )
     parser.add_argument("--train-steps", type=int, help="optimizer steps per GroupViT run (default: the preset's)")
     parser.add_argument("--seeds", type=int, help="seeds of the seeded runs (default: the preset's)")
     parser.add_argument(

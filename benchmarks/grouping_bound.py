@@ -5,7 +5,10 @@ name them. The harness's mIoU mixes both. Here every group is labelled twice on 
 image): ``grouping`` gives it the class most of its pixels truly are (the best any naming could do with these
 groups), ``naming`` the class text nearest to its embedding (the harness without its image-level prior). A low
 ``naming`` under a high ``grouping`` says the model groups well and names badly, which no longer training fixes
-if the curve is flat.
+if the curve is flat. Two more diagnostics of the naming: ``naming_present`` names each group with the nearest
+text among the classes the image truly shows (what naming loses to classes that are not there), and
+``group_cosine`` is the mean cosine between the embeddings of an image's used groups (near 1: the groups all say
+the same thing, whatever their pixels).
 
     python -m cocu.benchmarks.grouping_bound --checkpoint RUN/checkpoints/last.ckpt --world WORLD --out OUT
 """
@@ -44,8 +47,8 @@ def grouping_bound(checkpoint: Path, world: Path, batch_size: int = 50) -> dict[
     classes = preset.prompt_classes(tuple(data.classes), data.has_background)
     text = build_text_embeddings(model, classes, preset.templates)
     segmenter = ZeroShotSegmenter(model, text, preset, data.has_background)
-    grouping, naming = SegMetric(len(classes)), SegMetric(len(classes))
-    samples, used = list(data), []
+    grouping, naming, naming_present = (SegMetric(len(classes)) for _ in range(3))
+    samples, used, cosines = list(data), [], []
     if not samples:
         raise ValueError(f"{world}: the val split has no images")
     for start in range(0, len(samples), batch_size):
@@ -53,23 +56,34 @@ def grouping_bound(checkpoint: Path, world: Path, batch_size: int = 50) -> dict[
         images = torch.stack([segmenter.prepare(image) for _, image, _ in chunk])
         feats = model.group_features(images)
         groups = pixel_groups(feats.attn, (images.shape[-2], images.shape[-1]))
-        named = (F.normalize(feats.group_embeds.float(), dim=-1) @ text.t()).argmax(dim=-1)  # [B, G]
-        for (name, _, label), group_map, names in zip(chunk, groups, named):
+        embeds = F.normalize(feats.group_embeds.float(), dim=-1)  # [B, G, D]
+        similarity = embeds @ text.t()  # [B, G, classes]
+        for (name, _, label), group_map, scores, embed in zip(chunk, groups, similarity, embeds):
             label = torch.tensor(label, dtype=torch.int64)
             if label.shape != group_map.shape:
                 raise ValueError(
                     f"{name}: label {tuple(label.shape)} is not the model's window {tuple(group_map.shape)}"
                 )
             grouping.update(majority_labels(group_map, label, feats.attn.shape[1], len(classes)), label)
-            naming.update(names[group_map], label)
-            used.append(len(group_map.unique()))
+            naming.update(scores.argmax(dim=-1)[group_map], label)
+            shown = torch.zeros(len(classes), dtype=torch.bool)
+            shown[label[(label >= 0) & (label < len(classes))].unique()] = True
+            naming_present.update(scores.masked_fill(~shown, float("-inf")).argmax(dim=-1)[group_map], label)
+            in_use = group_map.unique()
+            used.append(len(in_use))
+            if len(in_use) > 1:
+                pairs = embed[in_use] @ embed[in_use].t()
+                off_diagonal = ~torch.eye(len(in_use), dtype=torch.bool)
+                cosines.append(float(pairs[off_diagonal].mean()))
     return {
         "checkpoint": str(checkpoint),
         "images": len(samples),
         "groups": int(feats.attn.shape[1]),
         "groups_used_per_image": round(sum(used) / max(len(used), 1), 2),
+        "group_cosine": round(sum(cosines) / len(cosines), 4) if cosines else None,
         "grouping": grouping.compute().to_dict(classes),
         "naming": naming.compute().to_dict(classes),
+        "naming_present": naming_present.compute().to_dict(classes),
     }
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from cocu.benchmarks.teacher.recipe import SHIPPED, TeacherRecipe
 from cocu.curation.inputs.synthetic import WorldConfig
 
-RUNS = ("caption", "cocu-cluster", "cocu-top", "oracle", "release")
+# oracle-all: every true concept above ORACLE_MIN_AREA (K from the truth); oracle-top3: the 3 largest (CoCu's K)
+RUNS = ("caption", "cocu-cluster", "cocu-top", "oracle-all", "oracle-top3", "release")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class BenchConfig:
     train_workers: int = 1
     runs: tuple[str, ...] = RUNS
     seeds: int = 3  # seeds of the runs in seeded_runs: seed, seed + 1, ...
-    seeded_runs: tuple[str, ...] = ("caption", "cocu-cluster", "oracle")
-    curve_runs: tuple[str, ...] = ("oracle",)  # evaluated at curve_points checkpoints of their first seed
+    seeded_runs: tuple[str, ...] = ("caption", "cocu-cluster", "oracle-all")
+    curve_runs: tuple[str, ...] = ("oracle-all",)  # evaluated at curve_points checkpoints of their first seed
     curve_points: int = 5
     seed: int = 0
     save_images: int = 6

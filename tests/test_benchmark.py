@@ -22,7 +22,8 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         TeacherRecipe(samples=256, batch=64, curve_every=128, threads=1),
     )  # what `make teacher` does, for the quick world
     assert json.loads((teacher / "recipe.json").read_text())["command"].startswith("cocu-train clip WORLD/teacher")
-    args = ["--preset", "quick", "--out", str(out), "--runs", "caption", "cocu-cluster", "--teacher", str(teacher)]
+    runs = ["caption", "cocu-cluster", "oracle-all"]
+    args = ["--preset", "quick", "--out", str(out), "--runs", *runs, "--teacher", str(teacher)]
     report = main([*args, "--in-process"])
     text = report.read_text()
     for heading in (
@@ -41,10 +42,15 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         assert f"figures/{figure}" in text
     segmentation = text.split("## Segmentation")[1].split("##")[0]
     assert re.search(r"\| caption \(GroupViT baseline\) \| 2 \| \*\*\d+\.\d ± \d+\.\d\*\*", segmentation)
-    assert re.search(
-        r"\| `cocu-cluster - caption` \| [+-]\d+\.\d\d \| \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \| (yes|no) \|", segmentation
-    )
-    assert "`cocu-cluster`" in segmentation and "`oracle`" not in segmentation
+    interval = r"\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]"
+    zero = r"(\*\*yes: no difference shown\*\*|no)"
+    for difference in ("cocu-cluster - caption", "oracle-all - caption"):
+        assert re.search(
+            rf"\| `{difference}` \| [+-]\d+\.\d\d \| {interval} \| {zero} \| {interval} \| [+-]\d+\.\d\d \| "
+            rf"{interval} \| {zero} \|",
+            segmentation,
+        ), difference
+    assert "`cocu-cluster`" in segmentation and "`oracle-all`" in segmentation and "`oracle-top3`" not in segmentation
     curation = text.split("## Curation quality")[1].split("## Teacher")[0]
     for row in (
         "release (the authors' formula)",
@@ -85,24 +91,36 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         "train-caption-s1",
         "train-cocu-cluster-s0",
         "eval-cocu-cluster-s1",
+        "train-oracle-all-s0",
         "grouping-caption-s0",
         "grouping-cocu-cluster-s0",
+        "grouping-oracle-all-s0",
     ):
         assert f"| {stage} |" in throughput, stage
     assert "- `cocu-cluster` scores" in text
     results = json.loads((out / "results.json").read_text())
-    assert set(results["runs"]) == {"caption", "cocu-cluster"}
-    for run in results["runs"].values():
+    assert set(results["runs"]) == set(runs)
+    for mode in ("caption", "cocu-cluster"):
+        run = results["runs"][mode]
         assert run["seeds"] == [0, 1] and len(run["miou"]) == len(run["things"]) == len(run["stuff"]) == 2
         assert run["mean"]["miou"] == pytest.approx(sum(run["miou"]) / 2)
     assert run["miou"][0] != run["miou"][1]  # the seeds differ: initialisation and data order
+    assert results["runs"]["oracle-all"]["seeds"] == [0]
     paired = results["paired"]["cocu-cluster - caption"]
     assert paired["images"] == 16 and paired["seeds"] == [2, 2] and paired["ci95"][0] <= paired["ci95"][1]
+    assert paired["method"].startswith("hierarchical") and paired["things"]["ci95"][0] <= paired["things"]["ci95"][1]
+    assert results["paired"]["oracle-all - caption"]["seeds"] == [1, 2]
+    oracle_params = json.loads((out / "runs" / "oracle-all-s0" / "benchmark-params.json").read_text())["params"]
+    assert oracle_params["num_prompts"] > 3  # K from the truth: the most concepts above the area threshold
     assert [p["step"] for p in results["curves"]["caption-s0"]] == [2, 4]
     assert 0.0 <= results["teacher"]["thing_recall"] <= 1.0 and results["teacher"]["curve"]
     assert {"synth", "teacher-eval", "train-caption-s1", "curve-caption-s0-4"} <= set(results["seconds"])
     assert results["teacher"]["source"] == f"shipped ({teacher})"
-    assert set(results["grouping"]) == {"caption", "cocu-cluster"} and "## Grouping or naming" in text
+    assert set(results["grouping"]) == set(runs) and "## Grouping or naming" in text
+    for g in results["grouping"].values():
+        true, nearest = g["true_labels"]["miou"], g["nearest_text"]["miou"]
+        assert g["naming_efficiency"] == (pytest.approx(nearest / true, abs=1e-4) if true else None)
+        assert -1.0 <= g["group_cosine"] <= 1.0 and set(g["nearest_present_text"]) == {"miou", "things", "stuff"}
     bound = json.loads((out / "runs" / "caption-s0" / "eval" / "grouping_bound.json").read_text())
     # a group's true majority class is right on at least as many pixels as any other label for it
     assert bound["grouping"]["pixel_accuracy"] >= bound["naming"]["pixel_accuracy"] and bound["images"] == 16
@@ -115,6 +133,7 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         "runs/caption-s1/eval/index.html",
         "runs/cocu-cluster-s0/eval/index.html",
         "runs/cocu-cluster-s1/eval/index.html",
+        "runs/oracle-all-s0/eval/index.html",
     ]
     assert all((out / link).is_file() for link in links)
     assert "| gallery | 400 |" in throughput
@@ -123,8 +142,8 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
     again = main([*args, "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    # synth, teacher-eval, 2 banks, 3 enrich, quality, gallery, 4 runs x (train, eval), 2 curve points, 2 groupings
-    assert printed.count("done in an earlier run") == 21
+    # synth, teacher-eval, 2 banks, 3 enrich, quality, gallery, 5 runs x (train, eval), 2 curve points, 3 groupings
+    assert printed.count("done in an earlier run") == 24
     assert "report:" in printed
 
 
@@ -192,3 +211,16 @@ def test_the_shipped_teacher_is_used_only_for_its_own_world_recipe_and_bytes(tmp
     weights.write_bytes(b"weightz")
     with pytest.raises(CocuError, match="sha256 differs"):
         shipped_teacher(world, recipe, tmp_path)
+
+
+def test_the_gap_closed_is_measured_against_oracle_all_and_naming_efficiency_is_a_ratio():
+    from cocu.benchmarks.results import gap_closed, naming_efficiency
+
+    def run(miou: float) -> dict:
+        return {"mean": {"miou": miou}}
+
+    runs = {"caption": run(10.0), "cocu-cluster": run(12.0), "oracle-top3": run(13.0), "oracle-all": run(14.0)}
+    assert gap_closed(runs) == {"cocu-cluster": 0.5, "oracle-top3": 0.75}
+    assert gap_closed({**runs, "oracle-all": run(9.0)}) == {}  # no ceiling when the oracle is not ahead
+    assert gap_closed({k: v for k, v in runs.items() if k != "oracle-all"}) == {}
+    assert naming_efficiency(5.0, 20.0) == 0.25 and naming_efficiency(5.0, 0.0) is None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cocu.benchmarks.paired import PerImage, mean_std, miou, paired_bootstrap
+from cocu.benchmarks.paired import PerImage, hierarchical_bootstrap, mean_std, miou, paired_bootstrap
 from cocu.evaluation.metrics import SegMetric
 
 
@@ -60,3 +60,37 @@ def test_runs_on_different_images_cannot_be_paired(labels):
 
 def test_mean_and_sample_std():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([4.0]) == (4.0, 0.0)
+
+
+def _width(interval) -> float:
+    return interval["ci95"][1] - interval["ci95"][0]
+
+
+def test_the_hierarchical_interval_widens_when_seeds_disagree_and_is_the_image_one_when_they_agree(labels):
+    rng = np.random.default_rng(5)
+    baseline = _evaluation(rng, labels, 0.6)
+    agreeing = _evaluation(rng, labels, 0.7)
+    same = hierarchical_bootstrap([agreeing] * 3, [baseline] * 3, resamples=500)
+    images_only = paired_bootstrap([agreeing] * 3, [baseline] * 3, resamples=500)
+    assert same["ci95"] == images_only["ci95"] and same["mean"] == images_only["mean"]
+    # three seeds of one mode that disagree (accuracy 0.5, 0.7, 0.9): the seeds' spread joins the interval
+    disagreeing = [_evaluation(rng, labels, accuracy) for accuracy in (0.5, 0.7, 0.9)]
+    spread = hierarchical_bootstrap(disagreeing, [baseline] * 3, resamples=500)
+    narrow = paired_bootstrap(disagreeing, [baseline] * 3, resamples=500)
+    assert spread["mean"] == narrow["mean"] and _width(spread) > 2 * _width(narrow)
+    assert spread["seeds"] == [3, 3] and spread["images"] == 60 and spread["resamples"] == 500
+
+
+def test_the_hierarchical_bootstrap_gives_each_class_group_its_own_interval(labels):
+    rng = np.random.default_rng(6)
+    better = [_evaluation(rng, labels, 0.8) for _ in range(2)]
+    worse = [_evaluation(rng, labels, 0.4) for _ in range(2)]
+    result = hierarchical_bootstrap(better, worse, resamples=300, groups={"things": [0, 1]})
+    things = result["things"]
+    expected = np.mean([miou(r.intersect[:, :2].sum(0), r.union[:, :2].sum(0)) for r in better]) - np.mean(
+        [miou(r.intersect[:, :2].sum(0), r.union[:, :2].sum(0)) for r in worse]
+    )
+    assert things["mean"] == pytest.approx(expected, abs=1e-3)
+    assert things["ci95"][0] <= things["mean"] <= things["ci95"][1] and things["includes_zero"] is False
+    with pytest.raises(ValueError, match="not evaluated on the same images"):
+        hierarchical_bootstrap(better, [PerImage(np.roll(worse[0].names, 1), worse[0].intersect, worse[0].union)])

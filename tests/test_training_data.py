@@ -258,7 +258,7 @@ def _module(shards, mode: str, world: Path | None = None, **kwargs) -> CuratedSh
         text_mode=mode,
         num_prompts=K,
         context_length=CONTEXT,
-        truth=str(world / "truth" / "train") if world and mode == "oracle" else None,
+        truth=str(world / "truth" / "train") if world and text_mode(mode).needs_truth else None,
         seed=0,
         shuffle_buffer=256,
     )
@@ -302,6 +302,54 @@ def test_each_text_mode_yields_its_concepts(mode, curated, world, prompt_of):
         else:
             assert set(chosen) <= set(source) and len(chosen) == min(K, len(set(source)))
     assert count == 3 * 64
+
+
+def _decoded(batch, by_key, prompt_of):
+    """(key, caption tokens, the concept of every prompt slot or None for a caption pad, prompt tokens) per sample."""
+    for key, text in zip(batch["key"], batch["text"]):
+        caption = _tokens([by_key[key]["caption"]])[0]
+        assert torch.equal(text[0], caption)
+        slots = [None if torch.equal(t, caption) else prompt_of[tuple(t.tolist())] for t in text[1:]]
+        yield key, slots, [tuple(t.tolist()) for t in text[1:]]
+
+
+def test_oracle_all_prompts_hold_every_true_concept_above_the_area_threshold_and_nothing_else(
+    curated, world, prompt_of
+):
+    from cocu.training.data.text_modes import ORACLE_MIN_AREA
+
+    shards, by_key = curated
+    truth = _truth(world)
+    above = {
+        key: {c for c, a in zip(row["present"], row["areas"]) if a >= ORACLE_MIN_AREA} for key, row in truth.items()
+    }
+    below = {key: set(row["present"]) - above[key] for key, row in truth.items()}
+    needed = max(len(concepts) for concepts in above.values())
+    assert needed > K and any(below.values())  # the world has images with more than K, and with small concepts
+    with pytest.raises(ValueError, match=f"needs num_prompts >= {needed}.*got {K}"):
+        _module(shards, "oracle-all", world).stream()
+    stream = _module(shards, "oracle-all", world, num_prompts=needed).stream()
+    repeated = 0
+    for batch in itertools.islice(iter(stream), 3):
+        assert batch["text"].shape == (64, 1 + needed, CONTEXT)
+        for key, slots, tokens in _decoded(batch, by_key, prompt_of):
+            assert None not in slots  # never padded with the caption
+            assert set(slots) == above[key]  # every concept above the threshold, nothing else
+            first = slots[: len(above[key])]
+            assert len(set(first)) == len(first) and slots == [first[i % len(first)] for i in range(needed)]
+            repeated += len(set(tokens)) > len(first)  # a repeated concept gets a template draw of its own
+    assert repeated > 0
+
+
+def test_oracle_top3_prompts_are_the_three_largest_true_concepts(curated, world, prompt_of):
+    shards, by_key = curated
+    truth = _truth(world)
+    stream = _module(shards, "oracle-top3", world).stream()
+    for batch in itertools.islice(iter(stream), 2):
+        for key, slots, _ in _decoded(batch, by_key, prompt_of):
+            row = truth[key]
+            largest = [c for c, _ in sorted(zip(row["present"], row["areas"]), key=lambda pair: -pair[1])][:K]
+            assert slots == largest + [None] * (K - len(largest))  # caption pads only when fewer than K exist
 
 
 def test_a_whole_epoch_skips_error_rows_and_undecodable_images_and_stays_full(curated, world, prompt_of):

@@ -7,11 +7,14 @@ The text modes (``data.text_modes``, one object each) differ only in *which* con
 - ``cocu-top``: the released CoCu default. The first K curated concepts, best first; deterministic.
 - ``cocu-cluster``: the paper's cluster-guided sampling, re-drawn every time (see ``draw_cluster_guided``).
 - ``oracle``: up to K of the synthetic world's truly present concepts, drawn at random.
+- ``oracle-all``: every true concept above an area threshold, K the most of any image; ``oracle-top3``: the 3
+  largest true concepts.
 
-Slots left when fewer than K concepts exist are padded with the caption, and each concept gets a template
-drawn uniformly from the 80 CLIP ImageNet templates, as in GroupViT and the CoCu release. Every function here
-is pure given its ``numpy.random.Generator`` and works on a whole batch at once with vectorized numpy, because
-it runs in data-loader workers for every sample of every epoch.
+Slots left when fewer than K concepts exist are padded with the caption (``oracle-all`` first repeats the row's
+own concepts, ``cycle_concepts``), and each slot's concept gets a template drawn uniformly from the 80 CLIP
+ImageNet templates, as in GroupViT and the CoCu release. Every function here is pure given its
+``numpy.random.Generator`` and works on a whole batch at once with vectorized numpy, because it runs in
+data-loader workers for every sample of every epoch.
 """
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ def draw_uniform(candidates: Sequence[Sequence[str]], k: int, rng: np.random.Gen
 def take_top(concepts: Sequence[Sequence[str]], k: int) -> list[list[str]]:
     """The first ``k`` concepts of each row (curated lists are sorted best first)."""
     return [list(row[:k]) for row in concepts]
+
+
+def cycle_concepts(chosen: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+    """Each row's concepts repeated in order up to ``k`` slots (``build_texts`` gives every slot its own template draw);
+    an empty row stays empty."""
+    return [[row[i % len(row)] for i in range(max(k, len(row)))] if row else [] for row in chosen]
 
 
 def draw_cluster_guided(

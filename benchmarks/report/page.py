@@ -46,7 +46,7 @@ def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, 
     out = []
     runs, paired = results["runs"], results["paired"]
     base = runs.get("caption", {}).get("mean", {}).get("miou")
-    for mode in ("cocu-cluster", "cocu-top", "release", "oracle"):
+    for mode in ("cocu-cluster", "cocu-top", "release", "oracle-top3", "oracle-all", "oracle"):
         if mode not in runs or base is None:
             continue
         run, difference = runs[mode], paired.get(f"{mode} - caption")
@@ -56,14 +56,24 @@ def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, 
         )
         if difference:
             low, high = difference["ci95"]
-            sentence += f": {difference['mean']:+.1f} points, paired 95 % interval [{low:+.1f}, {high:+.1f}]"
+            sentence += (
+                f": {difference['mean']:+.1f} points, 95 % interval over seeds and val images [{low:+.1f}, {high:+.1f}]"
+            )
             if difference["includes_zero"]:
                 sentence += " **which includes zero: no difference is shown**"
+            if 1 in difference.get("seeds", []):
+                sentence += " (one seed on a side: its seed spread is not in the interval)"
+            things = difference.get("things")
+            if things:
+                t_low, t_high = things["ci95"]
+                sentence += f"; on things {things['mean']:+.1f} [{t_low:+.1f}, {t_high:+.1f}]"
+                if things["includes_zero"]:
+                    sentence += " (includes zero)"
         closed = results["oracle_gap_closed"].get(mode)
         if closed is not None and closed > 1:
-            sentence += "; it scores above the oracle, so here the oracle is no ceiling and the gap no scale"
+            sentence += "; it scores above `oracle-all`, so here that oracle is no ceiling and the gap no scale"
         elif closed is not None:
-            sentence += f"; it closes {100 * closed:.0f} % of the caption-to-oracle gap"
+            sentence += f"; it closes {100 * closed:.0f} % of the caption-to-`oracle-all` gap"
         out.append(sentence + ".")
     groups = class_groups(world)
     for group in ("things", "stuff"):
@@ -71,7 +81,7 @@ def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, 
         out.append(f"- mIoU over the {len(groups[group])} {group} classes: {values}.")
     best_things = max((run["mean"]["things"] or 0.0) for run in runs.values()) if runs else 0.0
     if best_things < 5.0:
-        included = ", the oracle's run included" if "oracle" in runs else ""
+        included = ", the oracles' runs included" if any(mode.startswith("oracle") for mode in runs) else ""
         out.append(
             f"- No run learned to segment things (at most {best_things:.1f} mIoU{included}): at this "
             "training length the differences between runs are differences on stuff."
@@ -162,15 +172,17 @@ def write_benchmark_report(
         "",
         f"{world['counts']['val']} val images, {len(classes)} classes ({len(world['things'])} things, "
         f"{len(world['stuff'])} stuff), no background. Identical GroupViT settings for every run ({cfg.train_steps} "
-        f"steps of {cfg.train_batch} images, config `{cfg.train_config}`); only the concepts in the 3 prompts and the "
-        f"seed differ. Seeds (model initialisation and data order): {cfg.seeds} for "
+        f"steps of {cfg.train_batch} images, config `{cfg.train_config}`); only the concepts in the prompts (3, but "
+        "`oracle-all`: as many as the train truth's busiest image needs, its own concepts repeated in other templates "
+        "for the rest) and the seed differ. Seeds (model initialisation and data order): {cfg.seeds} for "
         f"{', '.join(f'`{m}`' for m in cfg.seeded_runs)}, one for the others; mean ± std over seeds.",
         "",
         *seeds_table(results),
         "",
-        "Paired bootstrap over the val images (2,000 resamples, the same draw for both sides and every seed) of the "
-        "difference in mean mIoU: the interval says how much the choice of val images leaves open; the seeds' "
-        "spread is the ± above.",
+        "Hierarchical bootstrap of the difference in mean mIoU (2,000 resamples; `benchmarks/paired.py`): each "
+        "resample draws each side's seeds with replacement, then the val images (one draw for every seed of both "
+        "sides, as all are scored on the same images), so the interval holds the seeds' spread and the val images'. "
+        "A side with one seed adds no seed spread. *images only*: the interval of the val images alone.",
         "",
         *paired_table(results),
         "",
@@ -194,7 +206,9 @@ def write_benchmark_report(
         "Zero-shot segmentation needs groups that follow the objects and group embeddings that name them. Each "
         "run's first seed, on the val split: every group labelled with the class most of its pixels truly are "
         "(*true labels*: the best any naming could do with these groups), and with its nearest class text (*nearest "
-        "text*: the harness without its image-level prior; `benchmarks/grouping_bound.py`).",
+        "text*: the harness without its image-level prior; `benchmarks/grouping_bound.py`). *Naming efficiency*: "
+        "nearest-text mIoU over true-label mIoU. *Nearest present text*: the nearest text among the classes the "
+        "image truly shows. *Group cosine*: the mean cosine between the embeddings of an image's used groups.",
         "",
         *grouping_table(results),
         "",

@@ -13,7 +13,9 @@ RUN_TITLES = {
     "caption": "caption (GroupViT baseline)",
     "cocu-cluster": "CoCu, cluster-guided",
     "cocu-top": "CoCu, top-3 (cocu formula)",
-    "oracle": "oracle (true concepts)",
+    "oracle": "oracle (K of the true concepts, drawn)",
+    "oracle-all": "oracle-all (every true concept above the area threshold)",
+    "oracle-top3": "oracle-top3 (the 3 largest true concepts)",
     "release": "CoCu as released (release formula, top-3)",
 }
 
@@ -125,26 +127,49 @@ def seeds_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _interval(d: dict[str, Any]) -> str:
+    low, high = d["ci95"]
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _zero(d: dict[str, Any]) -> str:
+    return "**yes: no difference shown**" if d["includes_zero"] else "no"
+
+
 def paired_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| difference | mean (mIoU points) | paired 95 % interval | includes zero |", "|---|---|---|---|"]
+    lines = [
+        "| difference | mean (mIoU points) | 95 % interval (seeds and images) | includes zero | images only "
+        "| things: mean | things: 95 % interval | things: includes zero |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, d in results["paired"].items():
-        low, high = d["ci95"]
-        lines.append(
-            f"| `{name}` | {d['mean']:+.2f} | [{low:+.2f}, {high:+.2f}] | {'yes' if d['includes_zero'] else 'no'} |"
-        )
+        images_only = d.get("images_only_ci95")
+        alone = f"[{images_only[0]:+.2f}, {images_only[1]:+.2f}]" if images_only else "-"
+        things = d.get("things")
+        thing_cells = f"{things['mean']:+.2f} | {_interval(things)} | {_zero(things)}" if things else "- | - | -"
+        lines.append(f"| `{name}` | {d['mean']:+.2f} | {_interval(d)} | {_zero(d)} | {alone} | {thing_cells} |")
     return lines
 
 
 def grouping_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| run | groups used per image | true labels: mIoU / things / stuff | nearest text: mIoU / things / stuff |",
-        "|---|---|---|---|",
+        "| run | groups used per image | true labels: mIoU / things / stuff | nearest text: mIoU / things / stuff "
+        "| naming efficiency | nearest present text: mIoU / things / stuff | group cosine |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode, g in results.get("grouping", {}).items():
         true, near = (
             " / ".join(num(g[side][k]) for k in ("miou", "things", "stuff")) for side in ("true_labels", "nearest_text")
         )
-        lines.append(f"| {RUN_TITLES.get(mode, mode)} | {g['groups_used_per_image']} | {true} | {near} |")
+        present = g.get("nearest_present_text")
+        shown = " / ".join(num(present[k]) for k in ("miou", "things", "stuff")) if present else "-"
+        efficiency = g.get("naming_efficiency")
+        cosine = g.get("group_cosine")
+        lines.append(
+            f"| {RUN_TITLES.get(mode, mode)} | {g['groups_used_per_image']} | {true} | {near} | "
+            f"{'-' if efficiency is None else f'{efficiency:.2f}'} | {shown} | "
+            f"{'-' if cosine is None else f'{cosine:.3f}'} |"
+        )
     return lines
 
 

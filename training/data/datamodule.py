@@ -117,15 +117,29 @@ class CuratedShardsDataModule(L.LightningDataModule):
                 f"{self.shards}: {self.num_samples} rows give no full batch of {self.config.batch_size} "
                 f"for each of {world_size} rank(s)"
             )
+        self.truth()
+
+    def truth(self) -> dict[str, list[str]] | None:
+        """The text mode's true concepts by key (None for a mode without truth); read once, shared with the workers.
+
+        A mode that must show more concepts of some image than ``num_prompts`` holds is refused here, before training.
+        """
+        if self.mode.needs_truth and self._truth is None:
+            assert self.truth_path is not None  # __init__ refuses a truth mode without a truth folder
+            self._truth = self.mode.from_truth(read_truth(self.truth_path, areas=self.mode.needs_areas))
+            needed = self.mode.prompts_needed(self._truth)
+            if needed is not None and self.config.num_prompts < needed:
+                raise ValueError(
+                    f"text_mode '{self.mode.name}' needs num_prompts >= {needed} for the truth in {self.truth_path} "
+                    f"(--data.num_prompts {needed}), got {self.config.num_prompts}"
+                )
+        return self._truth
 
     def stream(self, rank: int = 0, world_size: int = 1, uint8_images: bool = False) -> CuratedShardStream:
         """The dataset of one rank; ``train_dataloader`` uses the trainer's rank and world size (and, on a GPU, sends
         uint8 images that ``on_after_batch_transfer`` normalizes there)."""
-        if self.mode.needs_truth and self._truth is None:
-            assert self.truth_path is not None  # __init__ refuses a truth mode without a truth folder
-            self._truth = read_truth(self.truth_path).present()  # loaded once, shared with the workers
         config = replace(self.config, uint8_images=uint8_images)
-        return CuratedShardStream(self.shard_infos, config, rank, world_size, self._truth)
+        return CuratedShardStream(self.shard_infos, config, rank, world_size, self.truth())
 
     def loader(self, stream: CuratedShardStream) -> DataLoader:
         # load the BPE merges (and what the text mode needs, spaCy say) once here: forked workers inherit them

@@ -196,7 +196,8 @@ class CuratedShardStream(IterableDataset):
                 images.append(augment.sample(image))
                 captions.append(caption)
                 sources.append(source)
-            texts = build_texts(captions, self.mode.choose(sources, cfg.num_prompts, rng), cfg.num_prompts, rng)
+            chosen = self.mode.pad(self.mode.choose(sources, cfg.num_prompts, rng), cfg.num_prompts)
+            texts = build_texts(captions, chosen, cfg.num_prompts, rng)
             tokens = tokenizer([text for sample in texts for text in sample])
             yield {
                 "image": augment.batch(images, normalize=not cfg.uint8_images),

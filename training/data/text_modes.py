@@ -17,11 +17,16 @@ import numpy as np
 import pyarrow as pa
 
 from cocu.curation.core.shards import STRING_LISTS, ShardError
-from cocu.training.prompts import draw_cluster_guided, draw_uniform, take_top
+from cocu.curation.inputs.synthetic.truth import Truth
+from cocu.training.prompts import cycle_concepts, draw_cluster_guided, draw_uniform, take_top
 
 _FLOATS = (pa.list_(pa.float32()), pa.list_(pa.float64()), pa.large_list(pa.float32()), pa.large_list(pa.float64()))
 _INTS = (pa.list_(pa.int32()), pa.list_(pa.int64()), pa.large_list(pa.int32()), pa.large_list(pa.int64()))
 Columns = Mapping[str, tuple[pa.DataType, ...]]
+# share of the image a true concept must cover to be one of ``oracle-all``'s prompts: the world counts a concept
+# present from 1.5 % (``WorldConfig.min_visible``), about one 8x8 patch of a 64 px image; 3 % is two
+ORACLE_MIN_AREA = 0.03
+ORACLE_TOP = 3  # ``oracle-top3``: the ideal curator at CoCu's K
 
 
 @dataclass
@@ -47,6 +52,7 @@ class TextMode:
     required: ClassVar[Columns] = {}  # curated columns every shard must have
     optional: ClassVar[Columns] = {}  # read when a shard has them
     needs_truth: ClassVar[bool] = False  # the synthetic world's truth sidecar gives the concepts
+    needs_areas: ClassVar[bool] = False  # ... and each concept's share of the image (its ``areas`` column)
 
     def columns(self, schema_names: Sequence[str]) -> dict[str, tuple[pa.DataType, ...]]:
         """The curated columns to check and read in a shard with these columns."""
@@ -62,6 +68,21 @@ class TextMode:
 
     def prepare(self, shard_columns: Sequence[Sequence[str]]) -> None:
         """Load, before the loader forks its workers, what they would each load again (shared copy-on-write)."""
+
+    def from_truth(self, truth: Truth) -> dict[str, list[str]]:
+        """key -> the true concepts this mode draws from (a mode with ``needs_truth``)."""
+        return truth.present()
+
+    def prompts_needed(self, truth: Mapping[str, list[str]]) -> int | None:
+        """The fewest prompts (K) that hold what this mode must show of every row; None: any K will do."""
+        return None
+
+    def pad(self, chosen: list[list[str]], k: int) -> list[list[str]]:
+        """Fill the slots of rows with fewer than ``k`` concepts; what is left, ``build_texts`` fills with the caption.
+
+        The default leaves them all to the caption, as GroupViT and the CoCu release do.
+        """
+        return chosen
 
 
 class CaptionMode(TextMode):
@@ -131,7 +152,12 @@ class CocuClusterMode(TextMode):
 
 
 class OracleMode(TextMode):
-    """Up to K of the synthetic world's truly present concepts, drawn at random (needs the truth sidecar)."""
+    """Up to K of the synthetic world's truly present concepts, drawn at random (needs the truth sidecar).
+
+    Every concept the world counts present (from ``min_visible``, 1.5 % of the image), drawn anew each time: with
+    more than K present, each is a prompt only K/n of the time. Kept for users; the benchmark runs ``oracle-all``
+    and ``oracle-top3``.
+    """
 
     name: ClassVar[str] = "oracle"
     needs_truth: ClassVar[bool] = True
@@ -152,8 +178,62 @@ class OracleMode(TextMode):
         return draw_uniform(sources, k, rng)
 
 
+class OracleAllMode(OracleMode):
+    """Every true concept covering at least ``min_area`` of the image, all of them in every read, nothing else.
+
+    K must hold the most such concepts of any image (``prompts_needed``; the data module refuses a smaller
+    ``num_prompts``), and a row with fewer fills its other slots with its own concepts again, each slot with a
+    template of its own (``pad``), never with the caption. A row without any such concept cannot be shown and is
+    skipped (``skipped_no_true_concept``).
+    """
+
+    name: ClassVar[str] = "oracle-all"
+    needs_areas: ClassVar[bool] = True
+    min_area: ClassVar[float] = ORACLE_MIN_AREA
+
+    def from_truth(self, truth: Truth) -> dict[str, list[str]]:
+        return {key: [name for name, area in pairs if area >= self.min_area] for key, pairs in truth.by_area().items()}
+
+    def sources(self, admission: Admission, truth: Mapping[str, list[str]] | None) -> list[Any]:
+        sources = super().sources(admission, truth)
+        for i, source in enumerate(sources):
+            if admission.keep[i] and not source:
+                admission.keep[i] = False
+                admission.counts["skipped_no_true_concept"] += 1
+        return sources
+
+    def choose(self, sources: list[Any], k: int, rng: np.random.Generator) -> list[list[str]]:
+        chosen = [list(dict.fromkeys(source)) for source in sources]
+        if any(len(row) > k for row in chosen):
+            raise ValueError(f"text_mode '{self.name}' needs num_prompts >= {max(map(len, chosen))}, got {k}")
+        return chosen
+
+    def prompts_needed(self, truth: Mapping[str, list[str]]) -> int | None:
+        return max((len(set(concepts)) for concepts in truth.values()), default=0)
+
+    def pad(self, chosen: list[list[str]], k: int) -> list[list[str]]:
+        return cycle_concepts(chosen, k)
+
+
+class OracleTopMode(OracleMode):
+    """The ``ORACLE_TOP`` true concepts that cover most of the image, largest first: the ideal curator at CoCu's K.
+
+    Deterministic like ``cocu-top``, and like it padded with the caption when an image shows fewer.
+    """
+
+    name: ClassVar[str] = f"oracle-top{ORACLE_TOP}"
+    needs_areas: ClassVar[bool] = True
+
+    def from_truth(self, truth: Truth) -> dict[str, list[str]]:
+        return {key: [name for name, _ in pairs[:ORACLE_TOP]] for key, pairs in truth.by_area().items()}
+
+    def choose(self, sources: list[Any], k: int, rng: np.random.Generator) -> list[list[str]]:
+        return take_top(sources, k)
+
+
 TEXT_MODES: dict[str, TextMode] = {
-    mode.name: mode for mode in (CaptionMode(), CocuTopMode(), CocuClusterMode(), OracleMode())
+    mode.name: mode
+    for mode in (CaptionMode(), CocuTopMode(), CocuClusterMode(), OracleMode(), OracleAllMode(), OracleTopMode())
 }
 
 
