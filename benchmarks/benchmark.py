@@ -300,6 +300,33 @@ def train_groupvit(b: Bench) -> None:
     b.params["trainings"] = {"jobs": trainings.jobs}
 
 
+PREDICT_PICTURES = 8
+
+
+def predict_pictures(b: Bench) -> None:
+    """``cocu-eval predict`` as a user runs it on their own pictures: the best CoCu mode's model, the world's class
+    names, the first val pictures (a page of label maps and overlays the report links to)."""
+    cfg = b.cfg
+    mode = next((m for m in ("cocu-cluster", "cocu-top", "release") if m in cfg.runs), cfg.runs[0])
+    checkpoint = b.out / "runs" / run_label(mode, cfg.seed) / "checkpoints" / "last.ckpt"
+    pictures = sorted((b.world / "val" / "images").glob("*.jpg"))[:PREDICT_PICTURES]
+    settings = ["--short-side", "64", "--window", "64", "--stride", "32"]  # the synthetic preset's windows
+    command = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--classes-file",
+        str(b.world / "val" / "classes.txt"),
+        "--out",
+        str(b.folder("predict")),
+        "--html",
+        *settings,
+        *map(str, pictures),
+    ]
+    params = {"mode": mode, "pictures": [p.name for p in pictures], "trainings": b.params["trainings"]}
+    b.runner.run("predict", [tool("cocu-eval"), *command], params, items=len(pictures))
+
+
 def write_report(b: Bench) -> None:
     from cocu.benchmarks.report.page import write_benchmark_report
     from cocu.benchmarks.results import write_results
@@ -326,7 +353,11 @@ CURATION_STAGES: tuple[tuple[str, BenchStage], ...] = (
     ("curation quality", measure_curation),
     ("gallery", write_gallery),
 )
-TRAINING_STAGES: tuple[tuple[str, BenchStage], ...] = (("groupvit", train_groupvit), ("report", write_report))
+TRAINING_STAGES: tuple[tuple[str, BenchStage], ...] = (
+    ("groupvit", train_groupvit),
+    ("predict", predict_pictures),
+    ("report", write_report),
+)
 
 
 def run_benchmark(

@@ -134,16 +134,20 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         "runs/cocu-cluster-s0/eval/index.html",
         "runs/cocu-cluster-s1/eval/index.html",
         "runs/oracle-all-s0/eval/index.html",
+        "predict/index.html",
     ]
     assert all((out / link).is_file() for link in links)
+    predicted = json.loads((out / "predict" / "predictions.json").read_text())
+    assert len(predicted["pictures"]) == 8 and "`cocu-eval predict`, 8 val pictures" in pages
     assert "| gallery | 400 |" in throughput
     capsys.readouterr()
 
     again = main([*args, "--in-process"])
     assert again == report
     printed = capsys.readouterr().out
-    # synth, teacher-eval, 2 banks, 3 enrich, quality, gallery, 5 runs x (train, eval), 2 curve points, 3 groupings
-    assert printed.count("done in an earlier run") == 24
+    # synth, teacher-eval, 2 banks, 3 enrich, quality, gallery, 5 runs x (train, eval), 2 curve points, 3 groupings,
+    # predict
+    assert printed.count("done in an earlier run") == 25
     assert "report:" in printed
 
 

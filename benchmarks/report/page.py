@@ -119,6 +119,12 @@ def page_links(out: Path, labels: Sequence[str]) -> list[str]:
     ]
     if evaluations:
         lines.append(f"- Evaluation pages (metrics, per-class IoU, overlays): {', '.join(evaluations)}.")
+    if (out / "predict" / "index.html").exists():
+        shown = len(_load(out / "predict" / "predictions.json")["pictures"])
+        lines.append(
+            f"- Pictures segmented as a user would (`cocu-eval predict`, {shown} val pictures, the world's class "
+            "names): [label maps and overlays](predict/index.html)."
+        )
     return lines
 
 
