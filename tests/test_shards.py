@@ -13,6 +13,7 @@ from cocu.curation.core.shards import (
     ShardWriter,
     expand_shards,
     iter_batches,
+    open_parquet,
     remove_stale_temporaries,
     validate_shard,
 )
@@ -159,3 +160,13 @@ def test_validate_cli_names_each_bad_file(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bad.parquet: missing required column 'jpg'" in errors[0]
     assert "2 shard(s), 10 rows, 1 invalid" in result.stdout
+
+
+def test_a_relative_folder_with_a_colon_is_a_folder_not_a_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bank-0-6:2").mkdir()
+    with ShardWriter(
+        "bank-0-6:2/x.parquet", make_table(3).schema
+    ) as writer:  # pyarrow alone: "Unrecognized filesystem"
+        writer.write(make_table(3))
+    assert open_parquet("bank-0-6:2/x.parquet").metadata.num_rows == 3

@@ -121,7 +121,7 @@ def build_bank(
     """
     started = time.perf_counter()
     resolve_template(config.template)  # a bad template fails before any embedding
-    out = Path(out)
+    out = Path(out).absolute()  # pyarrow reads a relative path with a ':' as a URI
     sources = expand_shards(shards)
     patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
     check_output_folder(out, input_places(patterns, sources), _bank_made, "build-bank")

@@ -95,7 +95,7 @@ class Bank:
         use_gpu: bool | None = None,
     ) -> Bank:
         """Open a complete bank; ``nprobe``/``ef_search`` override the manifest's search defaults."""
-        path = Path(path)
+        path = Path(path).absolute()  # pyarrow reads a relative path with a ':' as a URI
         manifest = read_bank_manifest(path)
         with _bank_file(path / manifest["vocabulary"]["file"]):
             vocabulary = Vocabulary.load(path / manifest["vocabulary"]["file"])

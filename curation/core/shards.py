@@ -65,9 +65,14 @@ def expand_shards(patterns: str | os.PathLike | Sequence[str | os.PathLike], suf
     return shards
 
 
+def local_path(path: str | os.PathLike) -> str:
+    """The absolute path pyarrow is given: it reads a relative path with a ':' (``bank-0-6:2/x.parquet``) as a URI."""
+    return os.path.abspath(path)
+
+
 def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(local_path(path))
     except FileNotFoundError:
         raise ShardError(path, "no such file") from None
     except (pa.ArrowException, OSError) as err:
@@ -269,7 +274,7 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         tmp = self._context.__enter__()
         self._writer = pq.ParquetWriter(
-            tmp,
+            local_path(tmp),
             self.schema,
             compression=self._compression,
             write_statistics=["key"] if "key" in self.schema.names else True,

@@ -49,7 +49,8 @@ def enrich(
     sources = expand_shards(shards)
     patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
     check_output_folder(out, [bank_path, *input_places(patterns, sources)], _enrich_made, "enrich")
-    tasks = [ShardTask(src, Path(out) / src.name) for src in sources]
+    out = Path(out).absolute()  # pyarrow reads a relative path with a ':' as a URI
+    tasks = [ShardTask(src, out / src.name) for src in sources]
     _check_distinct_targets(tasks)
     # a damaged bank: one error, not one per shard; on the CPU, so the driver puts no copy of the index on a GPU
     opened = Bank.open(bank_path, config.nprobe, config.ef_search, use_gpu=False)
