@@ -38,8 +38,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from cocu.curation.bank.clip import ShardImages, load_clip  # noqa: E402
+from cocu.curation.bank.clip import load_clip  # noqa: E402
 from cocu.curation.bank.embed import set_worker_threads  # noqa: E402
+from cocu.curation.bank.images import ShardImages  # noqa: E402
 from cocu.curation.bank.index import Searcher  # noqa: E402
 from cocu.curation.bank.reader import Bank  # noqa: E402
 from cocu.curation.enrich.curator import EnrichConfig, curate  # noqa: E402

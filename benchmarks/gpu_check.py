@@ -102,7 +102,8 @@ class Check:
 def clip_row(check: Check) -> None:
     from torch.utils.data import DataLoader
 
-    from cocu.curation.bank.clip import ShardImages, load_clip
+    from cocu.curation.bank.clip import load_clip
+    from cocu.curation.bank.images import ShardImages
 
     images, batch, workers = check.images, 256 if check.gpu else 16, check.workers
     shard = synthetic_shard(check.root / "images.parquet", images, 256)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from cocu.cli.errors import one_line_errors
 from cocu.cli.options import config_options
 from cocu.training.clip import RECORD_NAME, TeacherConfig
 
@@ -42,13 +43,10 @@ def clip(
     if len(data) == 1 and (Path(data[0]) / "world.json").is_file():
         shards = [str(Path(data[0]) / "teacher")]
         eval_world = eval_world or Path(data[0])
-    try:
+    with one_line_errors(CocuError, ValueError, FloatingPointError):
         evaluated = eval_world is not None and cfg.eval_images > 0
         cfg = replace(cfg, eval_world=eval_world if evaluated else None, curve_every=curve_every if evaluated else None)
         weights = train_teacher(shards, out, cfg)
-    except (CocuError, ValueError, FloatingPointError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     record = json.loads((out / RECORD_NAME).read_text())
     training = record["training"]
     typer.echo(

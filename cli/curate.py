@@ -13,6 +13,7 @@ import typer
 # queries/s on the 2-core test machine). Set before either library loads; the user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from cocu.cli.errors import one_line_errors
 from cocu.cli.options import config_options  # noqa: E402 - after OMP_WAIT_POLICY
 from cocu.curation.bank.config import BankConfig  # noqa: E402
 from cocu.curation.core.errors import CocuError  # noqa: E402
@@ -27,11 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(1)
 
 
 @app.command("build-bank")
@@ -49,14 +45,12 @@ def build_bank(
     from cocu.curation.bank.build import build_bank as build
     from cocu.curation.core.placement import ShardSlice
 
-    try:
+    with one_line_errors(CocuError, ValueError, FileNotFoundError, OSError):
         if concepts:
             user = tuple(line.strip() for line in concepts.read_text().splitlines() if line.strip())
             config = replace(config, user_concepts=user)
         part = ShardSlice() if finalize else run.part()
         summary = build(shards, out, config, executor=run.build(connect=not finalize), part=part, finalize=finalize)
-    except (CocuError, ValueError, FileNotFoundError, OSError) as err:
-        _fail(err)
     for failure in summary.embed.failures:
         typer.echo(f"error: {failure}", err=True)
     typer.echo(summary.embed.line())
@@ -81,13 +75,11 @@ def enrich(
     from cocu.curation.enrich.run import enrich as curate
     from cocu.curation.enrich.run import summary_line, template_note
 
-    try:
+    with one_line_errors(CocuError, ValueError, FileNotFoundError, OSError):
         note = template_note(read_bank_manifest(bank), config.formula)
         if note:
             typer.echo(note, err=True)
         summary = curate(bank, shards, out, config, executor=run.build(), part=run.part())
-    except (CocuError, ValueError, FileNotFoundError, OSError) as err:
-        _fail(err)
     for failure in summary.failures:
         typer.echo(f"error: {failure}", err=True)
     typer.echo(summary.line())
@@ -108,10 +100,8 @@ def show(
     """Write a static HTML gallery of curated shards: thumbnails, captions, curated concepts, and a summary page."""
     from cocu.curation.show.gallery import write_gallery
 
-    try:
+    with one_line_errors(CocuError, ValueError, FileNotFoundError, FileExistsError, OSError):
         summary = write_gallery(curated, out, truth, config)
-    except (CocuError, ValueError, FileNotFoundError, FileExistsError, OSError) as err:
-        _fail(err)
     typer.echo(summary.line())
 
 

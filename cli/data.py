@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cocu.cli.errors import one_line_errors
 from cocu.cli.options import config_options
 from cocu.curation.inputs.download import DownloadConfig
 from cocu.curation.inputs.synthetic.world import WorldConfig
@@ -70,11 +71,8 @@ def validate(shards: list[str] = typer.Argument(..., help="Shard files, folders 
     from cocu.curation.core.errors import CocuError
     from cocu.curation.core.shards import check_keys_across_shards, expand_shards, validate_shard
 
-    try:
+    with one_line_errors(CocuError):
         paths = expand_shards(shards)
-    except CocuError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     bad = rows = 0
     for path in paths:
         try:
@@ -126,10 +124,8 @@ def download(
     elif columns:
         cfg.columns = tuple(name.strip() for name in columns.split(","))
     try:
-        summary = run_download(url_list, out, cfg)
-    except CocuError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        with one_line_errors(CocuError):
+            summary = run_download(url_list, out, cfg)
     except DownloadInterrupted as err:
         typer.echo(f"interrupted: {err}", err=True)
         raise typer.Exit(130) from None
@@ -149,11 +145,8 @@ def convert(
     from cocu.curation.core.errors import CocuError
     from cocu.curation.inputs.convert import convert_webdataset
 
-    try:
+    with one_line_errors(CocuError):
         summary = convert_webdataset(tars, out, workers=workers)
-    except CocuError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     for failure in summary.failures:
         typer.echo(f"error: {failure}", err=True)
     typer.echo(summary.line())

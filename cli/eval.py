@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from cocu.cli.errors import one_line_errors
 from cocu.cli.options import config_options
 from cocu.evaluation.dataset_layouts import LAYOUTS
 from cocu.evaluation.predict import PredictConfig
@@ -62,17 +63,11 @@ def seg(
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    try:
+    with one_line_errors(ValueError, FileNotFoundError):
         check_eval_folder(out, [checkpoint, root])
         model, model_config = load_groupvit(checkpoint, device=resolve_device(config.device))
-    except (ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-    try:
+    with one_line_errors(CocuError):
         record = evaluate(model, data, settings, config, out_dir=out)
-    except CocuError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     record = {
         "checkpoint": {
             "path": str(checkpoint.resolve()),
@@ -81,16 +76,13 @@ def seg(
         },
         **record,
     }
-    try:
+    with one_line_errors(CocuError):
         metrics_path, table_path = write_metrics(record, out)
         page = ""
         if html:
             from cocu.evaluation.eval_page import write_eval_page
 
             page = f" | {write_eval_page(out)}"
-    except CocuError as err:  # a full disk: one line naming the file
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(
         f"{data.name} [{settings.name}] {record['images']}/{record['split_size']} images: "
         f"mIoU {record['miou']}, pixel acc. {record['pixel_accuracy']}, {record['classes_counted']} classes counted, "
@@ -130,7 +122,7 @@ def predict(
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    try:
+    with one_line_errors(CocuError, ValueError, FileNotFoundError):
         model, _ = load_groupvit(checkpoint, device=resolve_device(config.device))
         record = predict_pictures(model, files, config, out, report=typer.echo)
         page = ""
@@ -138,9 +130,6 @@ def predict(
             from cocu.evaluation.predict import write_predict_page
 
             page = f" | {write_predict_page(out, record)}"
-    except (CocuError, ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     done, failed = len(record["pictures"]), len(record["failed"])
     typer.echo(
         f"predicted {done} of {done + failed} pictures ({failed} unreadable) into {len(record['classes'])} labels in "
@@ -156,11 +145,8 @@ def show(out: Path = typer.Option(..., help="A folder written by `cocu-eval seg`
     """Write OUT/index.html from an evaluation's metrics.json and overlays: open it in a browser."""
     from cocu.evaluation.eval_page import write_eval_page
 
-    try:
+    with one_line_errors(ValueError, FileNotFoundError, OSError):
         page = write_eval_page(out)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"evaluation page: {page}")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cocu.cli.errors import one_line_errors
 from cocu.cli.options import config_options
 from cocu.training.export import ExportConfig
 
@@ -24,11 +25,8 @@ def export(
     from cocu.curation.core.errors import CocuError
     from cocu.training.export import export_checkpoint
 
-    try:
+    with one_line_errors(CocuError, FileNotFoundError):
         record = export_checkpoint(checkpoint, out, config)
-    except (CocuError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(
         f"exported {record['model'].get('name')} ({record['steps']} steps) as transformers {record['transformers']} "
         f"GroupViTModel, {len(record['evaluations'])} evaluation(s) in its card | {out} | "

@@ -18,6 +18,7 @@ from typing import Any
 
 import typer
 
+from cocu.cli.errors import one_line_errors
 from cocu.curation.core.configs import is_option, option_default
 
 
@@ -40,11 +41,8 @@ def config_options(config_type: type, param: str = "config", exclude: Sequence[s
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
             values = {item.name: _from_cli(kwargs.pop(item.name), hints[item.name]) for item in items}
-            try:
+            with one_line_errors(ValueError, OSError):  # the config's own checks: one line, as every cocu error
                 kwargs[param] = config_type(**values)
-            except (ValueError, OSError) as err:  # the config's own checks: one line, as every cocu error
-                typer.echo(f"error: {err}", err=True)
-                raise typer.Exit(1) from None
             return command(**kwargs)
 
         del run.__wrapped__  # typer must read the new signature, not the command's

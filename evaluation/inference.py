@@ -77,8 +77,10 @@ def build_text_embeddings(
     templates: Sequence[str],
     tokenize: Tokenizer | None = None,
     batch_size: int = 256,
+    average: str = "normalized",
 ) -> torch.Tensor:
-    """One L2-normalised embedding per class: the mean over templates of the normalised prompt embeddings."""
+    """One L2-normalised embedding per class: the mean over templates of the normalised prompt embeddings, or with
+    ``average="release"`` of the raw ones, as GroupViT and the CoCu release average (``Preset.template_average``)."""
     if tokenize is None:
         from cocu.training.text import tokenize as default_tokenize
 
@@ -88,7 +90,8 @@ def build_text_embeddings(
     chunks = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenize(prompts[start : start + batch_size], model.context_length).to(device)
-        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+        embedded = model.encode_text(tokens).float()
+        chunks.append(embedded if average == "release" else F.normalize(embedded, dim=-1))
     embeds = torch.cat(chunks).view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(embeds, dim=-1)
 

@@ -45,6 +45,10 @@ TCL_TEMPLATES = (
 )
 
 
+TemplateAverage = Literal["normalized", "release"]
+TEMPLATE_AVERAGES: tuple[str, ...] = ("normalized", "release")
+
+
 @dataclass(frozen=True)
 class Preset:
     """How one benchmark is evaluated: resize, windows, background rule, prompts.
@@ -67,6 +71,10 @@ class Preset:
     topk: int = 5  # image-level class prior: keep the top-k classes per window (GroupViT's top-5 masking)
     source: str = ""
     pamr: bool = False  # refine each window's class scores with PAMR before the background channel
+    # several templates: "normalized" averages the L2-normalised prompt embeddings (CLIP's zero-shot rule), "release"
+    # the raw projector outputs (GroupViT's and the CoCu release's build_text_embedding); the class embedding is
+    # normalised either way, and one template gives the same embedding under both
+    template_average: TemplateAverage = "normalized"
 
     @property
     def name(self) -> str:

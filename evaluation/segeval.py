@@ -37,7 +37,7 @@ from cocu.evaluation.inference import (
     slide_windows,
 )
 from cocu.evaluation.metrics import SegMetric, prepare_label
-from cocu.evaluation.presets import Preset
+from cocu.evaluation.presets import TEMPLATE_AVERAGES, Preset
 from cocu.evaluation.visualize import save_overlay
 
 
@@ -61,6 +61,12 @@ class EvalConfig:
         None,
         "Refine masks with PAMR (default: the preset's; tcl has it on). Recorded in metrics.json's preset.",
         flags=("--pamr/--no-pamr",),
+    )
+    template_average: str | None = option(
+        None,
+        "With several templates: 'normalized' (CLIP's mean of normalised embeddings) or 'release' (GroupViT's and "
+        "the CoCu release's mean of raw ones); default the preset's. Recorded in metrics.json's preset.",
+        choices=TEMPLATE_AVERAGES,
     )
 
 
@@ -86,9 +92,11 @@ def evaluate(
         raise ValueError("save_images needs out_dir")
     if config.pamr is not None:
         preset = replace(preset, pamr=config.pamr)
+    if config.template_average is not None:
+        preset = replace(preset, template_average=config.template_average)
     started = time.perf_counter()
     prompts = preset.prompt_classes(dataset.classes, dataset.has_background)
-    text = build_text_embeddings(model, prompts, preset.templates, tokenize)
+    text = build_text_embeddings(model, prompts, preset.templates, tokenize, average=preset.template_average)
     text_seconds = time.perf_counter() - started
     segmenter = ZeroShotSegmenter(model, text, preset, dataset.has_background, batch_size, mean, std)
     metric = SegMetric(len(dataset.classes), dataset.ignore_index, dataset.reduce_zero_label)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from test_curation import TINY, reference_rank
 
-from cocu.curation.bank.clip import decode_image, load_clip
+from cocu.curation.bank.clip import load_clip
+from cocu.curation.bank.images import decode_image
 from cocu.curation.bank.index import Searcher, SearchParams, build_index, choose_factory
 from cocu.curation.bank.reader import Bank
 from cocu.curation.enrich.clustering import ConceptGram, canonical_labels, cluster_archives, row_seeds

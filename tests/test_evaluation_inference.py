@@ -192,3 +192,39 @@ def test_presets_table_is_complete_and_names_its_settings():
         get_preset("tcl", "imagenet_s50")
     with pytest.raises(ValueError, match="names 21 classes but the dataset has 3"):
         voc.prompt_classes(("a", "b", "c"), True)
+
+
+def test_the_release_averages_raw_template_embeddings_cocu_normalised_ones():
+    import torch
+    import torch.nn.functional as F
+
+    from cocu.evaluation.inference import build_text_embeddings
+
+    class Fake:  # prompt i embeds to a fixed vector whose norm differs per template
+        context_length = 8
+
+        def __init__(self):
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.table = {}
+
+        def parameters(self):
+            return iter([self.weight])
+
+        def encode_text(self, tokens):
+            rows = [
+                self.table.setdefault(tuple(t.tolist()), torch.randn(4) * (1 + 9 * len(self.table))) for t in tokens
+            ]
+            return torch.stack(rows)
+
+    torch.manual_seed(0)
+    model = Fake()
+    tokenize = lambda texts, length: torch.tensor([[len(t), sum(map(ord, t)) % 97] for t in texts])  # noqa: E731
+    templates = ("a photo of a {}.", "a photo of many {}.")
+    clip_rule = build_text_embeddings(model, ["dog"], templates, tokenize)
+    release = build_text_embeddings(model, ["dog"], templates, tokenize, average="release")
+    raw = torch.stack([model.encode_text(tokenize([t.format("dog")], 8))[0] for t in templates])
+    assert torch.allclose(release[0], F.normalize(raw.mean(0), dim=-1), atol=1e-6)  # GroupViT's build_text_embedding
+    assert torch.allclose(clip_rule[0], F.normalize(F.normalize(raw, dim=-1).mean(0), dim=-1), atol=1e-6)
+    assert not torch.allclose(release, clip_rule, atol=1e-3)  # the longer vector dominates the release's mean
+    one = build_text_embeddings(model, ["dog"], templates[:1], tokenize, average="release")
+    assert torch.allclose(one, build_text_embeddings(model, ["dog"], templates[:1], tokenize), atol=1e-6)

@@ -211,7 +211,7 @@ def _connect_ray(address: str | None) -> None:
         import ray  # noqa: F401
     except ImportError:
         raise IngestError("distributor 'ray' needs Ray: pip install 'cocu[ray]'") from None
-    from cocu.curation.executors.ray_actors import connect_ray
+    from cocu.curation.executors.ray_cluster import connect_ray
 
     connect_ray(address)
 

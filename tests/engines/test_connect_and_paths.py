@@ -18,7 +18,9 @@ from cocu.curation.inputs.url_lists import IngestError
 
 ray = pytest.importorskip("ray")
 
-from cocu.curation.executors.ray_actors import RayAddressError, RayExecutor, ShardWorker, WorkerPathError  # noqa: E402
+from cocu.curation.executors.ray_actors import RayExecutor  # noqa: E402
+from cocu.curation.executors.ray_cluster import RayAddressError  # noqa: E402
+from cocu.curation.executors.ray_worker import ShardWorker, WorkerPathError  # noqa: E402
 
 
 @pytest.fixture

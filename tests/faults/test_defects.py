@@ -390,7 +390,7 @@ def test_duplicate_keys_across_shards_are_refused_before_embedding(faults_world,
 def test_an_undecodable_image_gives_the_same_error_text_every_run():
     """cocu_error is part of the output bytes: Pillow's message names the buffer's memory address, which a rerun
     would not repeat, so a rerun after a kill would differ from a clean run for every shard with such a row."""
-    from cocu.curation.bank.clip import decode_image
+    from cocu.curation.bank.images import decode_image
 
     messages = set()
     for _ in range(3):

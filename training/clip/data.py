@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cocu.curation.bank.clip import decode_image
+from cocu.curation.bank.images import decode_image
 from cocu.curation.core.shards import ShardError, check_schema, iter_batches, open_parquet
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cocu.curation.bank.clip import OpenClipModel, decode_image, load_clip, resolve_device
+from cocu.curation.bank.clip import OpenClipModel, load_clip, resolve_device
+from cocu.curation.bank.images import decode_image
 from cocu.curation.core.shards import ShardError, expand_shards, iter_batches
 from cocu.curation.inputs.synthetic.truth import read_truth
 from cocu.evaluation.metrics import ranking_metrics

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cocu.curation.bank.clip import decode_image
+from cocu.curation.bank.images import decode_image
 from cocu.curation.core.shards import ShardError, decode_text, open_parquet
 from cocu.training.data.augment import ImageAugment
 from cocu.training.data.planning import ReadUnit, ShardInfo, assign_units, plan_units
