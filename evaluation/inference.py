@@ -90,8 +90,10 @@ def build_text_embeddings(
     chunks = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenize(prompts[start : start + batch_size], model.context_length).to(device)
-        embedded = model.encode_text(tokens).float()
-        chunks.append(embedded if average == "release" else F.normalize(embedded, dim=-1))
+        if average == "release":  # the reference's encode_text returns the projector's output, unnormalised
+            chunks.append(model.encode_text_raw(tokens).float())
+        else:
+            chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
     embeds = torch.cat(chunks).view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(embeds, dim=-1)
 

@@ -194,7 +194,12 @@ class GroupViT(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """[N, T] token ids -> [N, D], L2-normalised."""
-        return F.normalize(self.text_projector(self.text_encoder(tokens)), dim=-1)
+        return F.normalize(self.encode_text_raw(tokens), dim=-1)
+
+    def encode_text_raw(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[N, T] token ids -> [N, D], the projector's output before normalisation (what the reference averages
+        over templates)."""
+        return self.text_projector(self.text_encoder(tokens))
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training forward: images [B, 3, H, W], text [B, 1+K, T] (caption, then K prompts).
