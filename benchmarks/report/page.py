@@ -180,7 +180,7 @@ def write_benchmark_report(
         f"{len(world['stuff'])} stuff), no background. Identical GroupViT settings for every run ({cfg.train_steps} "
         f"steps of {cfg.train_batch} images, config `{cfg.train_config}`); only the concepts in the prompts (3, but "
         "`oracle-all`: as many as the train truth's busiest image needs, its own concepts repeated in other templates "
-        "for the rest) and the seed differ. Seeds (model initialisation and data order): {cfg.seeds} for "
+        f"for the rest) and the seed differ. Seeds (model initialisation and data order): {cfg.seeds} for "
         f"{', '.join(f'`{m}`' for m in cfg.seeded_runs)}, one for the others; mean ± std over seeds.",
         "",
         *seeds_table(results),
