@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
 from cocu.evaluation import classnames as cn
 
 BackgroundRule = Literal["groupvit", "constant"]
@@ -46,6 +48,10 @@ TCL_TEMPLATES = (
 
 
 TemplateAverage = Literal["normalized", "release"]
+# the template sets ``cocu-eval seg --templates`` can put in place of a preset's own
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "clip80": tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES),  # what GroupViT's prompts train with
+}
 TEMPLATE_AVERAGES: tuple[str, ...] = ("normalized", "release")
 
 

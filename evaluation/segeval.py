@@ -37,7 +37,7 @@ from cocu.evaluation.inference import (
     slide_windows,
 )
 from cocu.evaluation.metrics import SegMetric, prepare_label
-from cocu.evaluation.presets import TEMPLATE_AVERAGES, Preset
+from cocu.evaluation.presets import TEMPLATE_AVERAGES, TEMPLATE_SETS, Preset
 from cocu.evaluation.visualize import save_overlay
 
 
@@ -61,6 +61,12 @@ class EvalConfig:
         None,
         "Refine masks with PAMR (default: the preset's; tcl has it on). Recorded in metrics.json's preset.",
         flags=("--pamr/--no-pamr",),
+    )
+    templates: str | None = option(
+        None,
+        "Prompt templates in place of the preset's: 'clip80' (the 80 CLIP ImageNet templates the multi-label "
+        "prompts train with). Recorded in metrics.json's preset.",
+        choices=tuple(TEMPLATE_SETS),
     )
     template_average: str | None = option(
         None,
@@ -92,6 +98,8 @@ def evaluate(
         raise ValueError("save_images needs out_dir")
     if config.pamr is not None:
         preset = replace(preset, pamr=config.pamr)
+    if config.templates is not None:
+        preset = replace(preset, templates=TEMPLATE_SETS[config.templates])
     if config.template_average is not None:
         preset = replace(preset, template_average=config.template_average)
     started = time.perf_counter()

@@ -94,3 +94,16 @@ def test_seg_on_the_synthetic_val_split_writes_metrics_table_and_overlays(tmp_pa
     with Image.open(overlays[0]) as image:
         assert image.format == "PNG" and image.width > 2 * image.height
     assert "images/s" in result.output and str(out / "metrics.json") in result.output
+
+
+def test_seg_with_the_training_templates_records_them(tmp_path, small_world, fitted_checkpoint):
+    from cocu.training.prompts import TEMPLATES
+
+    world, _ = small_world
+    out = tmp_path / "eval"
+    args = seg_args(fitted_checkpoint, "synthetic", world, out, "--limit", "4", "--templates", "clip80")
+    result = runner.invoke(app, [*args, "--template-average", "release"])
+    assert result.exit_code == 0, result.output
+    preset = json.loads((out / "metrics.json").read_text())["preset"]
+    assert preset["templates"] == [template("{}") for template in TEMPLATES]  # the 80 the prompts train with
+    assert preset["template_average"] == "release"
