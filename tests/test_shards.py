@@ -170,3 +170,28 @@ def test_a_relative_folder_with_a_colon_is_a_folder_not_a_uri(tmp_path, monkeypa
     ) as writer:  # pyarrow alone: "Unrecognized filesystem"
         writer.write(make_table(3))
     assert open_parquet("bank-0-6:2/x.parquet").metadata.num_rows == 3
+
+
+def fill_the_disk(task: ShardTask, params, progress) -> dict[str, int]:
+    from cocu.curation.core.errors import DiskFull
+
+    (task.target.parent / f"{task.source.stem}.tried").write_text("")
+    raise DiskFull(task.target)
+
+
+def test_a_full_disk_stops_the_stage_at_once_and_says_so_once(tmp_path):
+    sources = []
+    for i in range(4):
+        sources.append(tmp_path / f"in{i}.parquet")
+        pq.write_table(make_table(4, start=4 * i), sources[-1])
+    (tmp_path / "out").mkdir()
+    tasks = [ShardTask(s, tmp_path / "out" / s.name) for s in sources]
+    summary = run_stage(Stage("full", fill_the_disk, {}), tasks, LocalExecutor(), progress=False)
+    assert [p.name for p in (tmp_path / "out").glob("*.tried")] == ["in0.tried"]  # the others were not tried
+    first, stop = summary.failures
+    assert (
+        first.endswith("could not be written: the disk is full; free some space and rerun") or "disk is full" in first
+    )
+    assert (
+        stop == "full: stopped at the full disk, 3 shard(s) not tried; free space and rerun (finished shards are kept)"
+    )

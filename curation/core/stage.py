@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from cocu.curation.core.errors import DiskFull
 from cocu.curation.core.placement import wants_gpu
 from cocu.curation.core.shards import (
     ShardError,
@@ -106,6 +107,10 @@ class Stage:
 
 
 Finish = Callable[[ShardTask, Outcome], None]
+
+
+class StageStopped(Exception):
+    """Raised by ``finish`` to stop the executor: the shards left cannot succeed (the disk is full)."""
 
 
 class Executor(Protocol):
@@ -224,6 +229,9 @@ def run_stage(stage: Stage, tasks: Sequence[ShardTask], executor: Executor, prog
     bar = tqdm(total=total, unit=stage.unit, unit_scale=True, desc=stage.name, disable=not progress, dynamic_ncols=True)
 
     def finish(task: ShardTask, outcome: Outcome) -> None:
+        if isinstance(outcome, DiskFull):  # every shard after it would fail the same way: stop, say it once
+            summary.failures.append(str(outcome))
+            raise StageStopped
         if isinstance(outcome, BaseException):
             summary.failures.append(
                 str(outcome)
@@ -238,7 +246,14 @@ def run_stage(stage: Stage, tasks: Sequence[ShardTask], executor: Executor, prog
         bar.set_postfix_str(f"shards {summary.done + summary.skipped}/{len(tasks)}", refresh=False)
 
     if pending:
-        summary.events.update(executor.run(stage, pending, bar.update, finish) or {})
+        try:
+            summary.events.update(executor.run(stage, pending, bar.update, finish) or {})
+        except StageStopped:
+            left = len(pending) - summary.done - len(summary.failures)
+            summary.failures.append(
+                f"{stage.name}: stopped at the full disk, {left} shard(s) not tried; free space and rerun "
+                "(finished shards are kept)"
+            )
         for directory in {task.target.parent for task in pending}:  # a worker killed mid-shard left its temporary
             if directory.exists():
                 remove_stale_temporaries(directory, owners)

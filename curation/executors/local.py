@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from cocu.curation.core.placement import pin_to_device, visible_gpu_count, worker_devices
-from cocu.curation.core.stage import Finish, Progress, ShardFunction, ShardTask, Stage, run_shard, worker_threads
+from cocu.curation.core.stage import (
+    Finish,
+    Progress,
+    ShardFunction,
+    ShardTask,
+    Stage,
+    StageStopped,
+    run_shard,
+    worker_threads,
+)
 
 
 @dataclass(frozen=True)
@@ -71,13 +80,17 @@ def _run_pool(
             futures: dict[Future, ShardTask] = {
                 pool.submit(_run_in_worker, stage.process, task, stage.params): task for task in pending
             }
-            while futures:
-                finished, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(progress_queue, progress)
-                for future in finished:
-                    task = futures.pop(future)
-                    error = future.exception()
-                    finish(task, error if error is not None else future.result())
+            try:
+                while futures:
+                    finished, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                    _drain(progress_queue, progress)
+                    for future in finished:
+                        task = futures.pop(future)
+                        error = future.exception()
+                        finish(task, error if error is not None else future.result())
+            except StageStopped:  # the shards not started yet are not started; those in flight end as they will
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             _drain(progress_queue, progress)
 
 
