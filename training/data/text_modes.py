@@ -8,6 +8,7 @@ on its name. ``TEXT_MODES`` is the one table, by name.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Admission:
         return [value or [] for value in self.batch.column(name).to_pylist()]
 
 
-class TextMode:
+class TextMode(ABC):
     """A mode's contract; subclasses fill in ``sources`` and ``choose``."""
 
     name: ClassVar[str]
@@ -58,16 +59,17 @@ class TextMode:
         """The curated columns to check and read in a shard with these columns."""
         return {**self.required, **{name: types for name, types in self.optional.items() if name in schema_names}}
 
+    @abstractmethod
     def sources(self, admission: Admission, truth: Mapping[str, list[str]] | None) -> list[Any]:
         """Each row's concept source (what ``choose`` draws from)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def choose(self, sources: list[Any], k: int, rng: np.random.Generator) -> list[list[str]]:
         """Up to ``k`` concepts per row for one batch."""
-        raise NotImplementedError
 
     def prepare(self, shard_columns: Sequence[Sequence[str]]) -> None:
         """Load, before the loader forks its workers, what they would each load again (shared copy-on-write)."""
+        return None  # most modes load nothing: only caption's spaCy is worth loading before the fork
 
     def from_truth(self, truth: Truth) -> dict[str, list[str]]:
         """key -> the true concepts this mode draws from (a mode with ``needs_truth``)."""
