@@ -8,14 +8,13 @@ inside ``ray job submit``; nothing at all, on a laptop), and a stopped cluster l
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from cocu.curation.core.errors import CocuError
+from cocu.curation.core.network import no_answer
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # shards travel by path, not through the object store
-CONNECT_SECONDS = 5.0  # how long an address may take to accept a connection before it counts as not answering
 
 
 class RayAddressError(CocuError):
@@ -42,7 +41,7 @@ def connect_ray(address: str | None, object_store_memory: int = OBJECT_STORE_BYT
         recorded = _recorded_address()
         if recorded is not None:
             path, found = recorded
-            reason = _no_answer(found)
+            reason = no_answer(found)
             if reason is None:
                 chosen, origin = found, str(path)
             elif chosen == "auto":
@@ -62,7 +61,7 @@ def connect_ray(address: str | None, object_store_memory: int = OBJECT_STORE_BYT
         ray.init(address="local", object_store_memory=object_store_memory, **options)
         return "local"
     if "://" not in chosen:
-        reason = _no_answer(chosen)
+        reason = no_answer(chosen)
         if reason is not None:
             raise RayAddressError(f"{origin} {chosen}: no Ray cluster answers there ({reason})")
     try:
@@ -85,18 +84,6 @@ def _recorded_address() -> tuple[Path, str] | None:
     except OSError:
         return None
     return (path, text) if text else None
-
-
-def _no_answer(address: str) -> str | None:
-    """None when HOST:PORT accepts a TCP connection within ``CONNECT_SECONDS``, else why not."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return "not HOST:PORT"
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS):
-            return None
-    except OSError as err:
-        return err.strerror or type(err).__name__
 
 
 def _first_line(err: BaseException) -> str:

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cocu.curation.core.configs import option
+from cocu.curation.core.network import no_answer
 from cocu.curation.inputs.url_lists import (
     LIST_LAYOUTS,
     IngestError,
@@ -228,7 +228,7 @@ def _spark_session(master: str | None) -> Iterator[None]:
         yield
         return
     for address in _spark_addresses(master or ""):
-        reason = _no_answer(address)
+        reason = no_answer(address)
         if reason is not None:
             raise IngestError(f"--spark-master {master}: no Spark master answers at {address} ({reason})")
     try:
@@ -254,18 +254,6 @@ def _spark_addresses(master: str) -> list[str]:
     if not master.startswith("spark://"):
         return []
     return [part if ":" in part else f"{part}:7077" for part in master[len("spark://") :].split(",") if part]
-
-
-def _no_answer(address: str, seconds: float = 5.0) -> str | None:
-    """None when HOST:PORT accepts a TCP connection, else why not."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return "not HOST:PORT"
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
-            return None
-    except OSError as err:
-        return err.strerror or type(err).__name__
 
 
 def _run_img2dataset(kwargs: dict[str, Any], watcher: _StatsWatcher) -> None:
