@@ -32,7 +32,8 @@ class BenchConfig:
     runs: tuple[str, ...] = RUNS
     seeds: int = 3  # seeds of the runs in seeded_runs: seed, seed + 1, ...
     seeded_runs: tuple[str, ...] = ("caption", "cocu-cluster", "oracle-all")
-    curve_runs: tuple[str, ...] = ("oracle-all",)  # evaluated at curve_points checkpoints of their first seed
+    # evaluated at curve_points checkpoints of their first seed: the baseline, the best CoCu mode and the ceiling
+    curve_runs: tuple[str, ...] = ("caption", "cocu-cluster", "oracle-all")
     curve_points: int = 5
     seed: int = 0
     save_images: int = 6

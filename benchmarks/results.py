@@ -122,7 +122,8 @@ def gap_closed(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 def grouping(out: Path, cfg: Any, world: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per mode (first seed): mIoU with each group given its true class, with its nearest class text, and with the
-    nearest among the classes the image shows; their ratio; the mean cosine between an image's used groups."""
+    nearest among the classes the image shows, and with the projector's BatchNorm re-estimated on groups; their
+    ratio; the mean cosine between an image's used groups and between the class texts of two things or stuff."""
     found = {}
     for mode in cfg.runs:
         path = out / "runs" / run_label(mode, cfg.seed) / "eval" / GROUPING_RECORD
@@ -135,6 +136,8 @@ def grouping(out: Path, cfg: Any, world: dict[str, Any]) -> dict[str, dict[str, 
                 "true_labels": true,
                 "nearest_text": nearest,
                 "nearest_present_text": scores(record["naming_present"], world) if "naming_present" in record else None,
+                "nearest_text_bn": scores(record["naming_bn"], world) if "naming_bn" in record else None,
+                "text_cosine": record.get("text_cosine"),
                 "naming_efficiency": naming_efficiency(nearest["miou"], true["miou"]),
             }
     return found

@@ -121,6 +121,8 @@ def test_tiny_benchmark_writes_every_section_and_resumes(tmp_path, capsys):
         true, nearest = g["true_labels"]["miou"], g["nearest_text"]["miou"]
         assert g["naming_efficiency"] == (pytest.approx(nearest / true, abs=1e-4) if true else None)
         assert -1.0 <= g["group_cosine"] <= 1.0 and set(g["nearest_present_text"]) == {"miou", "things", "stuff"}
+        assert set(g["nearest_text_bn"]) == {"miou", "things", "stuff"}
+        assert all(-1.0 <= g["text_cosine"][k] <= 1.0 for k in ("things", "confusable", "stuff"))
     bound = json.loads((out / "runs" / "caption-s0" / "eval" / "grouping_bound.json").read_text())
     # a group's true majority class is right on at least as many pixels as any other label for it
     assert bound["grouping"]["pixel_accuracy"] >= bound["naming"]["pixel_accuracy"] and bound["images"] == 16

@@ -117,12 +117,14 @@ class GroupFeatures:
 
     attn: [B, G, h, w] soft assignment of each patch to the G final groups, multiplied across grouping stages, at
     patch-grid resolution; group_embeds: [B, G, D] each final group token projected and L2-normalised;
-    image_embed: [B, D] the L2-normalised image embedding.
+    image_embed: [B, D] the L2-normalised image embedding; group_tokens: [B, G, C] the final group tokens before
+    the projector (what a diagnostic projects differently).
     """
 
     attn: torch.Tensor
     group_embeds: torch.Tensor
     image_embed: torch.Tensor
+    group_tokens: torch.Tensor
 
 
 class ProjectMLP(nn.Module):
@@ -228,7 +230,7 @@ class GroupViT(nn.Module):
             image_embed = F.normalize(self.img_projector(self.img_encoder.forward_head(tokens)), dim=-1)
         finally:
             self.train(was_training)
-        return GroupFeatures(attn=attn, group_embeds=group_embeds, image_embed=image_embed)
+        return GroupFeatures(attn=attn, group_embeds=group_embeds, image_embed=image_embed, group_tokens=tokens)
 
 
 def build_model(name_or_config: str | GroupViTConfig | dict[str, Any]) -> GroupViT:

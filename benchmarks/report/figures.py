@@ -106,10 +106,12 @@ def figure_curves(results: dict[str, Any], path: Path) -> None:
     left.set_title("Teacher CLIP")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
-    for label, points in results["curves"].items():
+    for (label, points), colour in zip(results["curves"].items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         samples = [p["samples"] for p in points]
-        for key in ("miou", "things", "stuff"):
-            right.plot(samples, [p[key] or 0.0 for p in points], marker="o", label=f"{label}: {key}")
+        for key, style in (("miou", "-"), ("things", "--")):
+            right.plot(
+                samples, [p[key] or 0.0 for p in points], style, color=colour, marker="o", label=f"{label}: {key}"
+            )
     right.set_xlabel("GroupViT samples seen")
     right.set_ylabel("mIoU (%)")
     right.set_title("GroupViT on the val split")

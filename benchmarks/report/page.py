@@ -202,7 +202,7 @@ def write_benchmark_report(
         "## Learning curves",
         "",
         "Left: the teacher's zero-shot recall of things and stuff against the samples it has seen (its training "
-        "log). Right: GroupViT's val mIoU at periodic checkpoints of "
+        "log). Right: GroupViT's val mIoU (solid) and things mIoU (dashed) at periodic checkpoints of "
         f"{', '.join(f'`{m}`' for m in cfg.curve_runs)} (seed {cfg.seed}).",
         "",
         "![learning curves](figures/learning_curves.png)",
@@ -214,7 +214,11 @@ def write_benchmark_report(
         "(*true labels*: the best any naming could do with these groups), and with its nearest class text (*nearest "
         "text*: the harness without its image-level prior; `benchmarks/grouping_bound.py`). *Naming efficiency*: "
         "nearest-text mIoU over true-label mIoU. *Nearest present text*: the nearest text among the classes the "
-        "image truly shows. *Group cosine*: the mean cosine between the embeddings of an image's used groups.",
+        "image truly shows. *BatchNorm on groups*: nearest text after the image projector's BatchNorm statistics are "
+        "re-estimated on the val images' group tokens (it learned them on image embeddings, the mean of the groups). "
+        "*Group cosine*: the mean cosine between the embeddings of an image's used groups. *Text cosine*: between the "
+        "class texts (the evaluation template) of two things, of a confusable pair, of two stuff classes; near 1, no "
+        "group can be named right whatever it sees.",
         "",
         *grouping_table(results),
         "",

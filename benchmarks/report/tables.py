@@ -154,21 +154,26 @@ def paired_table(results: dict[str, Any]) -> list[str]:
 def grouping_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "| run | groups used per image | true labels: mIoU / things / stuff | nearest text: mIoU / things / stuff "
-        "| naming efficiency | nearest present text: mIoU / things / stuff | group cosine |",
-        "|---|---|---|---|---|---|---|",
+        "| naming efficiency | nearest present text: mIoU / things / stuff | nearest text, BatchNorm on groups: "
+        "mIoU / things / stuff | group cosine | text cosine: two things / confusable pair / two stuff |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def three(side: dict[str, Any] | None) -> str:
+        return " / ".join(num(side[k]) for k in ("miou", "things", "stuff")) if side else "-"
+
+    def cos(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     for mode, g in results.get("grouping", {}).items():
-        true, near = (
-            " / ".join(num(g[side][k]) for k in ("miou", "things", "stuff")) for side in ("true_labels", "nearest_text")
-        )
-        present = g.get("nearest_present_text")
-        shown = " / ".join(num(present[k]) for k in ("miou", "things", "stuff")) if present else "-"
         efficiency = g.get("naming_efficiency")
-        cosine = g.get("group_cosine")
+        text = g.get("text_cosine")
+        texts = " / ".join(cos(text[k]) for k in ("things", "confusable", "stuff")) if text else "-"
         lines.append(
-            f"| {RUN_TITLES.get(mode, mode)} | {g['groups_used_per_image']} | {true} | {near} | "
-            f"{'-' if efficiency is None else f'{efficiency:.2f}'} | {shown} | "
-            f"{'-' if cosine is None else f'{cosine:.3f}'} |"
+            f"| {RUN_TITLES.get(mode, mode)} | {g['groups_used_per_image']} | {three(g['true_labels'])} | "
+            f"{three(g['nearest_text'])} | {'-' if efficiency is None else f'{efficiency:.2f}'} | "
+            f"{three(g.get('nearest_present_text'))} | {three(g.get('nearest_text_bn'))} | "
+            f"{cos(g.get('group_cosine'))} | {texts} |"
         )
     return lines
 
