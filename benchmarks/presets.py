@@ -17,8 +17,9 @@ class BenchConfig:
     """Every setting of one benchmark run; the GroupViT trainings share all but the text mode and the seed."""
 
     # two things of each confusable group (16 things, 8 stuff): a world whose things a teacher and a GroupViT can learn
-    # in this budget, with the same omission rate, confusable pairs and rarely named stuff
-    world: WorldConfig = WorldConfig(train=20000, teacher=40000, val=300, shard_size=2500, things_per_group=2)
+    # in this budget, with the same omission rate, confusable pairs and rarely named stuff; 1,000 val images (the
+    # first 300 are the earlier runs' 300: each chunk of 100 val images has its own generator)
+    world: WorldConfig = WorldConfig(train=20000, teacher=40000, val=1000, shard_size=2500, things_per_group=2)
     teacher_recipe: TeacherRecipe = TeacherRecipe()
     retrain_teacher: bool = False  # train the teacher here instead of using the shipped one
     shipped_teacher: Path = SHIPPED  # where the shipped teacher is (`make teacher` writes it)

@@ -212,6 +212,7 @@ def test_the_shipped_teacher_is_used_only_for_its_own_world_recipe_and_bytes(tmp
     assert found == weights and record["weights"] == "t.safetensors"
     with pytest.raises(CocuError, match="another world than this preset's|another world"):
         shipped_teacher(WorldConfig(train=11), recipe, tmp_path)
+    assert shipped_teacher(WorldConfig(train=10, val=1000), recipe, tmp_path)[1] == weights  # val: not the teacher's
     with pytest.raises(CocuError, match="another recipe"):
         shipped_teacher(world, TeacherRecipe(samples=65), tmp_path)
     weights.write_bytes(b"weightz")
