@@ -60,7 +60,9 @@ class GroupViTConfig:
 # near uniform, so segmentation was at chance (mIoU 0.2-1.4), while 1 stage into 8 groups used ~4 groups per image and
 # reached mIoU 3.2 at less cost per step. Its patches go through a conv stem (three stride-2 3x3 convs, not in the
 # reference): on the 16-thing world, oracle prompts, 500 steps of 64, it raised mIoU from 7.0 to 10.8 for 14 % more
-# time per step. `groupvit-test` is for unit tests.
+# time per step. No block after grouping (depths [2, 0]; the paper's model has 3): two full self-attention blocks
+# over the 8 segment tokens let every group carry the whole image, and without them oracle-all rose from 5.0 / 6.1 to
+# 7.9 / 11.4 mIoU (seeds 0 / 1, 500 steps of 64), all of it on stuff. `groupvit-test` is for unit tests.
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "groupvit-s": {},
     "groupvit-cpu": {
@@ -69,7 +71,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
             "patch_size": 8,
             "conv_stem": True,
             "width": 128,
-            "depths": [2, 2],
+            "depths": [2, 0],
             "num_heads": [4, 4],
             "num_group_tokens": [8, 0],
             "num_output_groups": [8],
