@@ -231,3 +231,32 @@ def test_the_gap_closed_is_measured_against_oracle_all_and_naming_efficiency_is_
     assert gap_closed({**runs, "oracle-all": run(9.0)}) == {}  # no ceiling when the oracle is not ahead
     assert gap_closed({k: v for k, v in runs.items() if k != "oracle-all"}) == {}
     assert naming_efficiency(5.0, 20.0) == 0.25 and naming_efficiency(5.0, 0.0) is None
+
+
+def test_the_report_reads_the_run_in_one_sentence_from_its_own_figures():
+    from cocu.benchmarks.report.page import what_it_shows
+
+    def run(miou: float, stuff: float, seeds: int) -> dict:
+        return {"mean": {"miou": miou, "stuff": stuff}, "seeds": list(range(seeds))}
+
+    def difference(mean: float, things: float, things_zero: bool) -> dict:
+        return {"mean": mean, "includes_zero": False, "things": {"mean": things, "includes_zero": things_zero}}
+
+    results = {
+        "runs": {"caption": run(5.0, 4.0, 3), "cocu-cluster": run(10.0, 22.0, 3), "cocu-top": run(15.0, 34.0, 1)},
+        "paired": {
+            "cocu-cluster - caption": difference(5.0, -0.4, True),
+            "cocu-top - caption": difference(10.0, 0.2, True),
+        },
+        "oracle_gap_closed": {"cocu-cluster": 1.6, "cocu-top": 2.8},
+    }
+    sentence = what_it_shows(results)
+    assert sentence is not None
+    assert "`cocu-cluster` gains +5.0" in sentence  # three seeds outrank one seed's higher score
+    assert "+18.0 points on stuff" in sentence and "on things no gain is shown" in sentence
+    assert "no ceiling here (`cocu-cluster`, `cocu-top` score above it)" in sentence
+    results["paired"]["cocu-cluster - caption"] = difference(5.0, 2.0, False)
+    results["oracle_gap_closed"] = {"cocu-cluster": 0.6}
+    sentence = what_it_shows(results)
+    assert sentence is not None and "on things +2.0, interval clear of zero" in sentence and "ceiling" not in sentence
+    assert what_it_shows({"runs": {"caption": run(5.0, 4.0, 3)}, "paired": {}, "oracle_gap_closed": {}}) is None
