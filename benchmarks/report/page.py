@@ -80,7 +80,7 @@ def findings(results: dict[str, Any], quality: dict[str, Any], world: dict[str, 
     out = [summary] if summary else []
     runs, paired = results["runs"], results["paired"]
     base = runs.get("caption", {}).get("mean", {}).get("miou")
-    for mode in ("cocu-cluster", "cocu-top", "release", "oracle-top3", "oracle-all", "oracle"):
+    for mode in (*CURATED_MODES, "oracle-top3", "oracle-all", "oracle"):
         if mode not in runs or base is None:
             continue
         run, difference = runs[mode], paired.get(f"{mode} - caption")
