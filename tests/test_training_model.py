@@ -13,6 +13,7 @@ from cocu.training.grouping import GroupingBlock, gumbel_softmax, hard_softmax
 from cocu.training.groupvit import interpolate_pos_embed
 from cocu.training.loss import groupvit_loss
 from cocu.training.model import GroupViT, GroupViTConfig, build_model, get_config
+from cocu.training.module import GroupViTModule
 from cocu.training.optim import warmup_cosine, weight_decay_groups
 from cocu.training.text import tokenize
 
@@ -233,6 +234,51 @@ def test_loss_equals_reference_on_a_toy_batch():
     assert torch.allclose(out.loss, itc + 0.7 * ml, atol=1e-6)
     # K = 0: no multi-label term
     assert groupvit_loss(image_x, text_x, prompt_x[:, :0], s, s_ml).multi_label.item() == 0.0
+
+
+def test_best_group_departure_scores_each_prompt_by_one_group():
+    """One group per image gives GroupViT's loss exactly; with several, only the group nearest a prompt gets its
+    gradient, and the image vector gets none from the multi-label term."""
+    torch.manual_seed(0)
+    image_x = F.normalize(torch.randn(6, 16), dim=-1)
+    text_x = F.normalize(image_x + 0.5 * torch.randn(6, 16), dim=-1)
+    prompt_x = F.normalize(image_x[:, None] + 0.8 * torch.randn(6, 3, 16), dim=-1)
+    s, s_ml = torch.tensor(14.3), torch.tensor(9.1)
+    plain = groupvit_loss(image_x, text_x, prompt_x, s, s_ml)
+    one_group = groupvit_loss(image_x, text_x, prompt_x, s, s_ml, group_x=image_x[:, None])
+    assert torch.allclose(one_group.multi_label, plain.multi_label, atol=1e-6)
+    assert torch.allclose(one_group.contrastive, plain.contrastive)
+
+    groups = F.normalize(torch.randn(6, 4, 16), dim=-1)
+    groups[0, 2] = prompt_x[0, 0]  # image 0's group 2 is its best for its own first prompt
+    groups.requires_grad_(True)
+    image = image_x.clone().requires_grad_(True)
+    out = groupvit_loss(image, text_x, prompt_x, s, s_ml, group_x=groups)
+    grad_groups, grad_image = torch.autograd.grad(out.multi_label, (groups, image), allow_unused=True)
+    assert grad_image is None
+    best = torch.einsum("igd,jkd->igjk", groups.detach(), prompt_x).flatten(2).argmax(dim=1)  # [6, 18]
+    touched = torch.zeros(6, 4, dtype=torch.bool)
+    touched.scatter_(1, best, True)
+    assert touched[0, 2]
+    assert (grad_groups.abs().sum(-1) > 0).equal(touched)
+
+
+def test_forward_with_groups_gives_the_groups_evaluation_names(tiny: GroupViT):
+    """The departure's group embeddings are the ones segmentation names; the image and texts are forward's."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    text = tokenize([f"a photo of thing {i}" for i in range(8)], 32).view(2, 4, 32)
+    tiny.eval()
+    try:
+        image_x, text_x, prompt_x, group_x = tiny.forward_with_groups(images, text)
+        plain = tiny(images, text)
+    finally:
+        tiny.train()
+    features = tiny.group_features(images)
+    assert torch.allclose(image_x, plain[0], atol=1e-6) and torch.allclose(prompt_x, plain[2])
+    assert torch.allclose(group_x, features.group_embeds, atol=1e-6)
+    with pytest.raises(ValueError, match="multi_label_pool"):
+        GroupViTModule(arch="groupvit-test", multi_label_pool="mean-group")
 
 
 def _toy_losses(model: GroupViT, steps: int = 4) -> list[float]:

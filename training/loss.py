@@ -5,6 +5,10 @@ is a soft-target cross-entropy with weight 1/K on each of the image's K prompts;
 (x 1/2). Embeddings are gathered from every rank with gradients, each rank scores its local rows against the global
 columns with global labels ``arange(b) + b * rank``; the mean of the ranks' losses then equals the single-process loss
 on the whole global batch, and DDP's gradient averaging gives that loss's gradient.
+
+One departure, off by default (``group_x``): the multi-label term scores an image against a prompt by its best-matching
+final group instead of its mean, so a prompt's gradient reaches one group (a per-group loss, as TCL and SegCLIP have;
+not GroupViT's method). ``docs/benchmark.md`` has its measured effect.
 """
 
 from __future__ import annotations
@@ -65,12 +69,15 @@ def groupvit_loss(
     logit_scale: torch.Tensor,
     multi_label_logit_scale: torch.Tensor | None = None,
     multi_label_weight: float = 1.0,
+    group_x: torch.Tensor | None = None,
 ) -> LossOutput:
     """Loss on one rank's batch.
 
     image_x, text_x: [b, D] L2-normalised image and caption embeddings; prompt_x: [b, K, D] L2-normalised prompt
     embeddings (None or K = 0 turns the multi-label term off); logit_scale / multi_label_logit_scale: the clamped exp of
-    the temperatures. Every rank must hold the same b (the loader drops partial batches).
+    the temperatures; group_x: [b, G, D] L2-normalised final group embeddings, given only for the departure that
+    scores the multi-label term by each image's best group. Every rank must hold the same b (the loader drops partial
+    batches).
     """
     rank, _ = _world()
     b = image_x.shape[0]
@@ -93,10 +100,17 @@ def groupvit_loss(
             prompts = prompt_x.float().reshape(b * k, -1)
             all_prompts = gather_with_grad(prompts)  # row (global image index) * K + k
             scale = logit_scale if multi_label_logit_scale is None else multi_label_logit_scale.float()
+            if group_x is None:
+                image_prompt, prompt_image = image_x @ all_prompts.t(), prompts @ all_image.t()
+            else:  # an image's score for a prompt is its best group's
+                groups = group_x.float()
+                image_prompt = (groups @ all_prompts.t()).amax(dim=1)
+                all_groups = gather_with_grad(groups)  # [global b, G, D]
+                prompt_image = torch.einsum("pd,igd->pig", prompts, all_groups).amax(dim=-1)
             # image -> prompts: soft target 1/K on the K prompts of its own image, over every prompt of the global batch
-            log_p = F.log_softmax(scale * image_x @ all_prompts.t(), dim=-1).view(b, -1, k)
+            log_p = F.log_softmax(scale * image_prompt, dim=-1).view(b, -1, k)
             loss_image = -log_p[torch.arange(b, device=log_p.device), labels].mean(dim=-1).mean()
             # prompt -> images: each prompt's positive is its own image
-            loss_prompt = F.cross_entropy(scale * prompts @ all_image.t(), labels.repeat_interleave(k))
+            loss_prompt = F.cross_entropy(scale * prompt_image, labels.repeat_interleave(k))
             multi_label = 0.5 * (loss_image + loss_prompt)
     return LossOutput(contrastive + multi_label_weight * multi_label, contrastive, multi_label)

@@ -215,6 +215,21 @@ class GroupViT(nn.Module):
         texts = self.encode_text(text.reshape(b * n, t)).view(b, n, -1)
         return self.encode_image(images), texts[:, 0], texts[:, 1:]
 
+    def forward_with_groups(
+        self, images: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` plus the final groups' embeddings [B, G, D], for the per-group multi-label departure.
+
+        The image vector and the G group tokens go through the projector together (its BatchNorm sees both, as the
+        groups are what evaluation projects).
+        """
+        b, n, t = text.shape
+        texts = self.encode_text(text.reshape(b * n, t)).view(b, n, -1)
+        tokens, _ = self.img_encoder.forward_features(images)
+        both = torch.cat([self.img_encoder.forward_head(tokens).unsqueeze(1), tokens], dim=1)
+        embeds = F.normalize(self.img_projector(both), dim=-1)
+        return embeds[:, 0], texts[:, 0], texts[:, 1:], embeds[:, 1:]
+
     @torch.no_grad()
     def group_features(self, images: torch.Tensor) -> GroupFeatures:
         """Soft group maps and group embeddings for segmentation, always with eval-mode semantics (no Gumbel noise,

@@ -21,6 +21,8 @@ from cocu.training.loss import groupvit_loss
 from cocu.training.model import GroupViT, get_config
 from cocu.training.optim import warmup_cosine, weight_decay_groups
 
+MULTI_LABEL_POOLS = ("image", "best-group")
+
 
 def datamodule_batch_size(datamodule: Any) -> int | None:
     """Per-rank batch size of a data module: its `batch_size`, or its stream config's (`CuratedShardsDataModule`)."""
@@ -38,6 +40,8 @@ class GroupViTModule(L.LightningModule):
             global_batch / lr_reference_batch.
         warmup_epochs: warm-up length in epochs of the data module's `num_samples`; `warmup_steps` overrides it.
         multi_label_weight: weight of the multi-label term (0 turns it off).
+        multi_label_pool: ``image`` (GroupViT: the multi-label term scores the image vector) or ``best-group`` (a
+            departure, not GroupViT's method: each image's best-matching final group; see `cocu.training.loss`).
     """
 
     def __init__(
@@ -54,8 +58,11 @@ class GroupViTModule(L.LightningModule):
         warmup_epochs: float = 2.0,
         warmup_steps: int | None = None,
         multi_label_weight: float = 1.0,
+        multi_label_pool: str = "image",
     ):
         super().__init__()
+        if multi_label_pool not in MULTI_LABEL_POOLS:
+            raise ValueError(f"multi_label_pool must be one of {MULTI_LABEL_POOLS}, got {multi_label_pool!r}")
         self.save_hyperparameters()
         self.model = GroupViT(get_config(arch, arch_overrides))
 
@@ -73,7 +80,11 @@ class GroupViTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, text = batch["image"], batch["text"]
-        image_x, text_x, prompt_x = self.model(images, text)
+        group_x = None
+        if self.settings.multi_label_pool == "best-group":
+            image_x, text_x, prompt_x, group_x = self.model.forward_with_groups(images, text)
+        else:
+            image_x, text_x, prompt_x = self.model(images, text)
         out = groupvit_loss(
             image_x,
             text_x,
@@ -81,6 +92,7 @@ class GroupViTModule(L.LightningModule):
             self.model.logit_scale_value(),
             self.model.multi_label_logit_scale_value(),
             self.settings.multi_label_weight,
+            group_x,
         )
         b = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=b)
