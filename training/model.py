@@ -211,9 +211,13 @@ class GroupViT(nn.Module):
         Returns L2-normalised image [B, D], caption [B, D] and prompt [B, K, D] embeddings. All B*(1+K) texts go through
         the projector's BatchNorm together, as in the reference.
         """
-        b, n, t = text.shape
-        texts = self.encode_text(text.reshape(b * n, t)).view(b, n, -1)
+        texts = self._encode_batch_text(text)
         return self.encode_image(images), texts[:, 0], texts[:, 1:]
+
+    def _encode_batch_text(self, text: torch.Tensor) -> torch.Tensor:
+        """[B, 1+K, T] -> [B, 1+K, D]: every caption and prompt through one text pass (one BatchNorm batch)."""
+        b, n, t = text.shape
+        return self.encode_text(text.reshape(b * n, t)).view(b, n, -1)
 
     def forward_with_groups(
         self, images: torch.Tensor, text: torch.Tensor
@@ -223,8 +227,7 @@ class GroupViT(nn.Module):
         The image vector and the G group tokens go through the projector together (its BatchNorm sees both, as the
         groups are what evaluation projects).
         """
-        b, n, t = text.shape
-        texts = self.encode_text(text.reshape(b * n, t)).view(b, n, -1)
+        texts = self._encode_batch_text(text)
         tokens, _ = self.img_encoder.forward_features(images)
         both = torch.cat([self.img_encoder.forward_head(tokens).unsqueeze(1), tokens], dim=1)
         embeds = F.normalize(self.img_projector(both), dim=-1)
